@@ -1,0 +1,143 @@
+"""Authentication: one app-level ``before_request`` hook, deny by default.
+
+Only the endpoints in :data:`PUBLIC_ENDPOINTS` and CORS preflights are served
+without credentials; every other route, including ones added later, needs an API
+key (``X-API-Key`` or ``Authorization: Bearer <key>``) or a JWT from
+``POST /auth/token`` (``Authorization: Bearer <jwt>``).
+
+Every credential presented must be valid: a good key next to a bad token is a 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g, request
+
+from gateway.auth import tokens
+from gateway.auth.keys import KeyRing
+from gateway.auth.views import blueprint
+from gateway.config import MIN_SECRET_LENGTH, Settings
+from gateway.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+# (endpoint, method) pairs served without credentials. HEAD follows GET.
+PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("meta.index", "GET"),
+        ("meta.index", "HEAD"),
+        ("meta.health", "GET"),
+        ("meta.health", "HEAD"),
+        ("auth.issue_token", "POST"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a key id (never the secret) and how they proved it."""
+
+    id: str
+    via: str  # "api_key" or "jwt"
+
+
+def is_preflight() -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def is_public() -> bool:
+    return is_preflight() or (request.endpoint, request.method) in PUBLIC_ENDPOINTS
+
+
+def current_caller() -> Caller | None:
+    return g.get("caller")
+
+
+def _keys() -> KeyRing:
+    return current_app.extensions["gateway.keys"]
+
+
+def _token_config() -> tokens.TokenConfig:
+    return current_app.extensions["gateway.tokens"]
+
+
+def _from_api_key(secret: str) -> Caller:
+    key_id = _keys().identify(secret)
+    if key_id is None:
+        raise Unauthorized()
+    return Caller(key_id, "api_key")
+
+
+def _from_authorization(header: str) -> Caller:
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        raise Unauthorized()
+    if not tokens.looks_like_jwt(value):
+        return _from_api_key(value)
+    try:
+        subject = tokens.verify(_token_config(), value)
+    except tokens.InvalidToken:
+        raise Unauthorized() from None
+    if not _keys().is_active(subject):
+        raise Unauthorized()
+    return Caller(subject, "jwt")
+
+
+def authenticate() -> Caller:
+    """Resolve the caller from the request's credentials.
+
+    :raises Unauthorized: when none is presented or any presented one is invalid.
+    """
+    api_key = request.headers.get("X-API-Key")
+    authorization = request.headers.get("Authorization")
+    if api_key is None and authorization is None:
+        raise Unauthorized(
+            "No credentials. Send X-API-Key: <key> or Authorization: Bearer <token>.",
+            error_code="missing_credentials",
+        )
+    callers = []
+    if api_key is not None:
+        callers.append(_from_api_key(api_key))
+    if authorization is not None:
+        callers.append(_from_authorization(authorization))
+    if len({caller.id for caller in callers}) != 1:
+        raise Unauthorized()
+    return callers[-1]
+
+
+def require_credentials() -> None:
+    g.caller = None
+    if is_public():
+        return
+    g.caller = authenticate()
+
+
+def _explain_development_secrets(settings: Settings) -> None:
+    if settings.generated:
+        names = ", ".join(name.upper() for name in settings.generated)
+        log.warning(
+            "development mode: %s not set; using generated values stored in %s/secrets.json. "
+            "Authenticate with: X-API-Key: $(python -c \"import json;print(json.load(open('%s/secrets.json'))['master_api_key'])\")",
+            names, settings.instance_path, settings.instance_path,
+        )
+    elif not settings.production and len(settings.master_api_key) < MIN_SECRET_LENGTH:
+        log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it",
+                    MIN_SECRET_LENGTH)
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["GATEWAY"]
+    _explain_development_secrets(settings)
+    app.extensions["gateway.keys"] = KeyRing(settings.master_api_key)
+    app.extensions["gateway.tokens"] = tokens.TokenConfig(
+        secret=settings.jwt_secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        expires_in=settings.jwt_expires_in,
+        leeway=settings.jwt_leeway,
+    )
+    app.before_request(require_credentials)
+    app.register_blueprint(blueprint)

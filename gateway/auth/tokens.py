@@ -1,0 +1,75 @@
+"""JWTs minted by ``POST /auth/token``: HS256 only, every claim required.
+
+The algorithm is pinned on decode (never read from the token header), and ``sub``,
+``iat``, ``exp``, ``jti``, ``iss`` and ``aud`` are all required, so a token without
+an expiry, from another issuer, or signed with ``none`` or another algorithm fails.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("sub", "iat", "exp", "jti", "iss", "aud")
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    secret: str
+    issuer: str
+    audience: str
+    expires_in: int
+    leeway: int
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or not meant for us."""
+
+
+def mint(config: TokenConfig, subject: str, now: float | None = None) -> str:
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": subject,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + config.expires_in,
+        "jti": uuid.uuid4().hex,
+        "iss": config.issuer,
+        "aud": config.audience,
+    }
+    return jwt.encode(claims, config.secret, algorithm=ALGORITHM)
+
+
+def verify(config: TokenConfig, token: str) -> str:
+    """Return the token's subject.
+
+    :raises InvalidToken: for any token that is not ours, valid and current.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            config.secret,
+            algorithms=[ALGORITHM],
+            audience=config.audience,
+            issuer=config.issuer,
+            leeway=config.leeway,
+            options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
+        )
+    except (jwt.PyJWTError, ValueError, TypeError) as error:
+        raise InvalidToken(type(error).__name__) from None
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidToken("sub")
+    iat = claims.get("iat")
+    if not isinstance(iat, (int, float)) or iat > time.time() + config.leeway:
+        raise InvalidToken("iat")
+    return subject
+
+
+def looks_like_jwt(value: str) -> bool:
+    """A compact JWS has three dot-separated segments; API keys never contain dots."""
+    return value.count(".") == 2

@@ -1,0 +1,39 @@
+"""``POST /auth/token``: trade an API key for a short-lived JWT."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from gateway import payload
+from gateway.auth import tokens
+from gateway.errors import BadRequest, Unauthorized
+
+blueprint = Blueprint("auth", __name__)
+
+
+@blueprint.post("/auth/token")
+def issue_token() -> Response:
+    """Issue a JWT for an API key sent as ``{"apiKey": "<key>"}``.
+
+    :raises 400: the body is not a JSON object with a string ``apiKey``.
+    :raises 401: the key is wrong (failed attempts are limited per client address).
+    """
+    try:
+        body = payload.parse_object(request.get_data(cache=False))
+    except payload.PayloadError as error:
+        raise BadRequest(str(error)) from None
+    api_key = body.get("apiKey")
+    if not isinstance(api_key, str) or not api_key:
+        raise BadRequest("Send {\"apiKey\": \"<your key>\"}.", param="apiKey", error_code="missing_api_key")
+    key_id = current_app.extensions["gateway.keys"].identify(api_key)
+    if key_id is None:
+        raise Unauthorized()
+    config: tokens.TokenConfig = current_app.extensions["gateway.tokens"]
+    response = jsonify(
+        token=tokens.mint(config, key_id),
+        token_type="Bearer",
+        expires_in=config.expires_in,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response

@@ -1,0 +1,295 @@
+"""Settings: defaults <- .env file <- process environment <- overrides.
+
+This is the only module that reads the environment. Everything else receives a
+:class:`Settings` (the app keeps it in ``app.config["GATEWAY"]``).
+
+A bad value stops the process with one line naming the variable, never its value
+(:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from limits import parse_many
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_LENGTH = 32
+DEFAULT_AI_API_URL = "http://localhost:11434/v1/completions"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(RuntimeError):
+    """Invalid configuration. The message names the variable, never its value."""
+
+
+def _env_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- the original contract -------------------------------------------------
+    ai_proxy_host: str = "0.0.0.0"
+    ai_proxy_port: int = 8767
+    master_api_key: str = ""
+    jwt_secret: str = ""
+    ai_api_url: str = DEFAULT_AI_API_URL
+    ai_api_key: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    node_env: str = "development"
+
+    # --- quotas ------------------------------------------------------------------
+    rate_limit_general: str = "100 per 15 minutes"
+    rate_limit_ai: str = "20 per 15 minutes"
+    rate_limit_auth_failures: str = "10 per 15 minutes"
+    rate_limit_storage_uri: str = "memory://"
+
+    # --- tokens ------------------------------------------------------------------
+    jwt_expires_in: int = 3600
+    jwt_issuer: str = "ai-proxy-gateway"
+    jwt_audience: str = "ai-proxy-gateway"
+    jwt_leeway: int = 30
+
+    # --- upstream ----------------------------------------------------------------
+    ai_api_base_url: str = ""  # derived from ai_api_url when empty
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 120.0
+    upstream_total_timeout: float = 600.0
+    upstream_pool_size: int = 0  # 0: as many as the worker's concurrency
+    upstream_trust_env: bool = False
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024
+
+    # --- HTTP edge ---------------------------------------------------------------
+    trusted_proxy_count: int = 0
+    force_https: bool = False
+    log_level: str = "INFO"
+
+    # --- gunicorn (read by gunicorn.conf.py) -------------------------------------
+    gateway_worker_class: str = "gevent"
+    gateway_workers: int = 1
+    gateway_threads: int = 32
+    gateway_worker_connections: int = 1000
+    gateway_timeout: int = 30
+    gateway_graceful_timeout: int = 30
+    gateway_max_requests: int = 0
+    gateway_max_requests_jitter: int = 0
+
+    # --- where generated development secrets live ----------------------------------
+    instance_path: str = str(PROJECT_ROOT / "instance")
+
+    # Names of variables that came from generated development secrets.
+    generated: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def production(self) -> bool:
+        return self.node_env.strip().lower() == "production"
+
+    @property
+    def upstream_base_url(self) -> str:
+        """The upstream's ``/v1`` base: every AI operation's path is joined to it."""
+        if self.ai_api_base_url:
+            return self.ai_api_base_url.rstrip("/")
+        url = self.ai_api_url.rstrip("/")
+        for suffix in ("/chat/completions", "/completions"):
+            if url.endswith(suffix):
+                return url[: -len(suffix)]
+        return url
+
+    @property
+    def worker_concurrency(self) -> int:
+        if self.gateway_worker_class == "gevent":
+            return self.gateway_worker_connections
+        if self.gateway_worker_class == "gthread":
+            return self.gateway_threads
+        return 1
+
+    @property
+    def shared_limit_storage(self) -> bool:
+        return not self.rate_limit_storage_uri.startswith("memory://")
+
+
+# Variables whose env name differs from the field name.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "node_env": ("NODE_ENV", "APP_ENV"),
+}
+# Variables never shown by value, even in debugging output.
+SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key"})
+
+
+def _convert(name: str, raw: str, target: Any) -> Any:
+    raw = raw.strip()
+    try:
+        if target is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{_env_name(name)} is not a valid {target.__name__}") from None
+    return raw
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env_file: str | None = None,
+) -> Settings:
+    """Read settings from the environment (and a ``.env`` file), then validate them.
+
+    :param environ: the environment; ``os.environ`` when ``None``.
+    :param overrides: field values that win over everything (used by tests).
+    :param env_file: path of the ``.env`` file; ``AI_PROXY_ENV_FILE`` or ``./.env``.
+    :raises ConfigError: on any invalid value, naming the variable.
+    """
+    environ = os.environ if environ is None else environ
+    env_file = env_file or environ.get("AI_PROXY_ENV_FILE") or ".env"
+    source: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    source.update(environ)
+
+    values: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(Settings)}
+    types = {"int": int, "float": float, "bool": bool, "str": str, "tuple[str, ...]": tuple[str, ...]}
+    for f in dataclasses.fields(Settings):
+        if f.name == "generated":
+            continue
+        for env_name in _ALIASES.get(f.name, (_env_name(f.name),)):
+            if env_name in source:
+                values[f.name] = _convert(f.name, source[env_name], types[str(hints[f.name])])
+                break
+    values.update(overrides or {})
+    settings = Settings(**values)
+    settings = _with_development_secrets(settings)
+    validate(settings)
+    return settings
+
+
+def _with_development_secrets(settings: Settings) -> Settings:
+    """In development, create strong secrets once and share them with every worker.
+
+    They live in ``<instance_path>/secrets.json`` (git-ignored). The file is written
+    to a temporary name and linked into place, so concurrent workers either create it
+    or read the complete file another worker created.
+    """
+    if settings.production:
+        return settings
+    missing = [name for name in ("master_api_key", "jwt_secret") if not getattr(settings, name)]
+    if not missing:
+        return settings
+    path = Path(settings.instance_path) / "secrets.json"
+    stored = _read_or_create_secrets(path)
+    return dataclasses.replace(
+        settings,
+        generated=tuple(missing),
+        **{name: stored[name] for name in missing},
+    )
+
+
+def _read_or_create_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = {name: secrets.token_urlsafe(32) for name in ("master_api_key", "jwt_secret")}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secrets-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(fresh, handle)
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another worker won the race; read its file below
+        finally:
+            os.unlink(tmp)
+    try:
+        stored = json.loads(path.read_text())
+        if not all(isinstance(stored.get(k), str) and stored[k] for k in ("master_api_key", "jwt_secret")):
+            raise ValueError
+    except (OSError, ValueError):
+        raise ConfigError(f"{path} is unreadable; delete it to generate new development secrets") from None
+    return stored
+
+
+def _check_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL")
+    if parts.username or parts.password:
+        raise ConfigError(f"{name} must not carry credentials; use AI_API_KEY")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name} must not have a query or fragment")
+
+
+def _check_limit(name: str, value: str) -> None:
+    try:
+        if not parse_many(value):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid rate limit (e.g. '100 per 15 minutes')") from None
+
+
+def validate(settings: Settings) -> None:
+    """:raises ConfigError: naming the first invalid variable."""
+    _check_url("AI_API_URL", settings.ai_api_url)
+    if settings.ai_api_base_url:
+        _check_url("AI_API_BASE_URL", settings.ai_api_base_url)
+    for name in ("rate_limit_general", "rate_limit_ai", "rate_limit_auth_failures"):
+        _check_limit(_env_name(name), getattr(settings, name))
+    if "://" not in settings.rate_limit_storage_uri:
+        raise ConfigError("RATE_LIMIT_STORAGE_URI must be a storage URI such as memory:// or redis://host:6379/0")
+    if not 1 <= settings.ai_proxy_port <= 65535:
+        raise ConfigError("AI_PROXY_PORT must be between 1 and 65535")
+    positive = ("jwt_expires_in", "max_request_bytes", "max_response_bytes", "upstream_connect_timeout",
+                "upstream_read_timeout", "upstream_total_timeout", "gateway_workers", "gateway_threads",
+                "gateway_worker_connections", "gateway_timeout")
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{_env_name(name)} must be positive")
+    for name in ("trusted_proxy_count", "upstream_pool_size", "jwt_leeway", "gateway_graceful_timeout",
+                 "gateway_max_requests", "gateway_max_requests_jitter"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{_env_name(name)} must not be negative")
+    if settings.gateway_worker_class not in ("gevent", "gthread"):
+        raise ConfigError("GATEWAY_WORKER_CLASS must be gevent or gthread (sync workers cannot hold streams)")
+    if settings.gateway_workers > 1 and not settings.shared_limit_storage:
+        raise ConfigError(
+            "GATEWAY_WORKERS must be 1 while RATE_LIMIT_STORAGE_URI is memory:// "
+            "(in-memory quotas are per process); use a shared store such as redis:// for more workers"
+        )
+    for origin in settings.allowed_origins:
+        if origin == "*":
+            if settings.production:
+                raise ConfigError("ALLOWED_ORIGINS must list exact origins, not '*', in production")
+        elif urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).hostname:
+            raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
+    if settings.production:
+        for name in ("master_api_key", "jwt_secret"):
+            value = getattr(settings, name)
+            if not value:
+                raise ConfigError(f"{_env_name(name)} is required in production")
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ConfigError(f"{_env_name(name)} must be at least {MIN_SECRET_LENGTH} characters in production")
+        if settings.master_api_key == settings.jwt_secret:
+            raise ConfigError("JWT_SECRET must differ from MASTER_API_KEY")

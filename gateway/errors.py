@@ -1,0 +1,159 @@
+"""The one place error bodies are built.
+
+Every non-2xx response the gateway makes itself has OpenAI's shape::
+
+    {"error": {"message": ..., "type": ..., "code": ..., "param": ...}}
+
+Views raise :class:`GatewayError` subclasses (or Werkzeug's HTTP exceptions); the
+handlers here render them. Headers of the original exception response
+(``Retry-After``, ``Allow``, ``WWW-Authenticate``) are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, g, json
+from flask_limiter import RateLimitExceeded
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(HTTPException):
+    """An error the gateway reports to the client: status, OpenAI error type and code."""
+
+    code = 500
+    error_type = "api_error"
+    error_code: str | None = "internal_error"
+    description = "The gateway failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        error_code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.description)
+        if error_code is not None:
+            self.error_code = error_code
+        self.param = param
+        self.extra_headers = headers or {}
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), *self.extra_headers.items()]
+
+
+class BadRequest(GatewayError):
+    code = 400
+    error_type = "invalid_request_error"
+    error_code = "invalid_request"
+    description = "The request is invalid."
+
+
+class Unauthorized(GatewayError):
+    code = 401
+    error_type = "authentication_error"
+    error_code = "invalid_api_key"
+    description = "Missing or invalid credentials. Send X-API-Key: <key> or Authorization: Bearer <token>."
+
+    def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="ai-proxy"')]
+
+
+class UnsupportedMediaType(GatewayError):
+    code = 415
+    error_type = "invalid_request_error"
+    error_code = "unsupported_media_type"
+    description = "The request body must be JSON (Content-Type: application/json)."
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed in a way that is not the client's fault."""
+
+    code = 502
+    error_type = "api_error"
+    error_code = "upstream_error"
+    description = "The AI backend returned an invalid response."
+
+
+class UpstreamUnavailable(UpstreamError):
+    error_code = "upstream_unavailable"
+    description = "The AI backend could not be reached."
+
+
+class UpstreamTimeout(UpstreamError):
+    code = 504
+    error_code = "upstream_timeout"
+    description = "The AI backend did not answer in time."
+
+
+# How Werkzeug's own HTTP errors (routing, size limits, ...) map onto OpenAI's types.
+_HTTP_TYPES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    408: ("invalid_request_error", "request_timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "gateway_rate_limited"),
+    431: ("invalid_request_error", "headers_too_large"),
+}
+
+
+def envelope(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None,
+    *,
+    param: str | None = None,
+    headers: Any = None,
+) -> Response:
+    """Build an error response in the gateway's one envelope."""
+    response = current_app.response_class(
+        json.dumps(envelope(message, error_type, code, param)),
+        status=status,
+        mimetype="application/json",
+    )
+    if headers is not None:
+        for name, value in headers.items() if hasattr(headers, "items") else headers:
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+    return response
+
+
+def _render_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    if isinstance(error, GatewayError):
+        error_type, code = error.error_type, error.error_code
+        param = error.param
+        message = error.description
+    elif isinstance(error, RateLimitExceeded):
+        error_type, code = _HTTP_TYPES[429]
+        param = None
+        message = f"Rate limit exceeded: {error.description}. Retry after the time in Retry-After."
+    else:
+        error_type, code = _HTTP_TYPES.get(status, ("api_error" if status >= 500 else "invalid_request_error", None))
+        param = None
+        message = error.description or error.name
+    return error_response(status, message, error_type, code, param=param, headers=error.get_response().headers)
+
+
+def _render_unexpected(error: Exception) -> Response:
+    log.exception("unhandled error request_id=%s", g.get("request_id"))
+    return error_response(500, "The gateway failed to handle the request.", "api_error", "internal_error")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)

@@ -1,0 +1,109 @@
+"""Request ids, ``Server-Timing`` and one structured log line per request.
+
+A log line carries the request id, method, path, status, durations, the caller's
+key id and the model: never a key, a token, a header value or prompt text.
+Streamed responses are logged when the stream ends, with how it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from gateway import auth
+
+log = logging.getLogger("gateway.access")
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; fields given as ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send the ``gateway`` loggers to stderr as JSON lines (once per process)."""
+    logger = logging.getLogger("gateway")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_gateway", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._gateway = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    presented = request.headers.get("X-Request-ID", "")
+    g.request_id = presented if _SAFE_REQUEST_ID.match(presented) else uuid.uuid4().hex
+
+
+def _fields(status: int) -> dict[str, Any]:
+    caller = auth.current_caller()
+    return {
+        "request_id": g.get("request_id"),
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - g.started) * 1000, 2),
+        "upstream_ms": round(g.upstream_ms, 2) if "upstream_ms" in g else None,
+        "caller": caller.id if caller else None,
+        "model": g.get("model"),
+    }
+
+
+def _finish(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.request_id
+    response.headers.setdefault("Cache-Control", "no-store")
+    fields = _fields(response.status_code)
+    timing = f"gateway;dur={fields['duration_ms']}"
+    if fields["upstream_ms"] is not None:
+        timing += f", upstream;dur={fields['upstream_ms']}"
+    response.headers["Server-Timing"] = timing
+    pending = g.get("stream_fields")
+    if response.is_streamed and pending is not None:
+        pending.update(fields)  # logged when the stream ends
+    else:
+        log.info("request", extra={"fields": fields})
+    return response
+
+
+def stream_logger() -> Callable[[str], None]:
+    """A callback for the relay: logs the request when its stream ends."""
+    fields: dict[str, Any] = {}
+    started = g.started
+    g.stream_fields = fields
+
+    def finished(outcome: str) -> None:
+        fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        fields["stream"] = outcome
+        log.info("request", extra={"fields": fields})
+
+    return finished
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config["GATEWAY"].log_level)
+    app.before_request(_start)
+    app.after_request(_finish)

@@ -1,0 +1,38 @@
+"""The table of AI operations. Adding an AI function is one entry here.
+
+Each operation is served at ``/api/ai/<name>`` and at its OpenAI-compatible
+``/v1<upstream_path>``; its route, its ``GET /`` documentation and its quota
+follow from the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # served at /api/ai/<name>
+    method: str  # "POST" (JSON body) or "GET" (no body)
+    upstream_path: str  # joined to the upstream's /v1 base; also served at /v1<upstream_path>
+    streams: bool  # accepts "stream": true and relays server-sent events
+    summary: str
+
+    @property
+    def gateway_paths(self) -> tuple[str, str]:
+        return (f"/api/ai/{self.name}", f"/v1{self.upstream_path}")
+
+    @property
+    def has_body(self) -> bool:
+        return self.method == "POST"
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("completion", "POST", "/completions", True, "Text completion (OpenAI /v1/completions)"),
+    Operation("chat", "POST", "/chat/completions", True, "Chat completion (OpenAI /v1/chat/completions)"),
+    Operation("embeddings", "POST", "/embeddings", False, "Embeddings (OpenAI /v1/embeddings)"),
+    Operation("images", "POST", "/images/generations", False, "Image generation (OpenAI /v1/images/generations)"),
+    Operation("models", "GET", "/models", False, "List the upstream's models (OpenAI /v1/models)"),
+)
+
+BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}

@@ -1,0 +1,56 @@
+"""``GET /`` (self-documentation) and ``GET /health`` (liveness)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from gateway import operations
+
+blueprint = Blueprint("meta", __name__)
+
+
+@blueprint.get("/health")
+def health() -> Response:
+    """Liveness: no credentials, no quota, no upstream call."""
+    response = jsonify(status="ok")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _summary(endpoint: str) -> str:
+    view = current_app.view_functions[endpoint]
+    doc = (view.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+@blueprint.get("/")
+def index() -> Response:
+    """This document: every endpoint with its method, auth and quotas."""
+    from gateway import auth, limits  # the route table is only complete once the app is built
+
+    endpoints = []
+    for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            public = (rule.endpoint, method) in auth.PUBLIC_ENDPOINTS
+            entry = {
+                "method": method,
+                "path": rule.rule,
+                "auth": "none" if public else "X-API-Key or Authorization: Bearer <api key or JWT>",
+                "rate_limits": limits.describe(rule.endpoint),
+                "description": _summary(rule.endpoint),
+            }
+            op = operations.BY_NAME.get(rule.endpoint.rpartition(".")[2]) if rule.endpoint.startswith("ai.") else None
+            if op is not None:
+                entry["streaming"] = op.streams
+            endpoints.append(entry)
+    return jsonify(
+        name="AI Proxy Gateway",
+        description="Authenticated, rate-limited gateway to an OpenAI-compatible LLM backend.",
+        authentication={
+            "api_key": "X-API-Key: <key> or Authorization: Bearer <key>",
+            "jwt": "POST /auth/token with {\"apiKey\": \"<key>\"}, then Authorization: Bearer <token>",
+        },
+        endpoints=endpoints,
+    )

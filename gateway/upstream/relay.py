@@ -1,0 +1,204 @@
+"""Turn an upstream answer into the gateway's response.
+
+- 2xx JSON and 4xx JSON pass through byte for byte with the upstream's status;
+  an upstream 429 keeps its ``Retry-After`` and always carries an ``error.code``
+  other than the gateway's own ``gateway_rate_limited``.
+- Upstream 401/403 (a bad ``AI_API_KEY``), 3xx, 5xx and non-JSON answers become a
+  502 in the gateway's envelope: never the client's fault, never the upstream's
+  internals.
+- ``text/event-stream`` answers are relayed event by event as they arrive
+  (:func:`stream_events`); an upstream that breaks off ends with an error event,
+  never with a made-up ``[DONE]``.
+
+Only the headers named in :data:`PASSED_HEADERS` come back from the upstream.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import requests
+import urllib3.exceptions
+from flask import Response
+
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.sse import EventFramer, error_event
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+PASSED_HEADERS = ("Retry-After",)
+_READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, requests.RequestException)
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    deadline: float  # time.monotonic() by which the whole answer must be in
+    max_bytes: int  # largest non-streamed body accepted from the upstream
+
+
+def _read_chunk(upstream: requests.Response) -> bytes:
+    # read1 returns what has arrived (one recv), so a trickling upstream cannot
+    # hold us past the deadline, and a connection-delimited stream is not buffered.
+    return upstream.raw.read1(READ_SIZE, decode_content=True)
+
+
+def read_body(upstream: requests.Response, limits: RelayLimits) -> bytes:
+    """Read a whole non-streamed answer within the deadline and size cap.
+
+    :raises UpstreamTimeout: the deadline passed, or a read timed out.
+    :raises UpstreamError: the answer was too large or cut off.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time.monotonic() > limits.deadline:
+                raise UpstreamTimeout("The AI backend did not finish its answer in time.")
+            data = _read_chunk(upstream)
+            if not data:
+                return b"".join(chunks)
+            size += len(data)
+            if size > limits.max_bytes:
+                raise UpstreamError("The AI backend's answer is too large.", error_code="upstream_response_too_large")
+            chunks.append(data)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise UpstreamTimeout("The AI backend stopped answering.") from None
+    except _READ_ERRORS:
+        raise UpstreamError("The AI backend's answer was cut off.", error_code="upstream_incomplete") from None
+
+
+def _passed_headers(upstream: requests.Response) -> dict[str, str]:
+    return {name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers}
+
+
+def _json_response(body: bytes, status: int, headers: dict[str, str]) -> Response:
+    response = Response(body, status=status, mimetype="application/json")
+    response.headers.update(headers)
+    return response
+
+
+def _client_error(upstream: requests.Response, body: bytes) -> Response:
+    status = upstream.status_code
+    headers = _passed_headers(upstream)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
+        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+        code = "upstream_rate_limited" if status == 429 else "upstream_rejected"
+        document = {
+            "error": {
+                "message": f"The AI backend rejected the request (HTTP {status}).",
+                "type": kind,
+                "code": code,
+                "param": None,
+            }
+        }
+        return _json_response(json.dumps(document).encode(), status, headers)
+    if status == 429 and document["error"].get("code") in (None, "", "gateway_rate_limited"):
+        document["error"]["code"] = "upstream_rate_limited"
+        return _json_response(json.dumps(document).encode(), status, headers)
+    return _json_response(body, status, headers)
+
+
+def _check_status(status: int) -> None:
+    if 300 <= status < 400:
+        raise UpstreamError("The AI backend answered with a redirect, which the gateway does not follow.",
+                            error_code="upstream_redirect")
+    if status in (401, 403):
+        raise UpstreamError("The AI backend rejected the gateway's own credentials; the operator should check AI_API_KEY.",
+                            error_code="upstream_auth_failed")
+    if status >= 500 or status < 200:
+        raise UpstreamError(f"The AI backend failed (HTTP {status}).", error_code="upstream_error")
+
+
+def _is_event_stream(upstream: requests.Response) -> bool:
+    return upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def to_response(
+    upstream: requests.Response,
+    *,
+    wants_stream: bool,
+    limits: RelayLimits,
+    on_stream_end: Callable[[str], None],
+) -> Response:
+    """Build the client's response; takes ownership of ``upstream`` (closes it)."""
+    handed_over = False
+    try:
+        _check_status(upstream.status_code)
+        if wants_stream and upstream.status_code == 200 and _is_event_stream(upstream):
+            handed_over = True
+            return _stream_response(upstream, limits, on_stream_end)
+        body = read_body(upstream, limits)
+        if upstream.status_code >= 400:
+            return _client_error(upstream, body)
+        if upstream.status_code == 204 or not body:
+            return Response(status=upstream.status_code)
+        try:
+            json.loads(body)
+        except ValueError:
+            raise UpstreamError("The AI backend returned something other than JSON.",
+                                error_code="upstream_invalid_response") from None
+        return _json_response(body, upstream.status_code, _passed_headers(upstream))
+    finally:
+        if not handed_over:
+            upstream.close()
+
+
+def _stream_response(upstream: requests.Response, limits: RelayLimits, on_end: Callable[[str], None]) -> Response:
+    response = Response(stream_events(upstream, limits, on_end), status=200, mimetype="text/event-stream",
+                        direct_passthrough=True)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def stream_events(upstream: requests.Response, limits: RelayLimits, on_end: Callable[[str], None]) -> Iterator[bytes]:
+    """Yield whole SSE events as the upstream sends them.
+
+    Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off,
+    stalls beyond the read timeout, or runs past the deadline. Closing the generator
+    (the client went away) closes the upstream connection at once.
+    """
+    framer = EventFramer()
+    outcome = "completed"
+    try:
+        while True:
+            if time.monotonic() > limits.deadline:
+                outcome = "deadline_exceeded"
+                yield error_event("The stream exceeded the gateway's maximum duration.", code="upstream_timeout")
+                return
+            try:
+                data = _read_chunk(upstream)
+            except urllib3.exceptions.ReadTimeoutError:
+                outcome = "upstream_idle_timeout"
+                yield error_event("The AI backend stopped sending.", code="upstream_timeout")
+                return
+            except _READ_ERRORS:
+                outcome = "upstream_broke_off"
+                yield error_event("The AI backend ended the stream early.")
+                return
+            if not data:
+                break
+            events = framer.feed(data)
+            if events:
+                yield events
+        rest = framer.flush()
+        if rest:
+            yield rest
+    except GeneratorExit:
+        outcome = "client_disconnected"
+        raise
+    finally:
+        upstream.close()
+        if outcome not in ("completed", "client_disconnected"):
+            log.warning("stream ended early: %s", outcome)
+        on_end(outcome)

@@ -1,0 +1,45 @@
+"""gunicorn settings, from the same configuration the app reads (gateway.config).
+
+Worker class: gevent by default. A stream holds its worker slot for its whole
+life; gevent holds a thousand of them in one process where gthread needs a thread
+each and the sync worker one process each (and kills any request longer than
+``timeout``). See docs/benchmarks.md for the measurements behind this choice.
+
+One worker process by default: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas
+live in the process, so the gateway refuses more than one worker (see
+gateway.config.validate). Point the storage at Redis to run several.
+"""
+
+import gunicorn.http.wsgi
+
+from gateway.config import ConfigError, load
+
+try:
+    _settings = load()
+except ConfigError as error:
+    raise SystemExit(f"configuration error: {error}") from None
+
+# Never advertise the server software or its version.
+gunicorn.http.wsgi.SERVER = "ai-proxy"
+
+bind = f"{_settings.ai_proxy_host}:{_settings.ai_proxy_port}"
+worker_class = _settings.gateway_worker_class
+workers = _settings.gateway_workers
+threads = _settings.gateway_threads
+worker_connections = _settings.gateway_worker_connections
+
+# For gevent/gthread the timeout is a heartbeat: long streams are not killed by it.
+timeout = _settings.gateway_timeout
+# On SIGTERM/SIGHUP, in-flight requests and streams get this long to finish.
+graceful_timeout = _settings.gateway_graceful_timeout
+keepalive = 5
+max_requests = _settings.gateway_max_requests
+max_requests_jitter = _settings.gateway_max_requests_jitter
+
+# The gateway writes its own structured line per request (gateway.observability).
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+# X-Forwarded-* is handled by ProxyFix (TRUSTED_PROXY_COUNT), never by gunicorn itself.
+forwarded_allow_ips = ""
+proxy_allow_ips = ""
