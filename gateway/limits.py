@@ -61,7 +61,8 @@ def _rate_limit_headers(response: Response) -> Response:
     response.headers["X-RateLimit-Remaining"] = str(remaining)
     response.headers["X-RateLimit-Reset"] = str(reset_at)
     if response.status_code == 429 and "Retry-After" not in response.headers:
-        response.headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
+        window = limit.limit.get_expiry()
+        response.headers["Retry-After"] = str(max(1, min(window, reset_at - int(time.time()))))
     return response
 
 

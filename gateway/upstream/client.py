@@ -69,7 +69,6 @@ class UpstreamClient:
     def _new_session(self) -> requests.Session:
         session = requests.Session()
         session.trust_env = self.config.trust_env
-        session.max_redirects = 0
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.config.pool_size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)

@@ -1,0 +1,91 @@
+"""Streaming relay in-process: bytes, headers, failures, disconnects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import KEY_HEADERS
+from tests.fakes.upstream import Behavior
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def _events(raw: bytes) -> list[str]:
+    return [block for block in raw.decode().split("\n\n") if block.strip()]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/ai/chat"])
+def test_stream_is_relayed_byte_for_byte(client, upstream, framing, path) -> None:
+    upstream.behavior = Behavior(chunks=4, framing=framing)
+    response = client.post(path, json=CHAT, headers=KEY_HEADERS)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Length" not in response.headers
+    events = _events(response.get_data())
+    assert events[-1] == "data: [DONE]"
+    assert len(events) == 4 + 2  # content events, the finish event, [DONE]
+    assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
+    assert upstream.requests[-1].json() == CHAT
+
+
+def test_completion_stream(client, upstream) -> None:
+    body = {"model": "m", "prompt": "hi", "stream": True}
+    response = client.post("/api/ai/completion", json=body, headers=KEY_HEADERS)
+    assert _events(response.get_data())[-1] == "data: [DONE]"
+
+
+def test_stream_events_arrive_one_by_one(client, upstream) -> None:
+    upstream.behavior = Behavior(chunks=3, gap=0.05)
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS, buffered=False)
+    pieces = [piece for piece in response.response if piece]
+    response.close()
+    assert len(pieces) >= 4  # not one buffered blob
+
+
+def test_upstream_breaking_off_never_looks_complete(client, upstream) -> None:
+    upstream.behavior = Behavior(mode="drop", drop_after=2)
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
+    assert response.status_code == 200
+    events = _events(response.get_data())
+    assert "data: [DONE]" not in events
+    assert events[-1].startswith("event: error\ndata: ")
+    error = json.loads(events[-1].split("data: ", 1)[1])["error"]
+    assert error["code"] == "upstream_stream_error"
+    assert len(events) == 3  # the two events sent, then the error
+
+
+def test_upstream_error_before_stream_starts_is_a_real_status(client, upstream) -> None:
+    upstream.behavior = Behavior(mode="status", status=429, headers={"Retry-After": "3"})
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "3"
+    upstream.behavior = Behavior(mode="status", status=500)
+    assert client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).status_code == 502
+
+
+def test_idle_upstream_mid_stream_ends_with_error_event(make_app, upstream) -> None:
+    upstream.behavior = Behavior(chunks=3, gap=1.5)
+    client = make_app(upstream_read_timeout=0.5).test_client()
+    events = _events(client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data())
+    assert events[-1].startswith("event: error")
+    assert "data: [DONE]" not in events
+
+
+def test_client_disconnect_releases_the_upstream_stream(client, upstream) -> None:
+    upstream.behavior = Behavior(chunks=50, gap=0.05)
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS, buffered=False)
+    iterator = iter(response.response)
+    assert next(iterator)
+    assert upstream.wait_for_active_streams(1, timeout=2)
+    response.close()  # what the WSGI server does when the client goes away
+    assert upstream.wait_for_active_streams(0, timeout=2)
+
+
+def test_upstream_answering_json_to_a_stream_request_is_passed_through(client, upstream) -> None:
+    upstream.behavior = Behavior(mode="raw", body=b'{"id": "x"}', content_type="application/json")
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
+    assert response.status_code == 200 and response.get_json() == {"id": "x"}
