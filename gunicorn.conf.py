@@ -10,9 +10,28 @@ live in the process, so the gateway refuses more than one worker (see
 gateway.config.validate). Point the storage at Redis to run several.
 """
 
-import gunicorn.http.wsgi
+import os
 
-from gateway.config import ConfigError, load
+from dotenv import dotenv_values
+
+
+def _early(name: str, default: str) -> str:
+    # Read before gateway.config on purpose: gevent must patch the standard library
+    # before Flask, urllib3 and PyJWT import ssl/threading names, or HTTPS to the
+    # upstream would block the whole worker. gateway.config re-reads and validates it.
+    env_file = os.environ.get("AI_PROXY_ENV_FILE") or ".env"
+    from_file = dotenv_values(env_file).get(name) if os.path.isfile(env_file) else None
+    return (os.environ.get(name) or from_file or default).strip()
+
+
+if _early("GATEWAY_WORKER_CLASS", "gevent") == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import gunicorn.http.wsgi  # noqa: E402
+
+from gateway.config import ConfigError, load  # noqa: E402
 
 try:
     _settings = load()
@@ -43,3 +62,5 @@ loglevel = _settings.log_level.lower()
 # X-Forwarded-* is handled by ProxyFix (TRUSTED_PROXY_COUNT), never by gunicorn itself.
 forwarded_allow_ips = ""
 proxy_allow_ips = ""
+# gunicorn's control socket is not used; several instances on one host would share its path.
+control_socket_disable = True
