@@ -118,12 +118,13 @@ def require_credentials() -> None:
 def _explain_development_secrets(settings: Settings) -> None:
     if settings.generated:
         names = ", ".join(name.upper() for name in settings.generated)
-        log.warning(
-            "development mode: %s not set; using generated values stored in %s/secrets.json. "
-            "Authenticate with: X-API-Key: $(python -c \"import json;print(json.load(open('%s/secrets.json'))['master_api_key'])\")",
-            names, settings.instance_path, settings.instance_path,
-        )
-    elif not settings.production and len(settings.master_api_key) < MIN_SECRET_LENGTH:
+        log.warning("development mode: %s not set; using generated values kept in %s/secrets.json",
+                    names, settings.instance_path)
+        if "master_api_key" in settings.generated:
+            log.warning(
+                "authenticate with: X-API-Key: $(python3 -c \"import json; "
+                "print(json.load(open('%s/secrets.json'))['master_api_key'])\")", settings.instance_path)
+    if not settings.production and len(settings.master_api_key) < MIN_SECRET_LENGTH:
         log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it",
                     MIN_SECRET_LENGTH)
 
