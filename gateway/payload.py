@@ -72,6 +72,26 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+class BodyTooLarge(PayloadError):
+    """The body is larger than the configured limit."""
+
+
+def read_limited(environ: dict[str, Any], data: bytes, limit: int | None) -> bytes:
+    """Check that a body read under a size limit was not silently cut short.
+
+    Werkzeug refuses a too-large ``Content-Length`` up front, but a chunked body is
+    read through a stream that simply stops at the limit. If the body filled the
+    limit and more bytes follow, it was too large.
+
+    :raises BodyTooLarge: more than ``limit`` bytes were sent.
+    """
+    if limit is not None and len(data) >= limit and environ.get("CONTENT_LENGTH") in (None, ""):
+        stream = environ.get("wsgi.input")
+        if stream is not None and stream.read(1):
+            raise BodyTooLarge("The request body is too large.")
+    return data
+
+
 def is_json_content_type(content_type: str | None) -> bool:
     if not content_type:
         return False

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from gateway import payload
 from gateway.auth import tokens
+from gateway.body import request_body
 from gateway.errors import BadRequest, Unauthorized
 
 blueprint = Blueprint("auth", __name__)
@@ -19,7 +20,7 @@ def issue_token() -> Response:
     :raises 401: the key is wrong (failed attempts are limited per client address).
     """
     try:
-        body = payload.parse_object(request.get_data(cache=False))
+        body = payload.parse_object(request_body())
     except payload.PayloadError as error:
         raise BadRequest(str(error)) from None
     api_key = body.get("apiKey")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, g, request
 
 from gateway import observability, payload
+from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import relay
@@ -27,7 +28,7 @@ def read_request(op: Operation) -> tuple[bytes | None, bool]:
         return None, False
     if not payload.is_json_content_type(request.content_type):
         raise UnsupportedMediaType()
-    raw = request.get_data(cache=False)
+    raw = request_body()
     try:
         document = payload.parse_object(raw)
     except payload.PayloadError as error:

@@ -27,10 +27,11 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["Behavior", "Recorded", "FakeUpstream", "MODELS", "main"]
@@ -148,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "fake-upstream/1.0"
     sys_version = ""
 
-    server: "_Server"
+    server: _Server
 
     # -- plumbing ----------------------------------------------------------- #
 
@@ -612,7 +613,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     block_on_close = False  # never join handler threads in server_close()
 
-    def __init__(self, address: tuple[str, int], fake: "FakeUpstream") -> None:
+    def __init__(self, address: tuple[str, int], fake: FakeUpstream) -> None:
         self.fake = fake
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -667,7 +668,7 @@ class FakeUpstream:
 
     # -- lifecycle ---------------------------------------------------------- #
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         if self._server is not None:
             return self
         self._stop_event = threading.Event()
@@ -700,7 +701,7 @@ class FakeUpstream:
             self._thread = None
         self.wait_until_no_open_connections(timeout=0.3)
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
