@@ -5,9 +5,10 @@ life; gevent holds a thousand of them in one process where gthread needs a threa
 each and the sync worker one process each (and kills any request longer than
 ``timeout``). See docs/benchmarks.md for the measurements behind this choice.
 
-One worker process by default: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas
-live in the process, so the gateway refuses more than one worker (see
-gateway.config.validate). Point the storage at Redis to run several.
+Worker processes: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas live in the
+process, so there is one worker and the gateway refuses more (see
+gateway.config.validate). With a shared store (Redis) the default is one worker
+per core, all counting against the same quotas.
 """
 
 import os
@@ -43,7 +44,7 @@ gunicorn.http.wsgi.SERVER = "ai-proxy"
 
 bind = f"{_settings.ai_proxy_host}:{_settings.ai_proxy_port}"
 worker_class = _settings.gateway_worker_class
-workers = _settings.gateway_workers
+workers = _settings.worker_processes
 threads = _settings.gateway_threads
 worker_connections = _settings.gateway_worker_connections
 

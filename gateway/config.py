@@ -27,6 +27,9 @@ from limits import parse_many
 log = logging.getLogger(__name__)
 
 MIN_SECRET_LENGTH = 32
+STRATEGIES = ("moving-window", "sliding-window-counter", "fixed-window")
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster",
+                   "valkey", "valkeys", "valkey+unix", "valkey+sentinel", "valkey+cluster")
 DEFAULT_AI_API_URL = "http://localhost:11434/v1/completions"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +59,11 @@ class Settings:
     rate_limit_ai: str = "20 per 15 minutes"
     rate_limit_auth_failures: str = "10 per 15 minutes"
     rate_limit_storage_uri: str = "memory://"
+    rate_limit_strategy: str = "moving-window"
+    rate_limit_concurrent: int = 0  # in-flight AI requests per caller; 0 = no limit
+    rate_limit_on_storage_error: str = "open"
+    rate_limit_storage_timeout: float = 0.5
+    rate_limit_key_prefix: str = "aiproxy"
 
     # --- tokens ------------------------------------------------------------------
     jwt_expires_in: int = 3600
@@ -80,7 +88,7 @@ class Settings:
 
     # --- gunicorn (read by gunicorn.conf.py) -------------------------------------
     gateway_worker_class: str = "gevent"
-    gateway_workers: int = 1
+    gateway_workers: int = 0  # 0: one on memory://, one per core with a shared store
     gateway_threads: int = 32
     gateway_worker_connections: int = 1000
     gateway_timeout: int = 30
@@ -120,6 +128,12 @@ class Settings:
     @property
     def shared_limit_storage(self) -> bool:
         return not self.rate_limit_storage_uri.startswith("memory://")
+
+    @property
+    def worker_processes(self) -> int:
+        if self.gateway_workers:
+            return self.gateway_workers
+        return (os.cpu_count() or 1) if self.shared_limit_storage else 1
 
 
 # Variables whose env name differs from the field name.
@@ -257,23 +271,33 @@ def validate(settings: Settings) -> None:
         _check_url("AI_API_BASE_URL", settings.ai_api_base_url)
     for name in ("rate_limit_general", "rate_limit_ai", "rate_limit_auth_failures"):
         _check_limit(_env_name(name), getattr(settings, name))
-    if "://" not in settings.rate_limit_storage_uri:
-        raise ConfigError("RATE_LIMIT_STORAGE_URI must be a storage URI such as memory:// or redis://host:6379/0")
+    if settings.rate_limit_storage_uri.partition("://")[0] not in STORAGE_SCHEMES or "://" not in settings.rate_limit_storage_uri:
+        raise ConfigError("RATE_LIMIT_STORAGE_URI must be memory:// or a Redis URI such as redis://host:6379/0")
+    if settings.rate_limit_strategy not in STRATEGIES:
+        raise ConfigError(f"RATE_LIMIT_STRATEGY must be one of {', '.join(STRATEGIES)}")
+    if settings.rate_limit_on_storage_error not in ("open", "closed"):
+        raise ConfigError("RATE_LIMIT_ON_STORAGE_ERROR must be open or closed")
+    if not 0 < settings.rate_limit_storage_timeout <= 30:
+        raise ConfigError("RATE_LIMIT_STORAGE_TIMEOUT must be between 0 and 30 seconds")
+    if settings.rate_limit_concurrent < 0:
+        raise ConfigError("RATE_LIMIT_CONCURRENT must not be negative")
+    if not settings.rate_limit_key_prefix.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError("RATE_LIMIT_KEY_PREFIX may only contain letters, digits, '-' and '_'")
     if not 1 <= settings.ai_proxy_port <= 65535:
         raise ConfigError("AI_PROXY_PORT must be between 1 and 65535")
     positive = ("jwt_expires_in", "max_request_bytes", "max_response_bytes", "upstream_connect_timeout",
-                "upstream_read_timeout", "upstream_total_timeout", "gateway_workers", "gateway_threads",
+                "upstream_read_timeout", "upstream_total_timeout", "gateway_threads",
                 "gateway_worker_connections", "gateway_timeout")
     for name in positive:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{_env_name(name)} must be positive")
-    for name in ("trusted_proxy_count", "upstream_pool_size", "jwt_leeway", "gateway_graceful_timeout",
+    for name in ("trusted_proxy_count", "upstream_pool_size", "jwt_leeway", "gateway_graceful_timeout", "gateway_workers",
                  "gateway_max_requests", "gateway_max_requests_jitter"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{_env_name(name)} must not be negative")
     if settings.gateway_worker_class not in ("gevent", "gthread"):
         raise ConfigError("GATEWAY_WORKER_CLASS must be gevent or gthread (sync workers cannot hold streams)")
-    if settings.gateway_workers > 1 and not settings.shared_limit_storage:
+    if settings.worker_processes > 1 and not settings.shared_limit_storage:
         raise ConfigError(
             "GATEWAY_WORKERS must be 1 while RATE_LIMIT_STORAGE_URI is memory:// "
             "(in-memory quotas are per process); use a shared store such as redis:// for more workers"

@@ -19,7 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway.errors import GatewayError
 from gateway.limits import EXPOSED_HEADERS
-from gateway.routes.meta import health
+from gateway.routes.meta import health, ready
 
 ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "X-Request-ID")
 EXPOSED_RESPONSE_HEADERS = (*EXPOSED_HEADERS, "X-Request-ID", "Server-Timing")
@@ -67,5 +67,6 @@ def init_app(app: Flask) -> None:
         session_cookie_secure=True,
         x_content_type_options=True,
     )
-    talisman(force_https=False)(health)  # probes over plain HTTP always get their 200
+    for probe in (health, ready):  # probes over plain HTTP always get their answer
+        talisman(force_https=False)(probe)
     app.extensions["gateway.talisman"] = talisman

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, json
 from flask_limiter import RateLimitExceeded
+from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,20 @@ class UnsupportedMediaType(GatewayError):
     description = "The request body must be JSON (Content-Type: application/json)."
 
 
+class ConcurrencyLimited(GatewayError):
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "concurrency_limit_exceeded"
+    description = "Too many requests in flight for this key; retry when one has finished."
+
+
+class LimitStorageUnavailable(GatewayError):
+    code = 503
+    error_type = "api_error"
+    error_code = "rate_limit_storage_unavailable"
+    description = "The gateway cannot check quotas right now; retry shortly."
+
+
 class UpstreamError(GatewayError):
     """The upstream failed in a way that is not the client's fault."""
 
@@ -102,6 +117,7 @@ _HTTP_TYPES: dict[int, tuple[str, str]] = {
     413: ("invalid_request_error", "request_too_large"),
     415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "gateway_rate_limited"),
+    503: ("api_error", "service_unavailable"),
     431: ("invalid_request_error", "headers_too_large"),
 }
 
@@ -149,6 +165,13 @@ def _render_http_exception(error: HTTPException) -> Response:
     return error_response(status, message, error_type, code, param=param, headers=error.get_response().headers)
 
 
+def _render_storage_error(error: StorageError) -> Response:
+    # The quota store failed and the outage policy is "closed" (with "open",
+    # flask-limiter falls back to per-process counting and never gets here).
+    current_app.extensions["gateway.limits.health"].failed()
+    return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
+
+
 def _render_unexpected(error: Exception) -> Response:
     log.exception("unhandled error request_id=%s", g.get("request_id"))
     return error_response(500, "The gateway failed to handle the request.", "api_error", "internal_error")
@@ -156,4 +179,5 @@ def _render_unexpected(error: Exception) -> Response:
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(StorageError, _render_storage_error)
     app.register_error_handler(Exception, _render_unexpected)

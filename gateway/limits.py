@@ -1,104 +1,195 @@
 """Quotas through flask-limiter.
 
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
-  ``/health`` and CORS preflights.
+  ``/health``, ``/health/ready`` and CORS preflights.
 - ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint.
 - ``RATE_LIMIT_AUTH_FAILURES``: failed ``POST /auth/token`` attempts per client address.
+- ``RATE_LIMIT_CONCURRENT``: in-flight AI requests per caller (:mod:`gateway.inflight`).
 
 The key is the caller's identity (a key id; a token's subject is the key that
 minted it, so both share a quota), or the client address where nobody is
 authenticated. The address is the socket's unless ``TRUSTED_PROXY_COUNT`` is set
 (see :mod:`gateway.edge`), so a client-sent ``X-Forwarded-For`` never resets a quota.
+
+Counters live where ``RATE_LIMIT_STORAGE_URI`` says: ``memory://`` (one process) or
+Redis (shared by every worker of every instance). When the store fails,
+``RATE_LIMIT_ON_STORAGE_ERROR`` decides: ``closed`` answers 503; ``open`` serves,
+counting per process until the store is back, and reports it on ``/health/ready``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app
 from flask_limiter import Limiter, RequestLimit
+from limits.errors import StorageError
 
 from gateway import auth
 from gateway.auth.views import blueprint as auth_blueprint
+from gateway.config import Settings
+from gateway.inflight import InFlight
 from gateway.routes.ai import blueprint as ai_blueprint
-from gateway.routes.meta import health
+from gateway.routes.meta import health, ready
+
+log = logging.getLogger(__name__)
 
 AI_SCOPE = "ai"
 AUTH_FAILURE_SCOPE = "auth-failures"
-EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
-
-
-def client_address() -> str:
-    return f"addr:{request.remote_addr or 'unknown'}"
-
-
-def caller_key() -> str:
-    caller = auth.current_caller()
-    return f"key:{caller.id}" if caller else client_address()
+GENERAL_POLICY = "general"
+EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
+                   "RateLimit", "RateLimit-Policy")
 
 
 def _failed_attempt(response: Response) -> bool:
     return response.status_code == 401
 
 
+def storage_options(settings: Settings) -> dict[str, Any]:
+    """Options for the limits storage: short socket timeouts, no client-side retries.
+
+    An unreachable Redis then costs a request at most ``RATE_LIMIT_STORAGE_TIMEOUT``
+    before the outage policy applies, instead of redis-py's default retries.
+    """
+    if not settings.shared_limit_storage:
+        return {}
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    timeout = settings.rate_limit_storage_timeout
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "wrap_exceptions": True,
+    }
+
+
+class StorageHealth:
+    """Tracks whether the quota store answers, logging one line per outage."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+            log.error("rate limit storage unreachable; outage policy applies until it answers again")
+
+    def recovered(self) -> None:
+        if self.down_since is not None:
+            log.warning("rate limit storage answers again after %.1f s", time.time() - self.down_since)
+            self.down_since = None
+
+
+def _policy_name(limit: RequestLimit) -> str:
+    scope = limit.request_args[-1].rpartition(":")[2]
+    return GENERAL_POLICY if scope == "global" else scope
+
+
 def _tightest(limits: list[RequestLimit]) -> tuple[RequestLimit, int, int] | None:
-    """The limit closest to running out, with its remaining count and reset time."""
+    """The limit closest to running out (a breached one first), with remaining and reset."""
     best = None
     for limit in limits:
         remaining = 0 if limit.breached else limit.remaining
-        if best is None or remaining < best[1] or (limit.breached and not best[0].breached):
-            best = (limit, remaining, int(limit.reset_at))
-    return best
+        key = (not limit.breached, remaining)
+        if best is None or key < best[0]:
+            best = (key, limit, remaining, int(limit.reset_at))
+    return best[1:] if best else None
 
 
 def _rate_limit_headers(response: Response) -> Response:
     limiter: Limiter = current_app.extensions["gateway.limiter"]
-    tightest = _tightest(limiter.current_limits)
+    health: StorageHealth = current_app.extensions["gateway.limits.health"]
+    # flask-limiter switches to its in-memory fallback (open policy) by setting this flag.
+    if getattr(limiter, "_storage_dead", False):
+        health.failed()
+    elif health.down_since is not None and response.status_code != 503:
+        health.recovered()
+    try:
+        limits = limiter.current_limits
+        tightest = _tightest(limits)
+    except StorageError:
+        return response
     if tightest is None:
         return response
     limit, remaining, reset_at = tightest
-    response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
-    response.headers["X-RateLimit-Remaining"] = str(remaining)
-    response.headers["X-RateLimit-Reset"] = str(reset_at)
-    if response.status_code == 429 and "Retry-After" not in response.headers:
-        window = limit.limit.get_expiry()
-        response.headers["Retry-After"] = str(max(1, min(window, reset_at - int(time.time()))))
+    now = int(time.time())
+    window = limit.limit.get_expiry()
+    seconds_left = max(0, min(window, reset_at - now))
+    headers = response.headers
+    headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+    headers["X-RateLimit-Remaining"] = str(remaining)
+    headers["X-RateLimit-Reset"] = str(reset_at)
+    headers["RateLimit-Policy"] = ", ".join(
+        f'"{_policy_name(each)}";q={each.limit.amount};w={each.limit.get_expiry()}' for each in limits)
+    headers["RateLimit"] = f'"{_policy_name(limit)}";r={remaining};t={seconds_left}'
+    if response.status_code == 429 and "Retry-After" not in headers:
+        headers["Retry-After"] = str(max(1, seconds_left))
     return response
 
 
 def describe(endpoint: str) -> list[str]:
     """The quotas that apply to an endpoint, for ``GET /``."""
     settings = current_app.config["GATEWAY"]
-    if endpoint == "meta.health":
+    if endpoint in ("meta.health", "meta.ready"):
         return []
     quotas = [f"{settings.rate_limit_general} per caller (all endpoints)"]
     if endpoint.startswith(f"{ai_blueprint.name}."):
         quotas.append(f"{settings.rate_limit_ai} per caller (all AI endpoints)")
+        if settings.rate_limit_concurrent:
+            quotas.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
     if endpoint.startswith(f"{auth_blueprint.name}."):
         quotas.append(f"{settings.rate_limit_auth_failures} failed attempts per client address")
     return quotas
 
 
+def storage_ready() -> bool:
+    """Whether the quota store answers now (for ``/health/ready``)."""
+    limiter: Limiter = current_app.extensions["gateway.limiter"]
+    health: StorageHealth = current_app.extensions["gateway.limits.health"]
+    try:
+        answers = bool(limiter.storage.check())
+    except Exception:  # any client error means "not answering"; check() has a short timeout
+        answers = False
+    if answers:
+        health.recovered()
+        # flask-limiter re-checks a dead store only every 1-32 s; a store that answers
+        # a probe is back, so counting moves back to it now rather than later.
+        limiter._storage_dead = False
+    else:
+        health.failed()
+    return answers
+
+
 def init_app(app: Flask) -> None:
-    settings = app.config["GATEWAY"]
+    settings: Settings = app.config["GATEWAY"]
     limiter = Limiter(
-        key_func=caller_key,
+        key_func=auth.caller_key,
         application_limits=[settings.rate_limit_general],
         storage_uri=settings.rate_limit_storage_uri,
-        strategy="fixed-window",
+        storage_options=storage_options(settings),
+        strategy=settings.rate_limit_strategy,
         headers_enabled=False,  # _rate_limit_headers names the tightest limit instead
-        key_prefix="aiproxy",
+        key_prefix=settings.rate_limit_key_prefix,
+        in_memory_fallback_enabled=settings.rate_limit_on_storage_error == "open",
+        swallow_errors=False,
     )
     limiter.init_app(app)
     limiter.request_filter(auth.is_preflight)
     limiter.exempt(health)
+    limiter.exempt(ready)
     limiter.shared_limit(settings.rate_limit_ai, scope=AI_SCOPE, override_defaults=False)(ai_blueprint)
     limiter.limit(
         settings.rate_limit_auth_failures,
-        key_func=client_address,
+        key_func=auth.client_address,
         scope=AUTH_FAILURE_SCOPE,
         deduct_when=_failed_attempt,
         override_defaults=False,
     )(auth_blueprint)
     app.after_request(_rate_limit_headers)
     app.extensions["gateway.limiter"] = limiter
+    app.extensions["gateway.limits.health"] = StorageHealth()
+    app.extensions["gateway.inflight"] = InFlight.from_settings(settings, limiter.storage)

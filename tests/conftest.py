@@ -81,3 +81,21 @@ def client(app: Flask) -> FlaskClient:
 
 
 KEY_HEADERS = {"X-API-Key": CANARY_MASTER_KEY}
+
+
+REDIS_URL = "redis://127.0.0.1:6379/13"  # the tests' own database on the machine's Redis
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix owned by one test; its keys are deleted afterwards."""
+    import redis
+
+    prefix = "aiproxy-test-" + secrets.token_hex(6)
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    for pattern in (f"LIMITS:LIMITER/{prefix}/*", f"{prefix}:*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()

@@ -30,6 +30,8 @@ PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
         ("meta.index", "HEAD"),
         ("meta.health", "GET"),
         ("meta.health", "HEAD"),
+        ("meta.ready", "GET"),
+        ("meta.ready", "HEAD"),
         ("auth.issue_token", "POST"),
     }
 )
@@ -53,6 +55,17 @@ def is_public() -> bool:
 
 def current_caller() -> Caller | None:
     return g.get("caller")
+
+
+def client_address() -> str:
+    """Quota key for an unauthenticated request: the client's address."""
+    return f"addr:{request.remote_addr or 'unknown'}"
+
+
+def caller_key() -> str:
+    """Quota key: the caller's key id, or the client address when nobody is authenticated."""
+    caller = current_caller()
+    return f"key:{caller.id}" if caller else client_address()
 
 
 def _keys() -> KeyRing:

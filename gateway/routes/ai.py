@@ -8,6 +8,7 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, g, request
 
 from gateway import observability, payload
+from gateway.auth import caller_key
 from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.operations import OPERATIONS, Operation
@@ -49,17 +50,28 @@ def _view_for(op: Operation) -> Callable[[], Response]:
         body, stream = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
+        slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
+        log_stream_end = observability.stream_logger()
+
+        def stream_ended(outcome: str) -> None:
+            slot.release()
+            log_stream_end(outcome)
+
         started = time.perf_counter()
-        upstream = client.send(op.method, op.upstream_path, body, g.request_id, stream)
-        limits = relay.RelayLimits(
-            deadline=time.monotonic() + settings.upstream_total_timeout,
-            max_bytes=settings.max_response_bytes,
-        )
+        streaming = False
         try:
-            return relay.to_response(upstream, wants_stream=stream, limits=limits,
-                                     on_stream_end=observability.stream_logger())
+            upstream = client.send(op.method, op.upstream_path, body, g.request_id, stream)
+            limits = relay.RelayLimits(
+                deadline=time.monotonic() + settings.upstream_total_timeout,
+                max_bytes=settings.max_response_bytes,
+            )
+            response = relay.to_response(upstream, wants_stream=stream, limits=limits, on_stream_end=stream_ended)
+            streaming = response.is_streamed
+            return response
         finally:
             g.upstream_ms = (time.perf_counter() - started) * 1000
+            if not streaming:
+                slot.release()
 
     relay_operation.__name__ = f"relay_{op.name}"
     relay_operation.__qualname__ = f"relay_{op.name}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, json, jsonify
 
 from gateway import operations
+from gateway.errors import error_response
 
 blueprint = Blueprint("meta", __name__)
 
@@ -13,6 +14,22 @@ blueprint = Blueprint("meta", __name__)
 def health() -> Response:
     """Liveness: no credentials, no quota, no upstream call."""
     response = jsonify(status="ok")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.get("/health/ready")
+def ready() -> Response:
+    """Readiness: 200 while the quota store answers, 503 (with the error envelope) while it does not."""
+    from gateway import limits
+
+    checks = {"rate_limit_storage": "ok" if limits.storage_ready() else "unreachable"}
+    if all(value == "ok" for value in checks.values()):
+        response = jsonify(status="ready", checks=checks)
+    else:
+        response = error_response(503, "Not ready: the rate limit storage does not answer.", "api_error",
+                                  "not_ready")
+        response.set_data(json.dumps({**json.loads(response.get_data()), "status": "not_ready", "checks": checks}))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -10,7 +10,7 @@ from flask import Flask
 
 from tests.conftest import CANARY_JWT_SECRET, CANARY_MASTER_KEY, KEY_HEADERS
 
-PUBLIC = {("meta.index", "GET"), ("meta.health", "GET"), ("auth.issue_token", "POST")}
+PUBLIC = {("meta.index", "GET"), ("meta.health", "GET"), ("meta.ready", "GET"), ("auth.issue_token", "POST")}
 
 
 def _every_protected_route(app: Flask):
@@ -174,18 +174,18 @@ def _signed(**changes) -> str:
 
 
 @pytest.mark.parametrize(
-    "token",
+    "make_token",
     [
-        _signed(exp=int(time.time()) - 300),
-        _signed(sub="someone-else"),
-        _signed(aud="other"),
-        _signed(exp=None),
-        jwt.encode({"sub": "master"}, CANARY_MASTER_KEY, algorithm="HS256"),
+        lambda: _signed(exp=int(time.time()) - 300),
+        lambda: _signed(sub="someone-else"),
+        lambda: _signed(aud="other"),
+        lambda: _signed(exp=None),
+        lambda: jwt.encode({"sub": "master"}, CANARY_MASTER_KEY, algorithm="HS256"),
     ],
     ids=["expired", "unknown-subject", "wrong-audience", "no-exp", "signed-with-master-key"],
 )
-def test_bad_tokens_are_401(client, upstream, token) -> None:
-    _assert_401(client.get("/v1/models", headers={"Authorization": f"Bearer {token}"}))
+def test_bad_tokens_are_401(client, upstream, make_token) -> None:
+    _assert_401(client.get("/v1/models", headers={"Authorization": f"Bearer {make_token()}"}))
     assert upstream.requests == []
 
 

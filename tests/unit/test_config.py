@@ -90,6 +90,12 @@ def test_explicit_base_url_wins(tmp_path: Path) -> None:
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_GENERAL": "0x per y"}, "RATE_LIMIT_GENERAL"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "AI_PROXY_PORT": "eighty"}, "AI_PROXY_PORT"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "GATEWAY_WORKERS": "4"}, "GATEWAY_WORKERS"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_STRATEGY": "leaky"}, "RATE_LIMIT_STRATEGY"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_STORAGE_URI": "mongodb://db-host-value"},
+         "RATE_LIMIT_STORAGE_URI"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_ON_STORAGE_ERROR": "maybe"},
+         "RATE_LIMIT_ON_STORAGE_ERROR"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_CONCURRENT": "-1"}, "RATE_LIMIT_CONCURRENT"),
     ],
 )
 def test_production_refuses_bad_config_naming_the_variable(tmp_path: Path, environ: dict, names: str) -> None:
@@ -136,3 +142,20 @@ def test_production_never_generates_secrets(tmp_path: Path) -> None:
 def test_worker_concurrency_follows_worker_class() -> None:
     assert Settings(gateway_worker_class="gevent", gateway_worker_connections=500).worker_concurrency == 500
     assert Settings(gateway_worker_class="gthread", gateway_threads=16).worker_concurrency == 16
+
+
+def test_workers_default_to_one_on_memory_and_one_per_core_with_redis(tmp_path: Path) -> None:
+    import os
+
+    base = {"MASTER_API_KEY": "k", "JWT_SECRET": "j"}
+    assert load(environ=base, env_file=str(tmp_path / "none")).worker_processes == 1
+    shared = load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://localhost:6379/0"}, env_file=str(tmp_path / "none"))
+    assert shared.worker_processes == (os.cpu_count() or 1)
+    assert load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://h:1/0", "GATEWAY_WORKERS": "3"},
+                env_file=str(tmp_path / "none")).worker_processes == 3
+
+
+def test_quota_defaults(tmp_path: Path) -> None:
+    s = load(environ={"MASTER_API_KEY": "k", "JWT_SECRET": "j"}, env_file=str(tmp_path / "none"))
+    assert (s.rate_limit_strategy, s.rate_limit_on_storage_error, s.rate_limit_concurrent) == ("moving-window", "open", 0)
+    assert s.rate_limit_storage_timeout == 0.5

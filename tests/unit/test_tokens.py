@@ -38,36 +38,37 @@ def test_minted_token_round_trips_with_every_claim() -> None:
 
 
 @pytest.mark.parametrize(
-    "token",
+    "make_token",
     [
-        pytest.param(jwt.encode(_claims(exp=int(time.time()) - 120), SECRET, algorithm="HS256"), id="expired"),
-        pytest.param(jwt.encode(_claims(nbf=int(time.time()) + 120), SECRET, algorithm="HS256"), id="not-yet-valid"),
-        pytest.param(jwt.encode(_claims(iat=int(time.time()) + 120), SECRET, algorithm="HS256"), id="issued-in-future"),
-        pytest.param(jwt.encode(_claims(exp=None), SECRET, algorithm="HS256"), id="no-exp"),
-        pytest.param(jwt.encode(_claims(iat=None), SECRET, algorithm="HS256"), id="no-iat"),
-        pytest.param(jwt.encode(_claims(jti=None), SECRET, algorithm="HS256"), id="no-jti"),
-        pytest.param(jwt.encode(_claims(sub=None), SECRET, algorithm="HS256"), id="no-sub"),
-        pytest.param(jwt.encode(_claims(iss=None), SECRET, algorithm="HS256"), id="no-iss"),
-        pytest.param(jwt.encode(_claims(aud=None), SECRET, algorithm="HS256"), id="no-aud"),
-        pytest.param(jwt.encode(_claims(iss="someone-else"), SECRET, algorithm="HS256"), id="wrong-iss"),
-        pytest.param(jwt.encode(_claims(iss="ai-proxy"), SECRET, algorithm="HS256"), id="partial-iss"),
-        pytest.param(jwt.encode(_claims(aud="other"), SECRET, algorithm="HS256"), id="wrong-aud"),
-        pytest.param(jwt.encode(_claims(), SECRET, algorithm="HS384"), id="hs384"),
-        pytest.param(jwt.encode(_claims(), SECRET, algorithm="HS512"), id="hs512"),
-        pytest.param(jwt.encode(_claims(), "y" * 48, algorithm="HS256"), id="other-secret"),
-        pytest.param(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", id="alg-none"),
-        pytest.param(f"{_b64({'alg': 'NONE', 'typ': 'JWT'})}.{_b64(_claims())}.", id="alg-NONE"),
-        pytest.param(f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(_claims())}.c2ln", id="rs256"),
-        pytest.param("not.a.jwt", id="garbage"),
-        pytest.param("a.b", id="two-segments"),
-        pytest.param("a.b.c.d.e", id="five-segments"),
-        pytest.param("", id="empty"),
-        pytest.param("é.é.é", id="non-ascii"),
+        pytest.param(lambda: jwt.encode(_claims(exp=int(time.time()) - 120), SECRET, algorithm="HS256"), id="expired"),
+        pytest.param(lambda: jwt.encode(_claims(nbf=int(time.time()) + 120), SECRET, algorithm="HS256"), id="not-yet-valid"),
+        pytest.param(lambda: jwt.encode(_claims(iat=int(time.time()) + 120), SECRET, algorithm="HS256"), id="issued-in-future"),
+        pytest.param(lambda: jwt.encode(_claims(exp=None), SECRET, algorithm="HS256"), id="no-exp"),
+        pytest.param(lambda: jwt.encode(_claims(iat=None), SECRET, algorithm="HS256"), id="no-iat"),
+        pytest.param(lambda: jwt.encode(_claims(jti=None), SECRET, algorithm="HS256"), id="no-jti"),
+        pytest.param(lambda: jwt.encode(_claims(sub=None), SECRET, algorithm="HS256"), id="no-sub"),
+        pytest.param(lambda: jwt.encode(_claims(iss=None), SECRET, algorithm="HS256"), id="no-iss"),
+        pytest.param(lambda: jwt.encode(_claims(aud=None), SECRET, algorithm="HS256"), id="no-aud"),
+        pytest.param(lambda: jwt.encode(_claims(iss="someone-else"), SECRET, algorithm="HS256"), id="wrong-iss"),
+        pytest.param(lambda: jwt.encode(_claims(iss="ai-proxy"), SECRET, algorithm="HS256"), id="partial-iss"),
+        pytest.param(lambda: jwt.encode(_claims(aud="other"), SECRET, algorithm="HS256"), id="wrong-aud"),
+        pytest.param(lambda: jwt.encode(_claims(), SECRET, algorithm="HS384"), id="hs384"),
+        pytest.param(lambda: jwt.encode(_claims(), SECRET, algorithm="HS512"), id="hs512"),
+        pytest.param(lambda: jwt.encode(_claims(), "y" * 48, algorithm="HS256"), id="other-secret"),
+        pytest.param(lambda: f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.", id="alg-none"),
+        pytest.param(lambda: f"{_b64({'alg': 'NONE', 'typ': 'JWT'})}.{_b64(_claims())}.", id="alg-NONE"),
+        pytest.param(lambda: f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(_claims())}.c2ln", id="rs256"),
+        pytest.param(lambda: "not.a.jwt", id="garbage"),
+        pytest.param(lambda: "a.b", id="two-segments"),
+        pytest.param(lambda: "a.b.c.d.e", id="five-segments"),
+        pytest.param(lambda: "", id="empty"),
+        pytest.param(lambda: "é.é.é", id="non-ascii"),
     ],
 )
-def test_invalid_tokens_are_refused(token: str) -> None:
+def test_invalid_tokens_are_refused(make_token) -> None:
+    """Tokens are made when the test runs, so time-relative claims stay meaningful."""
     with pytest.raises(tokens.InvalidToken):
-        tokens.verify(CONFIG, token)
+        tokens.verify(CONFIG, make_token())
 
 
 def test_tampered_payload_is_refused() -> None:
