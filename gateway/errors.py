@@ -136,6 +136,7 @@ def error_response(
     headers: Any = None,
 ) -> Response:
     """Build an error response in the gateway's one envelope."""
+    g.error_code = code
     response = current_app.response_class(
         json.dumps(envelope(message, error_type, code, param)),
         status=status,

@@ -82,6 +82,7 @@ def _fields(status: int) -> dict[str, Any]:
         "upstream_ms": round(g.upstream_ms, 2) if "upstream_ms" in g else None,
         "caller": caller.id if caller else None,
         "model": g.get("model"),
+        "error": g.get("error_code"),
     }
 
 

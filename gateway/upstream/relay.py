@@ -22,18 +22,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import requests
 import urllib3.exceptions
 from flask import Response
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.sse import EventFramer, error_event
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 PASSED_HEADERS = ("Retry-After",)
-_READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, requests.RequestException)
+_READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,13 @@ class RelayLimits:
     max_bytes: int  # largest non-streamed body accepted from the upstream
 
 
-def _read_chunk(upstream: requests.Response) -> bytes:
+def _read_chunk(upstream: UpstreamResponse) -> bytes:
     # read1 returns what has arrived (one recv), so a trickling upstream cannot
     # hold us past the deadline, and a connection-delimited stream is not buffered.
     return upstream.raw.read1(READ_SIZE, decode_content=True)
 
 
-def read_body(upstream: requests.Response, limits: RelayLimits) -> bytes:
+def read_body(upstream: UpstreamResponse, limits: RelayLimits) -> bytes:
     """Read a whole non-streamed answer within the deadline and size cap.
 
     :raises UpstreamTimeout: the deadline passed, or a read timed out.
@@ -73,7 +73,7 @@ def read_body(upstream: requests.Response, limits: RelayLimits) -> bytes:
         raise UpstreamError("The AI backend's answer was cut off.", error_code="upstream_incomplete") from None
 
 
-def _passed_headers(upstream: requests.Response) -> dict[str, str]:
+def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
     return {name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers}
 
 
@@ -83,7 +83,7 @@ def _json_response(body: bytes, status: int, headers: dict[str, str]) -> Respons
     return response
 
 
-def _client_error(upstream: requests.Response, body: bytes) -> Response:
+def _client_error(upstream: UpstreamResponse, body: bytes) -> Response:
     status = upstream.status_code
     headers = _passed_headers(upstream)
     try:
@@ -119,12 +119,12 @@ def _check_status(status: int) -> None:
         raise UpstreamError(f"The AI backend failed (HTTP {status}).", error_code="upstream_error")
 
 
-def _is_event_stream(upstream: requests.Response) -> bool:
+def _is_event_stream(upstream: UpstreamResponse) -> bool:
     return upstream.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
 def to_response(
-    upstream: requests.Response,
+    upstream: UpstreamResponse,
     *,
     wants_stream: bool,
     limits: RelayLimits,
@@ -153,7 +153,7 @@ def to_response(
             upstream.close()
 
 
-def _stream_response(upstream: requests.Response, limits: RelayLimits, on_end: Callable[[str], None]) -> Response:
+def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None]) -> Response:
     response = Response(stream_events(upstream, limits, on_end), status=200, mimetype="text/event-stream",
                         direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
@@ -161,7 +161,7 @@ def _stream_response(upstream: requests.Response, limits: RelayLimits, on_end: C
     return response
 
 
-def stream_events(upstream: requests.Response, limits: RelayLimits, on_end: Callable[[str], None]) -> Iterator[bytes]:
+def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None]) -> Iterator[bytes]:
     """Yield whole SSE events as the upstream sends them.
 
     Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off,
