@@ -78,6 +78,7 @@ class Settings:
     upstream_total_timeout: float = 600.0
     upstream_pool_size: int = 0  # 0: as many as the worker's concurrency
     upstream_trust_env: bool = False
+    upstream_stream_usage: bool = True  # ask streams for usage (stream_options.include_usage)
     max_request_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
 

@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from gateway import auth
+from gateway.upstream.accounting import Usage
 
 log = logging.getLogger("gateway.access")
 
@@ -83,7 +84,15 @@ def _fields(status: int) -> dict[str, Any]:
         "caller": caller.id if caller else None,
         "model": g.get("model"),
         "error": g.get("error_code"),
+        **_usage_fields(g.get("usage")),
     }
+
+
+def _usage_fields(usage: Usage | None) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "tokens_estimated": usage.estimated}
 
 
 def _finish(response: Response) -> Response:
@@ -102,15 +111,16 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def stream_logger() -> Callable[[str], None]:
+def stream_logger() -> Callable[[str, Usage | None], None]:
     """A callback for the relay: logs the request when its stream ends."""
     fields: dict[str, Any] = {}
     started = g.started
     g.stream_fields = fields
 
-    def finished(outcome: str) -> None:
+    def finished(outcome: str, usage: Usage | None = None) -> None:
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
         fields["stream"] = outcome
+        fields.update(_usage_fields(usage))
         log.info("request", extra={"fields": fields})
 
     return finished

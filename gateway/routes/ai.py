@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -12,21 +13,35 @@ from gateway.auth import caller_key
 from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.operations import OPERATIONS, Operation
-from gateway.upstream import relay
+from gateway.upstream import accounting, relay
+from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamClient
 
 blueprint = Blueprint("ai", __name__)
 
 
-def read_request(op: Operation) -> tuple[bytes | None, bool]:
-    """Validate the client's body; return the bytes to forward and whether to stream.
+@dataclass
+class ClientCall:
+    """A validated AI request: what to send upstream, and how to account for it."""
+
+    body: bytes | None = None
+    stream: bool = False
+    prompt_estimate: int = 0
+    tap: StreamUsageTap | None = None
+
+
+def read_request(op: Operation) -> ClientCall:
+    """Validate the client's body and decide what goes upstream.
+
+    A stream whose client did not ask for usage gets ``stream_options.include_usage``
+    upstream (``UPSTREAM_STREAM_USAGE``), and the usage chunk is removed on the way back.
 
     :raises 415: the body is not declared as JSON.
     :raises 413: the body is larger than ``MAX_REQUEST_BYTES``.
     :raises 400: not a JSON object, or ``stream`` is not a boolean.
     """
     if not op.has_body:
-        return None, False
+        return ClientCall()
     if not payload.is_json_content_type(request.content_type):
         raise UnsupportedMediaType()
     raw = request_body()
@@ -42,12 +57,18 @@ def read_request(op: Operation) -> tuple[bytes | None, bool]:
     model = document.get("model")
     if isinstance(model, str):
         g.model = model[:200]
-    return raw, stream
+    call = ClientCall(body=raw, stream=stream, prompt_estimate=accounting.estimate_prompt_tokens(document))
+    if stream:
+        asked = accounting.client_asked_for_usage(document)
+        if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
+            call.body = accounting.ask_for_stream_usage(document)
+        call.tap = accounting.StreamUsageTap(strip_usage_chunk=not asked)
+    return call
 
 
 def _view_for(op: Operation) -> Callable[[], Response]:
     def relay_operation() -> Response:
-        body, stream = read_request(op)
+        call = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
         slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
@@ -55,18 +76,22 @@ def _view_for(op: Operation) -> Callable[[], Response]:
 
         def stream_ended(outcome: str) -> None:
             slot.release()
-            log_stream_end(outcome)
+            usage = call.tap.result(call.prompt_estimate) if call.tap else None
+            log_stream_end(outcome, usage)
 
         started = time.perf_counter()
         streaming = False
         try:
-            upstream = client.send(op.method, op.upstream_path, body, g.request_id, stream)
+            upstream = client.send(op.method, op.upstream_path, call.body, g.request_id, call.stream)
             limits = relay.RelayLimits(
                 deadline=time.monotonic() + settings.upstream_total_timeout,
                 max_bytes=settings.max_response_bytes,
             )
-            response = relay.to_response(upstream, wants_stream=stream, limits=limits, on_stream_end=stream_ended)
+            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
+                                         on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
+            if not streaming and response.status_code < 300:
+                g.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
             return response
         finally:
             g.upstream_ms = (time.perf_counter() - started) * 1000

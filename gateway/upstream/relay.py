@@ -26,6 +26,7 @@ import urllib3.exceptions
 from flask import Response
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.sse import EventFramer, error_event
 
@@ -129,39 +130,48 @@ def to_response(
     wants_stream: bool,
     limits: RelayLimits,
     on_stream_end: Callable[[str], None],
+    tap: StreamUsageTap | None = None,
 ) -> Response:
-    """Build the client's response; takes ownership of ``upstream`` (closes it)."""
+    """Build the client's response; takes ownership of ``upstream`` (closes it).
+
+    A JSON answer's parsed document is left on ``response.upstream_answer``; a stream's
+    events pass through ``tap`` (which reads, and may remove, the usage chunk).
+    """
     handed_over = False
     try:
         _check_status(upstream.status_code)
         if wants_stream and upstream.status_code == 200 and _is_event_stream(upstream):
             handed_over = True
-            return _stream_response(upstream, limits, on_stream_end)
+            return _stream_response(upstream, limits, on_stream_end, tap)
         body = read_body(upstream, limits)
         if upstream.status_code >= 400:
             return _client_error(upstream, body)
         if upstream.status_code == 204 or not body:
             return Response(status=upstream.status_code)
         try:
-            json.loads(body)
+            answer = json.loads(body)
         except ValueError:
             raise UpstreamError("The AI backend returned something other than JSON.",
                                 error_code="upstream_invalid_response") from None
-        return _json_response(body, upstream.status_code, _passed_headers(upstream))
+        response = _json_response(body, upstream.status_code, _passed_headers(upstream))
+        response.upstream_answer = answer if isinstance(answer, dict) else None  # for usage accounting
+        return response
     finally:
         if not handed_over:
             upstream.close()
 
 
-def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None]) -> Response:
-    response = Response(stream_events(upstream, limits, on_end), status=200, mimetype="text/event-stream",
+def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None],
+                     tap: StreamUsageTap | None) -> Response:
+    response = Response(stream_events(upstream, limits, on_end, tap), status=200, mimetype="text/event-stream",
                         direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
-def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None]) -> Iterator[bytes]:
+def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None],
+                  tap: StreamUsageTap | None = None) -> Iterator[bytes]:
     """Yield whole SSE events as the upstream sends them.
 
     Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off,
@@ -189,9 +199,13 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
             if not data:
                 break
             events = framer.feed(data)
+            if events and tap is not None:
+                events = tap.feed(events)
             if events:
                 yield events
         rest = framer.flush()
+        if rest and tap is not None:
+            rest = tap.feed(rest)
         if rest:
             yield rest
     except GeneratorExit:

@@ -23,6 +23,23 @@ def _last_boundary_end(buffer: bytes) -> int:
     return end
 
 
+def split_events(events: bytes) -> list[bytes]:
+    """Split complete events (as :class:`EventFramer` returns them) into single events,
+    each with its own terminating blank line, bytes unchanged."""
+    parts: list[bytes] = []
+    start = 0
+    length = len(events)
+    while start < length:
+        ends = [(i, len(b)) for b in _BOUNDARIES if (i := events.find(b, start)) >= 0]
+        if not ends:
+            parts.append(events[start:])
+            break
+        index, size = min(ends)
+        parts.append(events[start:index + size])
+        start = index + size
+    return parts
+
+
 class EventFramer:
     """Feed raw upstream bytes; get back the complete events among them."""
 

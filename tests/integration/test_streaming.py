@@ -30,7 +30,7 @@ def test_stream_is_relayed_byte_for_byte(client, upstream, framing, path) -> Non
     assert events[-1] == "data: [DONE]"
     assert len(events) == 4 + 2  # content events, the finish event, [DONE]
     assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
-    assert upstream.requests[-1].json() == CHAT
+    assert upstream.requests[-1].json() == {**CHAT, "stream_options": {"include_usage": True}}
 
 
 def test_completion_stream(client, upstream) -> None:
@@ -89,3 +89,40 @@ def test_upstream_answering_json_to_a_stream_request_is_passed_through(client, u
     upstream.behavior = Behavior(mode="raw", body=b'{"id": "x"}', content_type="application/json")
     response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
     assert response.status_code == 200 and response.get_json() == {"id": "x"}
+
+
+def _usage_chunks(events: list[str]) -> list[dict]:
+    chunks = [json.loads(e[len("data: "):]) for e in events if e.startswith("data: {")]
+    return [c for c in chunks if c.get("choices") == [] and c.get("usage")]
+
+
+def test_client_that_did_not_ask_for_usage_sees_no_usage_chunk(client, upstream, capfd) -> None:
+    upstream.behavior = Behavior(chunks=3)
+    events = _events(client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data())
+    assert _usage_chunks(events) == []
+    assert events[-1] == "data: [DONE]" and len(events) == 3 + 2
+    line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"stream":' in x][-1]
+    assert (line["prompt_tokens"], line["completion_tokens"], line["tokens_estimated"]) == (9, 3, False)
+
+
+def test_client_that_asked_for_usage_gets_it_untouched(client, upstream) -> None:
+    upstream.behavior = Behavior(chunks=3)
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    raw = client.post("/v1/chat/completions", json=body, headers=KEY_HEADERS).get_data()
+    assert upstream.requests[-1].body == json.dumps(body).encode()  # forwarded as sent
+    usage = _usage_chunks(_events(raw))
+    assert len(usage) == 1 and usage[0]["usage"]["completion_tokens"] == 3
+
+
+def test_stream_usage_request_can_be_switched_off(make_app, upstream, capfd) -> None:
+    client = make_app(upstream_stream_usage=False).test_client()
+    client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data()
+    assert upstream.requests[-1].json() == CHAT
+    line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"stream":' in x][-1]
+    assert line["tokens_estimated"] is True and line["completion_tokens"] in (5, 6)  # one per chunk
+
+
+def test_non_streamed_usage_is_logged(client, upstream, capfd) -> None:
+    client.post("/v1/chat/completions", json={"model": "m", "messages": []}, headers=KEY_HEADERS)
+    line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"path": "/v1/chat/completions"' in x][-1]
+    assert (line["prompt_tokens"], line["completion_tokens"], line["tokens_estimated"]) == (9, 6, False)

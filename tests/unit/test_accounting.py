@@ -1,0 +1,79 @@
+"""Usage extraction, stream usage requests and the usage chunk tap (pure code)."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.upstream.accounting import (
+    StreamUsageTap,
+    Usage,
+    ask_for_stream_usage,
+    client_asked_for_usage,
+    estimate_prompt_tokens,
+    usage_from_body,
+)
+from gateway.upstream.sse import split_events
+
+
+def _chunk(content: str | None = None, usage: dict | None = None, choices: list | None = None) -> bytes:
+    body = {"id": "c", "object": "chat.completion.chunk",
+            "choices": choices if choices is not None else [{"index": 0, "delta": {"content": content}}]}
+    if usage is not None or choices == []:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+
+
+def test_usage_from_json_answers() -> None:
+    assert usage_from_body(json.dumps({"usage": USAGE}).encode()) == Usage(9, 3, 12)
+    assert usage_from_body({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == Usage(4, 0, 4)  # embeddings
+    assert usage_from_body(b"{}") is None
+    assert usage_from_body(b"not json") is None
+    assert usage_from_body({"usage": {"prompt_tokens": "9"}}) is None
+
+
+def test_prompt_estimates() -> None:
+    assert estimate_prompt_tokens({"prompt": "x" * 40}) == 10
+    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "x" * 10},
+                                                {"role": "user", "content": [{"type": "text", "text": "y" * 6}]}]}) == 4
+    assert estimate_prompt_tokens({"input": ["aaaa", "bbbb"]}) == 2
+    assert estimate_prompt_tokens({}) == 0
+
+
+def test_asking_for_stream_usage_keeps_other_options() -> None:
+    document = {"model": "m", "stream": True, "stream_options": {"other": 1}}
+    assert not client_asked_for_usage(document)
+    body = json.loads(ask_for_stream_usage(document))
+    assert body["stream_options"] == {"other": 1, "include_usage": True}
+    assert body["model"] == "m" and document["stream_options"] == {"other": 1}
+    assert client_asked_for_usage(body)
+
+
+def test_tap_strips_the_usage_chunk_for_clients_that_did_not_ask() -> None:
+    stream = _chunk("a") + _chunk("b") + _chunk(choices=[], usage=USAGE) + b"data: [DONE]\n\n"
+    expected = _chunk("a") + _chunk("b") + b"data: [DONE]\n\n"
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    assert tap.feed(stream) == expected
+    assert tap.result(prompt_estimate=1) == Usage(9, 3, 12)
+
+
+def test_tap_keeps_everything_for_clients_that_asked() -> None:
+    stream = _chunk("a", usage=None) + _chunk(choices=[], usage=USAGE) + b"data: [DONE]\n\n"
+    tap = StreamUsageTap(strip_usage_chunk=False)
+    assert tap.feed(stream) == stream
+    assert tap.result(prompt_estimate=1).estimated is False
+
+
+def test_tap_estimates_when_the_upstream_reports_nothing() -> None:
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    for piece in (_chunk("a"), _chunk("b") + _chunk("c"), b"data: [DONE]\n\n"):
+        tap.feed(piece)
+    assert tap.result(prompt_estimate=5) == Usage(5, 3, 8, estimated=True)
+
+
+def test_split_events_keeps_bytes() -> None:
+    raw = b"data: a\n\ndata: b\r\n\r\ndata: c\n\n"
+    assert split_events(raw) == [b"data: a\n\n", b"data: b\r\n\r\n", b"data: c\n\n"]
+    assert b"".join(split_events(raw)) == raw
