@@ -91,6 +91,9 @@ class Settings:
     # --- where generated development secrets live ----------------------------------
     instance_path: str = str(PROJECT_ROOT / "instance")
 
+    # --- managed keys and usage storage (gateway.store, gateway.auth.keys) ------------
+    database_url: str = ""  # empty: the SQLite file <instance_path>/gateway.db
+
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
 
@@ -127,7 +130,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "node_env": ("NODE_ENV", "APP_ENV"),
 }
 # Variables never shown by value, even in debugging output.
-SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key"})
+SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "database_url"})
 
 
 def _convert(name: str, raw: str, target: Any) -> Any:
@@ -250,6 +253,12 @@ def _check_limit(name: str, value: str) -> None:
         raise ConfigError(f"{name} is not a valid rate limit (e.g. '100 per 15 minutes')") from None
 
 
+def _check_database(settings: Settings) -> None:
+    url = settings.database_url
+    if url and not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
+        raise ConfigError("DATABASE_URL must be sqlite:///<path> or postgresql://user@host/db")
+
+
 def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first invalid variable."""
     _check_url("AI_API_URL", settings.ai_api_url)
@@ -284,6 +293,7 @@ def validate(settings: Settings) -> None:
                 raise ConfigError("ALLOWED_ORIGINS must list exact origins, not '*', in production")
         elif urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).hostname:
             raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
+    _check_database(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)
