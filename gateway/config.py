@@ -93,6 +93,8 @@ class Settings:
 
     # --- managed keys and usage storage (gateway.store, gateway.auth.keys) ------------
     database_url: str = ""  # empty: the SQLite file <instance_path>/gateway.db
+    key_cache_seconds: float = 5.0  # how long a key lookup is trusted; revocation delay
+    key_hash_pepper: str = ""  # empty: derived from JWT_SECRET
 
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
@@ -130,7 +132,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "node_env": ("NODE_ENV", "APP_ENV"),
 }
 # Variables never shown by value, even in debugging output.
-SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "database_url"})
+SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "key_hash_pepper", "database_url"})
 
 
 def _convert(name: str, raw: str, target: Any) -> Any:
@@ -257,6 +259,10 @@ def _check_database(settings: Settings) -> None:
     url = settings.database_url
     if url and not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
         raise ConfigError("DATABASE_URL must be sqlite:///<path> or postgresql://user@host/db")
+    if not 0 <= settings.key_cache_seconds <= 300:
+        raise ConfigError("KEY_CACHE_SECONDS must be between 0 and 300")
+    if settings.production and settings.key_hash_pepper and len(settings.key_hash_pepper) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"KEY_HASH_PEPPER must be at least {MIN_SECRET_LENGTH} characters in production")
 
 
 def validate(settings: Settings) -> None:

@@ -163,8 +163,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
 
 @pytest.fixture
 def db_app(database_url: str, make_app) -> Flask:
-    """An app on each database."""
-    return make_app(database_url=database_url)
+    """An app on each database, with no key cache (revocations apply at once)."""
+    return make_app(database_url=database_url, key_cache_seconds=0)
 
 
 @pytest.fixture

@@ -169,3 +169,18 @@ def test_other_database_urls_are_refused_without_showing_them(raw: str, tmp_path
     with pytest.raises(ConfigError) as caught:
         load(environ={"DATABASE_URL": raw}, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
     assert "DATABASE_URL" in str(caught.value) and raw not in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("KEY_CACHE_SECONDS", "-1"), ("KEY_CACHE_SECONDS", "301"),
+                                             ("KEY_CACHE_SECONDS", "soon")])
+def test_bad_key_cache_seconds_is_refused(name: str, value: str, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load(environ={name: value}, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
+
+
+def test_a_short_pepper_is_refused_in_production(tmp_path) -> None:
+    environ = {"NODE_ENV": "production", "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40,
+               "KEY_HASH_PEPPER": "short-pepper-value"}
+    with pytest.raises(ConfigError) as caught:
+        load(environ=environ, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
+    assert "KEY_HASH_PEPPER" in str(caught.value) and "short-pepper-value" not in str(caught.value)
