@@ -84,3 +84,9 @@ def on_starting(server) -> None:  # noqa: ANN001
     finally:
         store.dispose()  # no connection crosses the fork into the workers
 
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """Graceful stop or reload: write the worker's queued usage records before it exits."""
+    from gateway import usage
+
+    usage.stop_all()

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import auth, cli, config, edge, errors, limits, observability, routes, store, upstream
+from gateway import auth, cli, config, edge, errors, limits, observability, routes, store, upstream, usage
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -37,5 +37,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     limits.init_app(app)
     routes.init_app(app)
     upstream.init_app(app)
+    usage.init_app(app)
     cli.init_app(app)
     return app

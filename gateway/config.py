@@ -95,6 +95,8 @@ class Settings:
     database_url: str = ""  # empty: the SQLite file <instance_path>/gateway.db
     key_cache_seconds: float = 5.0  # how long a key lookup is trusted; revocation delay
     key_hash_pepper: str = ""  # empty: derived from JWT_SECRET
+    usage_queue_size: int = 10_000  # usage records a worker holds while the database is slow or down
+    usage_batch_seconds: float = 0.5  # how long the usage writer gathers a batch before inserting it
 
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
@@ -261,6 +263,10 @@ def _check_database(settings: Settings) -> None:
         raise ConfigError("DATABASE_URL must be sqlite:///<path> or postgresql://user@host/db")
     if not 0 <= settings.key_cache_seconds <= 300:
         raise ConfigError("KEY_CACHE_SECONDS must be between 0 and 300")
+    if not 1 <= settings.usage_queue_size <= 1_000_000:
+        raise ConfigError("USAGE_QUEUE_SIZE must be between 1 and 1000000")
+    if not 0 < settings.usage_batch_seconds <= 60:
+        raise ConfigError("USAGE_BATCH_SECONDS must be more than 0 and at most 60")
     if settings.production and settings.key_hash_pepper and len(settings.key_hash_pepper) < MIN_SECRET_LENGTH:
         raise ConfigError(f"KEY_HASH_PEPPER must be at least {MIN_SECRET_LENGTH} characters in production")
 

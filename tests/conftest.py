@@ -109,7 +109,8 @@ def migrated(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def close_app(app: Flask) -> None:
-    """Close the app's database connections."""
+    """Stop the app's usage writer and close its database connections."""
+    app.extensions["gateway.usage"].stop(timeout=5)
     app.extensions["gateway.store"].dispose()
 
 

@@ -12,6 +12,7 @@ from gateway.errors import BadRequest, UnsupportedMediaType
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import relay
 from gateway.upstream.client import UpstreamClient
+from gateway.usage import account_request, on_stream_end
 
 blueprint = Blueprint("ai", __name__)
 
@@ -45,6 +46,7 @@ def read_request(op: Operation) -> tuple[bytes | None, bool]:
 
 def _view_for(op: Operation) -> Callable[[], Response]:
     def relay_operation() -> Response:
+        account_request(op.name)  # a usage row is written for this request, whatever its outcome
         body, stream = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
@@ -56,7 +58,7 @@ def _view_for(op: Operation) -> Callable[[], Response]:
         )
         try:
             return relay.to_response(upstream, wants_stream=stream, limits=limits,
-                                     on_stream_end=observability.stream_logger())
+                                     on_stream_end=on_stream_end(observability.stream_logger(), started))
         finally:
             g.upstream_ms = (time.perf_counter() - started) * 1000
 
