@@ -73,6 +73,13 @@ def current(engine: Engine) -> str | None:
     return heads[0] if heads else None
 
 
+def _refuse_unknown(found: str | None, expected: str) -> None:
+    """:raises SchemaError: ``found`` is a revision these migrations do not know (a newer gateway's)."""
+    if found is not None and found not in {script.revision for script in _scripts().walk_revisions()}:
+        raise SchemaError(f"the database schema {found} is newer than this gateway knows (it expects {expected}); "
+                          "deploy the newer gateway")
+
+
 def require_current(engine: Engine) -> None:
     """:raises SchemaError: unless the database is exactly at :func:`head`."""
     expected = head()
@@ -81,10 +88,7 @@ def require_current(engine: Engine) -> None:
         return
     if found is None:
         raise SchemaError(f"the database has no schema yet (needs {expected}): {UPGRADE_HINT}")
-    known = {script.revision for script in _scripts().walk_revisions()}
-    if found not in known:
-        raise SchemaError(f"the database schema {found} is newer than this gateway knows (it expects {expected}); "
-                          "deploy the newer gateway")
+    _refuse_unknown(found, expected)
     raise SchemaError(f"the database schema is behind (at {found}, needs {expected}): {UPGRADE_HINT}")
 
 
@@ -99,6 +103,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     from alembic import command
 
     before = current(engine)
+    _refuse_unknown(before, head())
     try:
         with engine.begin() as connection:
             config = alembic_config()

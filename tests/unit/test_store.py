@@ -98,6 +98,15 @@ def test_a_database_newer_than_the_code_is_refused(store: Store) -> None:
         store.prepare()
 
 
+def test_an_upgrade_never_touches_a_database_from_a_newer_gateway(store: Store) -> None:
+    schema.upgrade(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    with pytest.raises(schema.SchemaError, match="newer than this gateway"):
+        schema.upgrade(store.engine)
+    assert schema.current(store.engine) == "9999_future"
+
+
 def test_the_app_refuses_to_start_on_a_database_that_is_behind(upstream, tmp_path, database_url: str) -> None:
     with pytest.raises(schema.SchemaError, match="db upgrade"):
         create_app(settings_for(upstream, tmp_path, database_url=database_url))
