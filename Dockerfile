@@ -24,4 +24,8 @@ EXPOSE 8767
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('AI_PROXY_PORT', '8767'), timeout=2)" || exit 1
 
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+# Bring the database schema up to date, then serve. The gateway itself refuses to start on
+# a schema that is behind; with several replicas on one PostgreSQL, run
+# `flask --app wsgi db upgrade` once as a release step and override CMD with gunicorn alone.
+# The default database is the SQLite file /app/instance/gateway.db: mount a volume there.
+CMD ["sh", "-c", "flask --app wsgi db upgrade && exec gunicorn -c gunicorn.conf.py wsgi:app"]

@@ -65,3 +65,29 @@ forwarded_allow_ips = ""
 proxy_allow_ips = ""
 # gunicorn's control socket is not used; several instances on one host would share its path.
 control_socket_disable = True
+
+
+def on_starting(server) -> None:  # noqa: ANN001
+    """Refuse to start, in one line, when the database schema is behind the code.
+
+    In development with the default SQLite file this applies the migrations instead,
+    once, before any worker starts (see gateway.store).
+    """
+    from gateway.observability import configure_logging
+    from gateway.store import SchemaError, Store
+
+    configure_logging(_settings.log_level)  # so an automatic development upgrade is logged
+    store = Store.from_settings(_settings)
+    try:
+        store.prepare()
+    except SchemaError as error:
+        raise SystemExit(f"database error: {error}") from None
+    finally:
+        store.dispose()  # no connection crosses the fork into the workers
+
+
+def worker_exit(server, worker) -> None:  # noqa: ANN001
+    """Graceful stop or reload: write the worker's queued usage records before it exits."""
+    from gateway import usage
+
+    usage.stop_all()

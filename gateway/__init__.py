@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import auth, config, edge, errors, limits, observability, routes, upstream
+from gateway import auth, cli, config, edge, errors, limits, observability, routes, store, upstream, usage
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -19,6 +19,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     :param overrides: :class:`gateway.config.Settings` field values that win over
         the environment (tests use them).
     :raises gateway.config.ConfigError: on invalid configuration.
+    :raises gateway.store.SchemaError: the database schema is not current (see :mod:`gateway.store`).
     """
     settings = config.load(overrides=overrides)
     app = Flask(__name__)
@@ -31,8 +32,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     observability.init_app(app)
     edge.init_app(app)
+    store.init_app(app)
     auth.init_app(app)
     limits.init_app(app)
     routes.init_app(app)
     upstream.init_app(app)
+    usage.init_app(app)
+    cli.init_app(app)
     return app

@@ -100,6 +100,13 @@ class Settings:
     # --- where generated development secrets live ----------------------------------
     instance_path: str = str(PROJECT_ROOT / "instance")
 
+    # --- managed keys and usage storage (gateway.store, gateway.auth.keys) ------------
+    database_url: str = ""  # empty: the SQLite file <instance_path>/gateway.db
+    key_cache_seconds: float = 5.0  # how long a key lookup is trusted; revocation delay
+    key_hash_pepper: str = ""  # empty: derived from JWT_SECRET
+    usage_queue_size: int = 10_000  # usage records a worker holds while the database is slow or down
+    usage_batch_seconds: float = 0.5  # how long the usage writer gathers a batch before inserting it
+
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
 
@@ -142,7 +149,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "node_env": ("NODE_ENV", "APP_ENV"),
 }
 # Variables never shown by value, even in debugging output.
-SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key"})
+SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "key_hash_pepper", "database_url"})
 
 
 def _convert(name: str, raw: str, target: Any) -> Any:
@@ -265,6 +272,20 @@ def _check_limit(name: str, value: str) -> None:
         raise ConfigError(f"{name} is not a valid rate limit (e.g. '100 per 15 minutes')") from None
 
 
+def _check_database(settings: Settings) -> None:
+    url = settings.database_url
+    if url and not url.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
+        raise ConfigError("DATABASE_URL must be sqlite:///<path> or postgresql://user@host/db")
+    if not 0 <= settings.key_cache_seconds <= 300:
+        raise ConfigError("KEY_CACHE_SECONDS must be between 0 and 300")
+    if not 1 <= settings.usage_queue_size <= 1_000_000:
+        raise ConfigError("USAGE_QUEUE_SIZE must be between 1 and 1000000")
+    if not 0 < settings.usage_batch_seconds <= 60:
+        raise ConfigError("USAGE_BATCH_SECONDS must be more than 0 and at most 60")
+    if settings.production and settings.key_hash_pepper and len(settings.key_hash_pepper) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"KEY_HASH_PEPPER must be at least {MIN_SECRET_LENGTH} characters in production")
+
+
 def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first invalid variable."""
     _check_url("AI_API_URL", settings.ai_api_url)
@@ -309,6 +330,7 @@ def validate(settings: Settings) -> None:
                 raise ConfigError("ALLOWED_ORIGINS must list exact origins, not '*', in production")
         elif urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).hostname:
             raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
+    _check_database(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

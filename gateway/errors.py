@@ -65,6 +65,38 @@ class Unauthorized(GatewayError):
         return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="ai-proxy"')]
 
 
+class Forbidden(GatewayError):
+    """Authenticated, but this caller may not do this (e.g. a managed key on ``/admin``)."""
+
+    code = 403
+    error_type = "permission_error"
+    error_code = "forbidden"
+    description = "These credentials are not allowed to do this."
+
+
+class NotFound(GatewayError):
+    code = 404
+    error_type = "invalid_request_error"
+    error_code = "not_found"
+    description = "Not found."
+
+
+class Conflict(GatewayError):
+    code = 409
+    error_type = "invalid_request_error"
+    error_code = "conflict"
+    description = "The request conflicts with the current state of the resource."
+
+
+class ServiceUnavailable(GatewayError):
+    """A store the gateway needs (the key database) does not answer; retry later."""
+
+    code = 503
+    error_type = "api_error"
+    error_code = "store_unavailable"
+    description = "The gateway cannot check credentials right now; retry shortly."
+
+
 class UnsupportedMediaType(GatewayError):
     code = 415
     error_type = "invalid_request_error"

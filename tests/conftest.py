@@ -1,17 +1,28 @@
-"""Shared fixtures: canary secrets, the fake upstream, the app and its test client."""
+"""Shared fixtures: canary secrets, the fake upstream, databases, the app and its test client."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import create_app
+from gateway import store as gateway_store
+from gateway.config import Settings
+from gateway.store import Store, schema
 from tests.fakes.upstream import FakeUpstream
+
+# The machine's PostgreSQL; each test gets its own schema in it, dropped afterwards.
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Unique per run, so any leak into logs or responses can be grepped for.
 CANARY_MASTER_KEY = "mk-canary-" + secrets.token_hex(20)
@@ -58,16 +69,108 @@ def settings_for(upstream: FakeUpstream | None, tmp_path: Any, **overrides: Any)
     return base
 
 
+def _upgrade(url: Any) -> None:
+    store = Store(url, auto_upgrade=False)
+    try:
+        schema.upgrade(store.engine)
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "gateway.db"
+    _upgrade(gateway_store.database_url(Settings(database_url=f"sqlite:///{path}")))
+    return path
+
+
+_template: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember_template(_migrated_sqlite_template: Path) -> None:
+    _template[:] = [_migrated_sqlite_template]
+
+
+def migrated(settings: dict[str, Any]) -> dict[str, Any]:
+    """Bring the database these settings name to the current schema, as `db upgrade` would.
+
+    A new SQLite file is a copy of one migrated once per session (much faster than
+    migrating each test's database; the migrations themselves are tested in test_store).
+    """
+    url = gateway_store.database_url(Settings(**settings))
+    target = Path(url.database or "") if url.get_backend_name() == "sqlite" else None
+    if target is not None and _template and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_template[0], target)
+    else:
+        _upgrade(url)
+    return settings
+
+
+def close_app(app: Flask) -> None:
+    """Stop the app's usage writer and close its database connections."""
+    app.extensions["gateway.usage"].stop(timeout=5)
+    app.extensions["gateway.store"].dispose()
+
+
 @pytest.fixture
-def make_app(upstream: FakeUpstream, tmp_path: Any):
-    """Build an app against the fake upstream with extra setting overrides."""
+def make_app(upstream: FakeUpstream, tmp_path: Any) -> Iterator[Any]:
+    """Build apps against the fake upstream with extra setting overrides (database migrated)."""
+    built: list[Flask] = []
 
     def build(**overrides: Any) -> Flask:
-        app = create_app(settings_for(upstream, tmp_path, **overrides))
+        app = create_app(migrated(settings_for(upstream, tmp_path, **overrides)))
         app.testing = True
+        built.append(app)
         return app
 
-    return build
+    yield build
+    for app in built:
+        close_app(app)
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema; yields a DATABASE_URL whose search_path is it."""
+    name = "gw_test_" + secrets.token_hex(6)
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it or set "
+                    "GATEWAY_TEST_POSTGRES_URL", pytrace=False)
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+        try:
+            yield f"{POSTGRES_URL}?options=-csearch_path%3D{name}"
+        finally:
+            admin.execute("SET lock_timeout = '10s'")
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A DATABASE_URL for an empty database: a SQLite file, then a PostgreSQL schema.
+
+    Request it before ``make_app`` (``def test(database_url, make_app)``), so the apps,
+    and their usage writers, are closed before the schema is dropped.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/db/gateway.db"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture
+def db_app(database_url: str, make_app) -> Flask:
+    """An app on each database, with no key cache (revocations apply at once)."""
+    return make_app(database_url=database_url, key_cache_seconds=0)
+
+
+@pytest.fixture
+def db_client(db_app: Flask) -> FlaskClient:
+    return db_app.test_client()
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ key (``X-API-Key`` or ``Authorization: Bearer <key>``) or a JWT from
 ``POST /auth/token`` (``Authorization: Bearer <jwt>``).
 
 Every credential presented must be valid: a good key next to a bad token is a 401.
+Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
+:mod:`gateway.store`); a JWT counts only while the key it names is active.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flask import Flask, current_app, g, request
 
 from gateway.auth import tokens
 from gateway.auth.keys import KeyRing
+from gateway.auth.management import KeyAdmin
 from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import Unauthorized
@@ -145,7 +148,9 @@ def _explain_development_secrets(settings: Settings) -> None:
 def init_app(app: Flask) -> None:
     settings = app.config["GATEWAY"]
     _explain_development_secrets(settings)
-    app.extensions["gateway.keys"] = KeyRing(settings.master_api_key)
+    key_store = app.extensions["gateway.store"].keys
+    app.extensions["gateway.keys"] = KeyRing.from_settings(settings, key_store)
+    app.extensions["gateway.key_admin"] = KeyAdmin(app.extensions["gateway.keys"], key_store)
     app.extensions["gateway.tokens"] = tokens.TokenConfig(
         secret=settings.jwt_secret,
         issuer=settings.jwt_issuer,

@@ -1,12 +1,13 @@
-"""Routes: meta (``/``, ``/health``) and the AI relay views (one per operation)."""
+"""Routes: meta (``/``, ``/health``), the AI relay views (one per operation) and ``/admin``."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from gateway.routes import ai, meta
+from gateway.routes import admin, ai, meta
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(meta.blueprint)
     app.register_blueprint(ai.blueprint)
+    app.register_blueprint(admin.blueprint)

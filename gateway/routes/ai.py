@@ -16,6 +16,7 @@ from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamClient
+from gateway.usage import account_request, on_stream_end
 
 blueprint = Blueprint("ai", __name__)
 
@@ -68,18 +69,18 @@ def read_request(op: Operation) -> ClientCall:
 
 def _view_for(op: Operation) -> Callable[[], Response]:
     def relay_operation() -> Response:
+        account_request(op.name)  # a usage row is written for this request, whatever its outcome
         call = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
         slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
-        log_stream_end = observability.stream_logger()
+        started = time.perf_counter()
+        log_and_record = on_stream_end(observability.stream_logger(), started)
 
         def stream_ended(outcome: str) -> None:
             slot.release()
-            usage = call.tap.result(call.prompt_estimate) if call.tap else None
-            log_stream_end(outcome, usage)
+            log_and_record(outcome, call.tap.result(call.prompt_estimate) if call.tap else None)
 
-        started = time.perf_counter()
         streaming = False
         try:
             upstream = client.send(op.method, op.upstream_path, call.body, g.request_id, call.stream)

@@ -9,6 +9,9 @@ from gateway.errors import error_response
 
 blueprint = Blueprint("meta", __name__)
 
+_AUTH_ANY_KEY = "X-API-Key or Authorization: Bearer <api key or JWT>"
+_AUTH_ADMIN = "the master key (X-API-Key or Authorization: Bearer), or a JWT minted from it"
+
 
 @blueprint.get("/health")
 def health() -> Response:
@@ -54,7 +57,7 @@ def index() -> Response:
             entry = {
                 "method": method,
                 "path": rule.rule,
-                "auth": "none" if public else "X-API-Key or Authorization: Bearer <api key or JWT>",
+                "auth": "none" if public else _AUTH_ADMIN if rule.endpoint.startswith("admin.") else _AUTH_ANY_KEY,
                 "rate_limits": limits.describe(rule.endpoint),
                 "description": _summary(rule.endpoint),
             }

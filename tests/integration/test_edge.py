@@ -6,7 +6,7 @@ import pytest
 
 from gateway import create_app
 from gateway.operations import OPERATIONS
-from tests.conftest import KEY_HEADERS, settings_for
+from tests.conftest import KEY_HEADERS, migrated, settings_for
 
 ORIGIN = "https://app.example"
 BODY = {"model": "m", "prompt": "hi"}
@@ -106,8 +106,8 @@ def test_force_https_redirects_reads_refuses_writes_and_spares_health(make_app) 
 
 def test_production_app_never_runs_debug(monkeypatch, upstream, tmp_path) -> None:
     monkeypatch.setenv("FLASK_DEBUG", "1")
-    app = create_app(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40,
-                                  jwt_secret="j" * 40))
+    app = create_app(migrated(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40,
+                                           jwt_secret="j" * 40)))
     assert app.debug is False
     assert app.test_client().get("/console", headers={"X-API-Key": "m" * 40}).status_code == 404
 

@@ -1,0 +1,143 @@
+"""``/admin/keys``: manage API keys. Master key only (or a JWT minted from it).
+
+The app-level auth hook has already refused callers without valid credentials
+(401); here any caller other than ``master`` gets a 403. Secrets appear only in the
+answers to create and rotate, once; listings show the key's ``prefix``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway import payload
+from gateway.auth import current_caller
+from gateway.auth.keys import MASTER_KEY_ID, utcnow
+from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
+from gateway.body import request_body
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, UnsupportedMediaType
+from gateway.store.key_fields import FieldError
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def _admin() -> KeyAdmin:
+    return current_app.extensions["gateway.key_admin"]
+
+
+def _actor() -> str:
+    caller = current_caller()
+    return caller.id if caller else "unknown"
+
+
+@blueprint.before_request
+def require_master() -> None:
+    """:raises 403: the caller is a managed key, not the master key."""
+    caller = current_caller()
+    if caller is None or caller.id != MASTER_KEY_ID:
+        raise Forbidden("Only the master key (or a token minted from it) can manage keys.", error_code="admin_only")
+
+
+@blueprint.errorhandler(SQLAlchemyError)
+def _database_unavailable(error: SQLAlchemyError) -> Any:
+    log.warning("key management failed: database unavailable (%s)", type(error).__name__)
+    return current_app.handle_http_exception(ServiceUnavailable(
+        "The key database is unavailable; retry shortly.", headers={"Retry-After": "5"}))
+
+
+def _json_body() -> dict[str, Any]:
+    """:raises 415: not declared as JSON. :raises 400: not a JSON object."""
+    if not payload.is_json_content_type(request.content_type):
+        raise UnsupportedMediaType()
+    try:
+        return payload.parse_object(request_body())
+    except payload.PayloadError as error:
+        raise BadRequest(str(error)) from None
+
+
+def _invalid(error: FieldError) -> BadRequest:
+    return BadRequest(str(error), param=error.param, error_code="invalid_field")
+
+
+def _not_found(key_id: str) -> NotFound:
+    return NotFound("No API key has this id.", param="id", error_code="key_not_found")
+
+
+def _shown(record: Any, secret: str | None = None) -> dict[str, Any]:
+    shown = record.public(utcnow())
+    if secret is not None:
+        shown["secret"] = secret
+    return shown
+
+
+@blueprint.post("/keys")
+def create_key() -> tuple[Response, int]:
+    """Create an API key; the answer holds its secret, shown this once.
+
+    :raises 400: a field is missing, unknown or invalid (``param`` names it).
+    """
+    try:
+        record, secret = _admin().create(_json_body(), actor=_actor())
+    except FieldError as error:
+        raise _invalid(error) from None
+    response = jsonify(_shown(record, secret))
+    response.headers["Location"] = f"{blueprint.url_prefix}/keys/{record.id}"
+    return response, 201
+
+
+@blueprint.get("/keys")
+def list_keys() -> Response:
+    """List API keys (never their secrets; ``prefix`` tells them apart)."""
+    return jsonify(object="list", data=[_shown(record) for record in _admin().list()])
+
+
+@blueprint.get("/keys/<key_id>")
+def show_key(key_id: str) -> Response:
+    """Show one API key. :raises 404: no such key."""
+    try:
+        return jsonify(_shown(_admin().get(key_id)))
+    except KeyNotFound:
+        raise _not_found(key_id) from None
+
+
+@blueprint.patch("/keys/<key_id>")
+def update_key(key_id: str) -> Response:
+    """Change an API key's name, metadata, expiry, models or limits (``null`` = default).
+
+    :raises 400: an unknown or invalid field. :raises 404: no such key.
+    """
+    try:
+        return jsonify(_shown(_admin().update(key_id, _json_body(), actor=_actor())))
+    except FieldError as error:
+        raise _invalid(error) from None
+    except KeyNotFound:
+        raise _not_found(key_id) from None
+
+
+@blueprint.delete("/keys/<key_id>")
+def revoke_key(key_id: str) -> Response:
+    """Revoke an API key (its row and usage stay). :raises 404: no such key."""
+    try:
+        return jsonify(_shown(_admin().revoke(key_id, actor=_actor())))
+    except KeyNotFound:
+        raise _not_found(key_id) from None
+
+
+@blueprint.post("/keys/<key_id>/rotate")
+def rotate_key(key_id: str) -> Response:
+    """Issue a new secret for an API key (same id and settings); the old one stops working.
+
+    :raises 404: no such key. :raises 409: the key is revoked.
+    """
+    try:
+        record, secret = _admin().rotate(key_id, actor=_actor())
+    except KeyNotFound:
+        raise _not_found(key_id) from None
+    except KeyRevoked:
+        raise Conflict("A revoked key cannot be rotated; create a new key.", error_code="key_revoked") from None
+    return jsonify(_shown(record, secret))

@@ -1,0 +1,148 @@
+"""Validation of a managed key's settable fields. Pure code: no Flask, no database.
+
+The admin API (``POST``/``PATCH /admin/keys``) and the ``flask keys`` commands both
+pass what they were given through :func:`parse_changes`, so both accept and refuse
+exactly the same things. Messages are safe to show the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from limits import parse_many
+
+NAME_MAX = 200
+METADATA_MAX_BYTES = 4096
+MODELS_MAX = 100
+MODEL_PATTERN_MAX = 200
+LIMIT_STRING_MAX = 100
+TOKEN_COUNT_MAX = 10**15
+
+LIMIT_FIELDS = ("rate_limit_general", "rate_limit_ai")
+TOKEN_FIELDS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month", "max_tokens_cap")
+SETTABLE_FIELDS = ("name", "metadata", "expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS)
+
+
+class FieldError(ValueError):
+    """One invalid field: ``param`` names it, the message says what is accepted."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError("name", "'name' must be a non-empty string.")
+    value = value.strip()
+    if len(value) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise FieldError("name", f"'name' must be at most {NAME_MAX} printable characters.")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FieldError("metadata", "'metadata' must be a JSON object.")
+    if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
+        raise FieldError("metadata", f"'metadata' must be at most {METADATA_MAX_BYTES} bytes of JSON.")
+    return value
+
+
+def parse_timestamp(value: str) -> datetime:
+    """An ISO 8601 timestamp with a timezone, as aware UTC.
+
+    :raises ValueError: not ISO 8601, or without a timezone.
+    """
+    parsed = datetime.fromisoformat(value.strip())
+    if parsed.tzinfo is None:
+        raise ValueError("no timezone")
+    return parsed.astimezone(UTC)
+
+
+def _expires_at(value: Any, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    message = "'expires_at' must be null or an ISO 8601 time with a timezone, e.g. 2030-01-31T00:00:00Z."
+    if not isinstance(value, str):
+        raise FieldError("expires_at", message)
+    try:
+        parsed = parse_timestamp(value)
+    except ValueError:
+        raise FieldError("expires_at", message) from None
+    if parsed <= now:
+        raise FieldError("expires_at", "'expires_at' must be in the future (revoke a key to stop it now).")
+    return parsed
+
+
+def _allowed_models(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    message = (f"'allowed_models' must be null (every model) or a list of 1 to {MODELS_MAX} model names or "
+               f"glob patterns such as \"gpt-4o*\", each at most {MODEL_PATTERN_MAX} characters.")
+    if not isinstance(value, list) or not 1 <= len(value) <= MODELS_MAX:
+        raise FieldError("allowed_models", message)
+    patterns = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > MODEL_PATTERN_MAX:
+            raise FieldError("allowed_models", message)
+        patterns.append(item.strip())
+    return list(dict.fromkeys(patterns))
+
+
+def _rate_limit(param: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    message = f"'{param}' must be null (the gateway's default) or a rate limit such as \"50 per 15 minutes\"."
+    if not isinstance(value, str) or len(value) > LIMIT_STRING_MAX:
+        raise FieldError(param, message)
+    try:
+        if not parse_many(value):
+            raise ValueError
+    except ValueError:
+        raise FieldError(param, message) from None
+    return value.strip()
+
+
+def _token_count(param: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TOKEN_COUNT_MAX:
+        raise FieldError(param, f"'{param}' must be null (the gateway's default) or a positive integer.")
+    return value
+
+
+def parse_changes(document: dict[str, Any], *, creating: bool, now: datetime) -> dict[str, Any]:
+    """Validate the settable fields in ``document``; return them normalised.
+
+    ``null`` resets a field to the gateway's default (``metadata`` to ``{}``);
+    ``name`` is required when creating and cannot be null. Unknown fields are
+    refused rather than ignored, so a typo never silently leaves a limit unset.
+
+    :raises FieldError: for the first invalid or unknown field.
+    """
+    for param in document:
+        if param not in SETTABLE_FIELDS:
+            raise FieldError(param, f"Unknown field '{param}'. Settable fields: {', '.join(SETTABLE_FIELDS)}.")
+    if creating and "name" not in document:
+        raise FieldError("name", "'name' is required.")
+    changes: dict[str, Any] = {}
+    for param, value in document.items():
+        if param == "name":
+            changes[param] = _name(value)
+        elif param == "metadata":
+            changes[param] = _metadata(value)
+        elif param == "expires_at":
+            changes[param] = _expires_at(value, now)
+        elif param == "allowed_models":
+            changes[param] = _allowed_models(value)
+        elif param in LIMIT_FIELDS:
+            changes[param] = _rate_limit(param, value)
+        else:
+            changes[param] = _token_count(param, value)
+    if creating:
+        changes.setdefault("metadata", {})
+    return changes

@@ -1,0 +1,116 @@
+"""The tables, as SQLAlchemy Core metadata (no ORM).
+
+This is the schema the code expects; the migrations in ``migrations/versions`` are
+what builds it in a database. A change here needs a new migration (``flask --app
+wsgi db revision -m "..."`` writes one from the difference).
+
+Timestamps are always timezone-aware UTC in Python (:class:`UtcDateTime`), whatever
+the database keeps.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+from sqlalchemy.types import TypeDecorator
+
+# Constraint names follow one pattern, so later migrations can refer to them on any database.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+KEY_ID_LENGTH = 40
+MODEL_LENGTH = 200
+REQUEST_ID_LENGTH = 128
+OPERATION_LENGTH = 40
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware.
+
+    SQLite has no timezone type: without this, values would come back naive.
+    Naive datetimes are refused on write, so local time never slips in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(KEY_ID_LENGTH), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("allowed_models", JSON, nullable=True),  # null: every model
+    Column("rate_limit_general", String(100), nullable=True),  # null: RATE_LIMIT_GENERAL
+    Column("rate_limit_ai", String(100), nullable=True),  # null: RATE_LIMIT_AI
+    Column("tokens_per_minute", BigInteger, nullable=True),  # null: the gateway's default
+    Column("tokens_per_day", BigInteger, nullable=True),
+    Column("budget_tokens_day", BigInteger, nullable=True),
+    Column("budget_tokens_month", BigInteger, nullable=True),
+    Column("max_tokens_cap", BigInteger, nullable=True),
+    Index(None, "secret_hash", unique=True),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("key_id", String(KEY_ID_LENGTH), nullable=False),
+    Column("operation", String(OPERATION_LENGTH), nullable=False),
+    Column("model", String(MODEL_LENGTH), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=True),
+    Column("completion_tokens", BigInteger, nullable=True),
+    Column("total_tokens", BigInteger, nullable=True),
+    Column("tokens_estimated", Boolean, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("upstream_ms", Float, nullable=True),
+    Column("request_id", String(REQUEST_ID_LENGTH), nullable=True),
+    Index(None, "ts"),
+    Index(None, "key_id", "ts"),
+)

@@ -1,0 +1,354 @@
+"""Usage accounting: one row per AI request, written off the request's path.
+
+:meth:`UsageWriter.record` only puts a :class:`UsageRecord` on a bounded in-memory
+queue and returns; it never waits for the database. One background thread per
+worker process (started on the first record, so after gunicorn's fork) writes the
+queue in batches: every ``USAGE_BATCH_SECONDS`` (0.5) or :data:`BATCH_SIZE` rows,
+whichever comes first, one multi-row ``INSERT`` each. The queue holds
+``USAGE_QUEUE_SIZE`` (10,000) records.
+
+- A full queue drops the new record, counts it (:attr:`UsageWriter.dropped`) and
+  logs the count at most once per :data:`DROP_LOG_INTERVAL_SECONDS`: never silently.
+- A database outage keeps the batch and retries with exponential backoff (up to
+  :data:`MAX_BACKOFF_SECONDS`); meanwhile the queue holds what arrives, up to its bound.
+- :meth:`UsageWriter.flush` writes everything queued (graceful stop: gunicorn's
+  ``worker_exit`` hook and ``atexit`` call :func:`stop_all`); what cannot be written
+  before its timeout is logged with its count.
+
+The relay views call :func:`account_request` when a request reaches them and wrap
+their stream-end callback with :func:`on_stream_end`; an ``after_request`` hook
+records the rest. Token counts come from :mod:`gateway.upstream.accounting`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from flask import Flask, Response, current_app, g
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from gateway import auth
+from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
+from gateway.upstream.accounting import Usage
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000
+BATCH_SIZE = 200
+BATCH_INTERVAL_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+DROP_LOG_INTERVAL_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+_WAKE = object()  # put on the queue to make the writer stop waiting for a fuller batch
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One AI request. Token counts are ``None`` until the upstream's usage is read."""
+
+    ts: datetime  # when the request started, aware UTC
+    key_id: str
+    operation: str
+    model: str | None
+    status: int
+    duration_ms: float
+    upstream_ms: float | None
+    request_id: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    tokens_estimated: bool = False
+
+    def row(self) -> dict[str, object]:
+        values = asdict(self)
+        # Column widths are enforced here, so a long model name cannot fail a whole batch.
+        values["operation"] = self.operation[:OPERATION_LENGTH]
+        values["model"] = self.model[:MODEL_LENGTH] if self.model is not None else None
+        values["request_id"] = self.request_id[:REQUEST_ID_LENGTH] if self.request_id is not None else None
+        return values
+
+
+class UsageWriter:
+    """The per-process queue and writer thread for :class:`UsageRecord` rows."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        batch_size: int = BATCH_SIZE,
+        interval: float = BATCH_INTERVAL_SECONDS,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
+    ) -> None:
+        self.engine = engine
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.written = 0  # rows inserted by this process
+        self.dropped = 0  # rows lost: queue full, or not written before a stop timed out
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state for this process (a forked child must not write its parent's rows)."""
+        self._pid = os.getpid()
+        self._queue: queue.Queue[object] = queue.Queue(self.queue_size)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._unwritten = 0  # accepted, not yet written or given up
+        self._unreported_drops = 0
+        self._last_drop_log = 0.0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- the request side ------------------------------------------------------------
+    def record(self, item: UsageRecord) -> bool:
+        """Queue one record without blocking; ``False`` (counted and logged) when full."""
+        if self._pid != os.getpid():
+            self._reset()
+        if self._thread is None:
+            self._start()
+        with self._lock:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self.dropped += 1
+                self._unreported_drops += 1
+                accepted = False
+            else:
+                self._unwritten += 1
+                accepted = True
+        if not accepted:
+            self._report_drops()
+        return accepted
+
+    @property
+    def depth(self) -> int:
+        """Records waiting to be written (queued or in the batch being retried)."""
+        return self._unwritten
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+            self._thread.start()
+        _started.add(self)
+
+    def _report_drops(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not self._unreported_drops or (not force and now - self._last_drop_log < DROP_LOG_INTERVAL_SECONDS):
+                return
+            count, self._unreported_drops, self._last_drop_log = self._unreported_drops, 0, now
+        log.warning("usage records dropped: the queue was full", extra={"fields": {
+            "dropped": count, "dropped_total": self.dropped, "queue_size": self.queue_size}})
+
+    # --- the writer thread -----------------------------------------------------------
+    def _collect(self) -> list[UsageRecord]:
+        """Wait for a first record, then gather more until the batch is full or the interval ends."""
+        try:
+            first = self._queue.get(timeout=self.interval)
+        except queue.Empty:
+            return []
+        batch = [] if first is _WAKE else [first]
+        deadline = time.monotonic() + self.interval
+        while len(batch) < self.batch_size and first is not _WAKE:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _WAKE:
+                break
+            batch.append(item)
+        return batch  # type: ignore[return-value]
+
+    def _insert(self, batch: list[UsageRecord]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(usage).values([item.row() for item in batch]))
+
+    def _write(self, batch: list[UsageRecord]) -> None:
+        """Insert a batch, retrying through outages until it is written or the writer stops."""
+        backoff = min(0.1, self.max_backoff)
+        failures = 0
+        while True:
+            try:
+                self._insert(batch)
+            except (IntegrityError, DataError) as error:
+                # Retrying cannot fix the data itself: give this batch up, loudly.
+                log.error("usage batch refused by the database (%s); its records are dropped", type(error).__name__,
+                          extra={"fields": {"dropped": len(batch)}})
+                self._settle(len(batch), dropped=True)
+                return
+            except DBAPIError as error:  # the database is unreachable, locked, restarting, or missing a table
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("usage write failed (%s); retrying with backoff", type(error).__name__,
+                                extra={"fields": {"attempt": failures, "queued": self._unwritten}})
+                if self._stopping:
+                    return  # stop() accounts for what is left
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if failures:
+                log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
+            self._settle(len(batch), dropped=False)
+            return
+
+    def _settle(self, count: int, *, dropped: bool) -> None:
+        with self._lock:
+            self._unwritten = max(0, self._unwritten - count)  # stop() may have given these up already
+            if dropped:
+                self.dropped += count
+            else:
+                self.written += count
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception:  # a bug, not an outage: lose this batch, loudly, and keep the thread
+                    log.exception("usage batch could not be written; its records are dropped",
+                                  extra={"fields": {"dropped": len(batch)}})
+                    self._settle(len(batch), dropped=True)
+            self._report_drops()
+            if self._stopping:
+                return  # stop() has flushed what it could and accounts for the rest
+
+    # --- stopping ----------------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            self._queue.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the writer has plenty to do and will not wait for more
+
+    def flush(self, timeout: float) -> bool:
+        """Write everything queued so far; ``True`` when done within ``timeout`` seconds."""
+        if self._thread is None or self._pid != os.getpid():
+            return True
+        self._wake()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._unwritten > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Flush, then end the thread. What is still unwritten is counted and logged."""
+        if self._thread is None or self._pid != os.getpid():
+            return
+        flushed = self.flush(timeout)
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout=max(self.interval * 2, 1.0))
+        if not flushed:
+            with self._lock:
+                lost, self._unwritten = self._unwritten, 0
+                self.dropped += lost
+            log.error("usage records lost at stop: the database did not take them in time",
+                      extra={"fields": {"lost": lost, "timeout_s": timeout}})
+        self._report_drops(force=True)
+        self._thread = None
+        _started.discard(self)
+
+
+# Writers with a running thread in this process, for stop_all().
+_started: weakref.WeakSet[UsageWriter] = weakref.WeakSet()
+
+
+def stop_all(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Flush and stop every writer of this process (gunicorn ``worker_exit``, ``atexit``)."""
+    for writer in list(_started):
+        writer.stop(timeout)
+
+
+atexit.register(stop_all)
+
+
+# --- what the relay views call ---------------------------------------------------------
+def account_request(operation: str) -> None:
+    """Mark the current request for accounting: one row is recorded when its response is
+    made (errors included), or for a stream when the stream ends (:func:`on_stream_end`)."""
+    g.usage_operation = operation
+    g.usage_ts = datetime.now(UTC)
+
+
+def _token_fields(usage: Usage | None) -> dict[str, object]:
+    if usage is None:
+        return {}
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens, "tokens_estimated": usage.estimated}
+
+
+def _pending(status: int, duration_ms: float, upstream_ms: float | None) -> UsageRecord:
+    caller = auth.current_caller()
+    return UsageRecord(
+        ts=g.usage_ts,
+        key_id=caller.id if caller else "unknown",
+        operation=g.usage_operation,
+        model=g.get("model"),
+        status=status,
+        duration_ms=round(duration_ms, 2),
+        upstream_ms=round(upstream_ms, 2) if upstream_ms is not None else None,
+        request_id=g.get("request_id"),
+        **_token_fields(g.get("usage")),  # type: ignore[arg-type]
+    )
+
+
+def _record_response(response: Response) -> Response:
+    if "usage_operation" in g and not response.is_streamed:
+        writer: UsageWriter = current_app.extensions["gateway.usage"]
+        writer.record(_pending(response.status_code, (time.perf_counter() - g.started) * 1000, g.get("upstream_ms")))
+    return response
+
+
+def on_stream_end(
+    then: Callable[[str, Usage | None], None], upstream_started: float
+) -> Callable[[str, Usage | None], None]:
+    """Wrap a stream-end callback so the stream is also recorded when it ends.
+
+    Built during the request (the request context is gone when the stream ends).
+    For a stream, ``upstream_ms`` runs until the stream's end, not its first byte.
+    """
+    writer: UsageWriter = current_app.extensions["gateway.usage"]
+    started = g.started
+    pending = _pending(200, 0.0, None)
+
+    def finished(outcome: str, usage: Usage | None = None) -> None:
+        try:
+            then(outcome, usage)
+        finally:
+            ended = time.perf_counter()
+            writer.record(dataclasses.replace(pending, duration_ms=round((ended - started) * 1000, 2),
+                                              upstream_ms=round((ended - upstream_started) * 1000, 2),
+                                              **_token_fields(usage)))  # type: ignore[arg-type]
+
+    return finished
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["GATEWAY"]
+    app.extensions["gateway.usage"] = UsageWriter(app.extensions["gateway.store"].engine,
+                                                  queue_size=settings.usage_queue_size,
+                                                  interval=settings.usage_batch_seconds)
+    app.after_request(_record_response)
