@@ -27,7 +27,7 @@ from flask import Flask, Response, current_app
 from flask_limiter import Limiter, RequestLimit
 from limits.errors import StorageError
 
-from gateway import auth
+from gateway import auth, quotas
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
 from gateway.inflight import InFlight
@@ -136,14 +136,14 @@ def describe(endpoint: str) -> list[str]:
     settings = current_app.config["GATEWAY"]
     if endpoint in ("meta.health", "meta.ready"):
         return []
-    quotas = [f"{settings.rate_limit_general} per caller (all endpoints)"]
+    described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
     if endpoint.startswith(f"{ai_blueprint.name}."):
-        quotas.append(f"{settings.rate_limit_ai} per caller (all AI endpoints)")
+        described.append(f"{settings.rate_limit_ai} per caller (all AI endpoints; a key may have its own)")
         if settings.rate_limit_concurrent:
-            quotas.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
+            described.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
     if endpoint.startswith(f"{auth_blueprint.name}."):
-        quotas.append(f"{settings.rate_limit_auth_failures} failed attempts per client address")
-    return quotas
+        described.append(f"{settings.rate_limit_auth_failures} failed attempts per client address")
+    return described
 
 
 def storage_ready() -> bool:
@@ -168,7 +168,7 @@ def init_app(app: Flask) -> None:
     settings: Settings = app.config["GATEWAY"]
     limiter = Limiter(
         key_func=auth.caller_key,
-        application_limits=[settings.rate_limit_general],
+        application_limits=[quotas.general_limit],  # a key's own limit, else RATE_LIMIT_GENERAL
         storage_uri=settings.rate_limit_storage_uri,
         storage_options=storage_options(settings),
         strategy=settings.rate_limit_strategy,
@@ -181,7 +181,7 @@ def init_app(app: Flask) -> None:
     limiter.request_filter(auth.is_preflight)
     limiter.exempt(health)
     limiter.exempt(ready)
-    limiter.shared_limit(settings.rate_limit_ai, scope=AI_SCOPE, override_defaults=False)(ai_blueprint)
+    limiter.shared_limit(quotas.ai_limit, scope=AI_SCOPE, override_defaults=False)(ai_blueprint)
     limiter.limit(
         settings.rate_limit_auth_failures,
         key_func=auth.client_address,
@@ -193,3 +193,4 @@ def init_app(app: Flask) -> None:
     app.extensions["gateway.limiter"] = limiter
     app.extensions["gateway.limits.health"] = StorageHealth()
     app.extensions["gateway.inflight"] = InFlight.from_settings(settings, limiter.storage)
+    app.extensions["gateway.tokens_ledger"] = quotas.TokenLedger.from_settings(settings, limiter.storage)

@@ -182,6 +182,12 @@ class KeyRing:
         record = self._lookup(f"id:{key_id}", lambda store: store.get(key_id))
         return record is not None and record.is_active(self._now())
 
+    def record(self, key_id: str) -> KeyRecord | None:
+        """A managed key's settings (cached like every lookup); ``None`` for the master key."""
+        if key_id == MASTER_KEY_ID or not key_id.startswith(KEY_ID_PREFIX):
+            return None
+        return self._lookup(f"id:{key_id}", lambda store: store.get(key_id))
+
     def forget(self) -> None:
         """Drop this process's cache (after a change made here, so it applies at once here)."""
         self._cache.clear()

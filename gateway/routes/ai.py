@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g, request
 
-from gateway import observability, payload
+from gateway import observability, payload, quotas
 from gateway.auth import caller_key
 from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
@@ -28,6 +28,7 @@ class ClientCall:
     body: bytes | None = None
     stream: bool = False
     prompt_estimate: int = 0
+    reserve: int = 0  # tokens to hold against the key's token quotas
     tap: StreamUsageTap | None = None
 
 
@@ -58,7 +59,9 @@ def read_request(op: Operation) -> ClientCall:
     model = document.get("model")
     if isinstance(model, str):
         g.model = model[:200]
-    call = ClientCall(body=raw, stream=stream, prompt_estimate=accounting.estimate_prompt_tokens(document))
+    prompt_estimate = accounting.estimate_prompt_tokens(document)
+    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate,
+                      reserve=quotas.check_request(document, prompt_estimate))
     if stream:
         asked = accounting.client_asked_for_usage(document)
         if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
@@ -73,13 +76,20 @@ def _view_for(op: Operation) -> Callable[[], Response]:
         call = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
-        slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
+        reservation = quotas.reserve_tokens(call.reserve) if call.reserve else quotas.NO_RESERVATION
+        try:
+            slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
+        except Exception:
+            reservation.settle(0)
+            raise
         started = time.perf_counter()
         log_and_record = on_stream_end(observability.stream_logger(), started)
 
         def stream_ended(outcome: str) -> None:
             slot.release()
-            log_and_record(outcome, call.tap.result(call.prompt_estimate) if call.tap else None)
+            usage = call.tap.result(call.prompt_estimate) if call.tap else None
+            reservation.settle(usage.total_tokens if usage else 0)
+            log_and_record(outcome, usage)
 
         streaming = False
         try:
@@ -98,6 +108,8 @@ def _view_for(op: Operation) -> Callable[[], Response]:
             g.upstream_ms = (time.perf_counter() - started) * 1000
             if not streaming:
                 slot.release()
+                usage = g.get("usage")
+                reservation.settle(usage.total_tokens if usage else 0)
 
     relay_operation.__name__ = f"relay_{op.name}"
     relay_operation.__qualname__ = f"relay_{op.name}"

@@ -46,8 +46,11 @@ def test_create_shows_the_secret_once_and_the_key_works(db_client: FlaskClient, 
     assert created["id"].startswith("key_") and created["status"] == "active"
     assert created["metadata"] == {"team": "web"} and created["rate_limit_ai"] == "50 per 15 minutes"
     assert created["tokens_per_day"] is None  # unset: the gateway's default
-    assert db_client.post("/v1/completions", json=BODY, headers=_key(secret)).status_code == 200
-    assert db_client.post("/v1/completions", json=BODY, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    allowed = {**BODY, "model": "gpt-4o-mini"}
+    assert db_client.post("/v1/completions", json=allowed, headers=_key(secret)).status_code == 200
+    assert db_client.post("/v1/completions", json=allowed, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    refused = db_client.post("/v1/completions", json=BODY, headers=_key(secret))  # model "m" is not allowed
+    assert refused.status_code == 403 and _error(refused)["code"] == "model_not_allowed"
     assert db_client.get("/v1/models", headers=_token(db_client, secret)).status_code == 200
     assert len(upstream.requests) == 3
 
