@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo clean bench bench-peers bench-profile bench-tools
+.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
 	$(BENCH_RUN) --targets direct,gateway,litellm,portkey --repeats 1 --slow-rounds 1 \
 	  --out bench/results/peers.json $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python -m bench.report
+
+## CPU per request of the bare serving stack (gunicorn+gevent, Flask, requests vs urllib3).
+bench-floor: $(STAMP) $(BENCH_STAMP) bench-tools
+	$(BENCH_VENV)/bin/python -m bench.floor
 
 ## py-spy on the gateway worker under 16-connection load; writes bench/results/profile.md.
 bench-profile: $(STAMP) $(BENCH_STAMP) bench-tools

@@ -118,7 +118,7 @@ class Service:
         self.name = name
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log, "ab")
+        self._log_file = open(log, "wb")
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(

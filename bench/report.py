@@ -73,7 +73,7 @@ def load_section(data: dict) -> list[str]:
     for conns in data["config"]["connections"]:
         d, g = direct[str(conns)]["summary"], gateway[str(conns)]["summary"]
         for name, s in (("direct", d), ("gateway", g)):
-            rows.append([str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"]), fmt(s["p90_ms"]), fmt(s["p99_ms"]),
+            rows.append([str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"], 3), fmt(s["p90_ms"], 3), fmt(s["p99_ms"], 3),
                          str(s["errors"])])
     lines = table(["connections", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
     lines += ["", "The gateway's added latency (median of medians):", ""]

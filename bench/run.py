@@ -500,9 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     os.sched_setaffinity(0, {int(LOAD_CORE)})
-    RAW.mkdir(parents=True, exist_ok=True)
-    for old in RAW.glob("*"):
-        old.unlink()
+    RAW.mkdir(parents=True, exist_ok=True)  # files in it are overwritten run by run
     body_file = RAW / "body.json"
     body_file.write_text(json.dumps(LOAD_BODY))
 
