@@ -13,8 +13,10 @@ Routes::
     GET  /v1/models, /health                     fixed JSON body
 
 Streams send ``--chunks`` events ``--gap-ms`` apart, the first one at once, then
-``data: [DONE]`` one gap after the last event. A request body may override both with
-``"bench_chunks"`` and ``"bench_gap_ms"``. Each event's text is ``t=<ns> `` where
+``data: [DONE]`` one gap after the last event. A request may override both with
+``bench_chunks=N`` and ``bench_gap_ms=M`` anywhere in its body, e.g. in the prompt or
+a message's text: gateways pass prompts on unchanged, while some (Portkey) drop
+request fields they do not know. Each event's text is ``t=<ns> `` where
 ``<ns>`` is ``time.monotonic_ns()`` when the event was written: the client reads the
 same system-wide clock on arrival, so delivery delay per event is measured exactly,
 through any gateway that passes the text on (peers that re-serialise events keep it).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import time
 
@@ -76,6 +79,9 @@ _MODELS_BODY = json.dumps(
     {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]},
     separators=(",", ":"),
 ).encode()
+
+_CHUNKS = re.compile(rb"bench_chunks=(\d+)")
+_GAP_MS = re.compile(rb"bench_gap_ms=(\d+(?:\.\d+)?)")
 
 _NOT_FOUND_BODY = b'{"error":{"message":"not found","type":"invalid_request_error","code":"not_found","param":null}}'
 
@@ -225,8 +231,10 @@ class HttpProtocol(asyncio.Protocol):
             except ValueError:
                 document = {}
             if isinstance(document, dict) and document.get("stream") is True:
-                chunks = int(document.get("bench_chunks", self.server.chunks))
-                gap = float(document.get("bench_gap_ms", self.server.gap_ms)) / 1000.0
+                chunks_match = _CHUNKS.search(request.body)
+                gap_match = _GAP_MS.search(request.body)
+                chunks = int(chunks_match.group(1)) if chunks_match else self.server.chunks
+                gap = (float(gap_match.group(1)) if gap_match else self.server.gap_ms) / 1000.0
                 self.streaming = True
                 asyncio.get_running_loop().create_task(self._stream(request, chunks, gap))
                 return
