@@ -20,10 +20,10 @@ APPS = {
     "static": "raw WSGI, fixed answer (no upstream call)",
     "urllib3_app": "raw WSGI + urllib3 pool relay",
     "requests_app": "raw WSGI + requests.Session relay",
+    "flask_static": "Flask route, fixed answer (no upstream call)",
     "flask_urllib3": "Flask route + urllib3 pool relay",
     "flask_requests": "Flask route + requests.Session relay",
 }
-PORT = 9104
 
 
 def main() -> None:
@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    run.choose_ports(9100)
+    port = run.PORTS["floor"]
     os.sched_setaffinity(0, {int(run.LOAD_CORE)})
     run.RAW.mkdir(parents=True, exist_ok=True)
     body_file = run.RAW / "body.json"
@@ -41,11 +43,11 @@ def main() -> None:
         for app, label in APPS.items():
             service = procs.Service(f"floor-{app}", [
                 str(run.GATEWAY_VENV / "bin" / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "1000",
-                "-b", f"{run.HOST}:{PORT}", f"bench.floor_apps:{app}"],
+                "-b", f"{run.HOST}:{port}", f"bench.floor_apps:{app}"],
                 cores=run.TARGET_CORE, log=run.RAW / f"floor-{app}.log", cwd=str(run.ROOT),
                 env={"FLOOR_UPSTREAM": f"http://{run.HOST}:{run.PORTS['upstream']}"})
             try:
-                url = f"http://{run.HOST}:{PORT}{run.PATH}"
+                url = f"http://{run.HOST}:{port}{run.PATH}"
                 procs.wait_http(url, method="POST", body=body_file.read_bytes(),
                                 headers={"Content-Type": "application/json"}, service=service, timeout=30)
                 wrkrun.run(url, connections=16, duration_s=2, body_file=body_file, headers={}, core=run.LOAD_CORE)

@@ -5,6 +5,7 @@ Used by bench/floor.py under the same gunicorn + gevent worker as the gateway:
     static          raw WSGI, fixed JSON answer, no upstream call
     urllib3         raw WSGI, body relayed through a urllib3 connection pool
     requests        raw WSGI, body relayed through a requests.Session
+    flask_static    one Flask route, fixed answer, no upstream call
     flask_urllib3   one Flask route, body relayed through urllib3
     flask_requests  one Flask route, body relayed through a requests.Session
 
@@ -82,7 +83,8 @@ def _flask(relay) -> Flask:  # noqa: ANN001
 
     @app.post(PATH)
     def relay_view() -> Response:
-        status, data = relay(request.get_data())
+        body = request.get_data()
+        status, data = relay(body) if relay else (200, _BODY)
         return Response(data, status=status, mimetype="application/json")
 
     return app
@@ -91,5 +93,6 @@ def _flask(relay) -> Flask:  # noqa: ANN001
 static = _wsgi(None)
 urllib3_app = _wsgi(_via_urllib3)
 requests_app = _wsgi(_via_requests)
+flask_static = _flask(None)
 flask_urllib3 = _flask(_via_urllib3)
 flask_requests = _flask(_via_requests)

@@ -62,6 +62,25 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def core_busy_seconds() -> dict[int, float]:
+    """Busy time of each CPU core since boot (user+nice+system+steal), in seconds.
+
+    irq/softirq time is left out: the kernel's loopback traffic for our own processes
+    lands there without being charged to them. steal is kept: it is time the
+    hypervisor gave to someone else.
+    Compared with a target's own CPU time, it shows load from other processes on the
+    machine during a run (this machine may be shared with other work).
+    """
+    busy = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *fields = line.split()
+                user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(x) for x in fields[:8])
+                busy[int(name[3:])] = (user + nice + system + steal) / CLOCK_TICKS
+    return busy
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     total = 0
     for pid in pids:

@@ -49,6 +49,10 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+STDLIB = "stdlib other (typing, inspect, threading, uuid, ...)"
+NATIVE = "native / unknown"
+
+
 def location(frame: str) -> str:
     return frame[frame.rfind("(") + 1:].rstrip(")") if "(" in frame else ""
 
@@ -58,7 +62,7 @@ def component(frame: str) -> str:
     for name, prefixes in COMPONENTS:
         if path.startswith(prefixes):
             return name
-    return "stdlib other (typing, inspect, threading, uuid, ...)" if path else "native / unknown"
+    return STDLIB if path else NATIVE
 
 
 def is_idle(frames: list[str]) -> bool:
@@ -96,6 +100,8 @@ def analyse(stacks: list[tuple[list[str], int]]) -> dict:
     own: Counter = Counter()
     cumulative: Counter = Counter()
     own_component: Counter = Counter()
+    charged_component: Counter = Counter()
+    stdlib_callers: Counter = Counter()
     cumulative_component: Counter = Counter()
     for frames, count in stacks:
         if not frames:
@@ -103,11 +109,17 @@ def analyse(stacks: list[tuple[list[str], int]]) -> dict:
         leaf = frames[-1]
         own[leaf] += count
         own_component[component(leaf)] += count
+        # charge stdlib leaves (typing, inspect, abc, uuid, ...) to the nearest library frame that called them
+        caller = next((f for f in reversed(frames) if component(f) not in (STDLIB, NATIVE)), leaf)
+        charged_component[component(caller)] += count
+        if component(leaf) == STDLIB:
+            stdlib_callers[(caller.partition(" (")[0], leaf.partition(" (")[0])] += count
         for frame in set(frames):
             cumulative[frame] += count
         for name in {component(f) for f in frames}:
             cumulative_component[name] += count
     return {"total": total, "own": own, "cumulative": cumulative, "own_component": own_component,
+            "charged_component": charged_component, "stdlib_callers": stdlib_callers,
             "cumulative_component": cumulative_component}
 
 
@@ -184,14 +196,24 @@ def markdown(result: dict, stats: dict, focus_counts: dict[str, int], notes: str
         "",
         "## By component",
         "",
-        "Own time: samples whose innermost frame is in the component. Inclusive: samples with the component "
-        "anywhere on the stack (overlaps: Flask includes our code, which includes requests, ...).",
+        "Own time: samples whose innermost frame is in the component. Charged: the same, but time in small "
+        "stdlib helpers (typing's protocol checks, inspect, abc, uuid, ...) is charged to the library frame "
+        "that called them. Inclusive: samples with the component anywhere on the stack (these overlap: Flask "
+        "includes our code, which includes requests, ...).",
         "",
-        "| component | own | own ms/request | inclusive |",
-        "|---|---|---|---|",
+        "| component | own | charged | charged ms/request | inclusive |",
+        "|---|---|---|---|---|",
     ]
-    for name, count in stats["own_component"].most_common():
-        lines.append(f"| {name} | {pct(count)} | {ms(count)} | {pct(stats['cumulative_component'][name])} |")
+    names = sorted(set(stats["own_component"]) | set(stats["charged_component"]),
+                   key=lambda n: -stats["charged_component"][n])
+    for name in names:
+        charged = stats["charged_component"][name]
+        lines.append(f"| {name} | {pct(stats['own_component'][name])} | {pct(charged)} | {ms(charged)} | "
+                     f"{pct(stats['cumulative_component'][name])} |")
+    lines += ["", "Who calls the stdlib helpers (top 8):", "", "| caller | stdlib function | share |",
+              "|---|---|---|"]
+    for (caller, helper), count in stats["stdlib_callers"].most_common(8):
+        lines.append(f"| `{caller}` | `{helper}` | {pct(count)} |")
     lines += ["", "## Where the time goes (inclusive)", "", "| spot | share | ms/request |", "|---|---|---|"]
     for label, count in focus_counts.items():
         lines.append(f"| {label} | {pct(count)} | {ms(count)} |")
@@ -258,6 +280,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace) -> dict:
     """Run the gateway under load and record it; returns the run's figures."""
+    run.choose_ports(9100)
     os.sched_setaffinity(0, {int(run.LOAD_CORE)})
     run.RAW.mkdir(parents=True, exist_ok=True)
     body_file = run.RAW / "body.json"
