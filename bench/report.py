@@ -99,10 +99,11 @@ def cost_section(data: dict) -> list[str]:
         d = direct["load"][str(conns)]["summary"]
         rows.append([str(conns), fmt(g["cpu_ms_per_request"], 3), fmt(g["cpu_utilisation"], 2),
                      fmt(g["upstream_cpu_utilisation"], 2), fmt(g["rss_peak_mb"], 1),
-                     fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign_core0"), 2)])
+                     fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign"), 2), fmt(d.get("foreign"), 2)])
     return table(["connections", "gateway CPU ms / request", "gateway CPU use (cores)",
                   "upstream CPU use during the run (cores)", "gateway peak RSS MB", "upstream CPU ms / request (direct)",
-                  "other processes on core 0 (cores)"], rows)
+                  "other processes on core 0, gateway runs (cores)",
+                  "other processes on core 1, direct runs (cores)"], rows)
 
 
 def timing_section(data: dict) -> list[str]:
@@ -190,8 +191,8 @@ def peers_section(peers: dict) -> list[str]:
     rows.append(["peak RSS MB (load)"] + [
         num(max(peers["targets"][n]["load"][str(c)]["summary"]["rss_peak_mb"]["median"]
                 for c in peers["config"]["connections"]), 0) for n in names])
-    rows.append(["other processes on core 0 (cores, worst run)"] + [
-        num(max(peers["targets"][n]["load"][str(c)]["summary"].get("foreign_core0", {}).get("max") or 0
+    rows.append(["other processes on the limiting core (cores, worst run)"] + [
+        num(max(peers["targets"][n]["load"][str(c)]["summary"].get("foreign", {}).get("max") or 0
                 for c in peers["config"]["connections"]), 2) for n in names])
     rows.append(["errors (load)"] + [
         str(sum(peers["targets"][n]["load"][str(c)]["summary"]["errors"] for c in peers["config"]["connections"]))
@@ -247,7 +248,8 @@ def summary_section(data: dict) -> list[str]:
     disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g) for c in conns)
     lines.append(
         f"- Quiet machine check: a wrk run during which other processes used more than "
-        f"{data['config'].get('max_foreign_core0', 0.1):.2f} of core 0 is measured again (up to "
+        f"{data['config'].get('max_foreign', 0.1):.2f} of the limiting core (core 0 for the gateway, core 1 "
+        "for direct runs) is measured again (up to "
         f"{data['config'].get('retries', 0)} times); {disturbed} run(s) stayed disturbed.")
     slow = g.get("slow_streams", {})
     if slow:
@@ -296,8 +298,9 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "through the gateway. A stream *fails* on a non-200 status, an error event, a missing upstream event, no "
         "`[DONE]`, or not ending within its length + 30 s.",
         "- **Other load**: this machine may run other work. Busy time per core from `/proc/stat` "
-        "(user+nice+system+steal) minus the target's own CPU time gives what other processes took from core 0 "
-        "during each run; runs above the limit are measured again, and the figure is kept in the JSON and below.",
+        "(user+nice+system+steal) minus our own processes' CPU time gives what other processes took from each "
+        "core during each run; runs above the limit are measured again, and the figure is kept in the JSON and "
+        "below.",
         "- **CPU per request**: utime+stime from `/proc/<pid>/stat` of every gateway process, before and after "
         "each run, divided by wrk's request count. **RSS**: `VmRSS` summed over the processes, sampled every 100 ms.",
         "",
