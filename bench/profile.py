@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--reanalyse", action="store_true",
-                        help="only re-render profile.md from the last run's profile.collapsed/profile.json")
+                        help="only re-render profile.md from the last run (raw/profile.collapsed, profile.json)")
     args = parser.parse_args()
     profile_md = OUT / "profile.md"
     notes = ""
@@ -272,7 +272,7 @@ def main() -> None:
         result = measure(args)
         (OUT / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
     result = json.loads((OUT / "profile.json").read_text())
-    stacks = parse_collapsed(OUT / "profile.collapsed")
+    stacks = parse_collapsed(run.RAW / "profile.collapsed")
     profile_md.write_text(markdown(result, analyse(stacks), focus(stacks, FOCUS), notes))
     run.log(f"wrote {profile_md.relative_to(ROOT)} ({result['rps']:.0f} req/s, "
             f"{result['cpu_ms_per_request']:.3f} ms CPU/request under py-spy)")
@@ -307,7 +307,7 @@ def measure(args: argparse.Namespace) -> dict:
         pids = gateway.service.pids()
         cpu_before = procs.cpu_seconds(pids)
         started = time.monotonic()
-        raw = OUT / "profile.collapsed"
+        raw = run.RAW / "profile.collapsed"
         record(worker, args.seconds, args.rate, "raw", raw)
         cpu_window = procs.cpu_seconds(pids) - cpu_before
         window = time.monotonic() - started
