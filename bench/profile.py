@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from bench import procs, run, wrkrun

@@ -422,7 +422,6 @@ def render_chart(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conns = data["config"]["connections"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
 
     _bars(axes[0][0], data, ["direct", "gateway"], "rps", "Throughput (req/s, log scale)", "req/s")
