@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo clean
+.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,45 @@ demo: $(STAMP)
 	AI_API_URL=http://127.0.0.1:8768/v1/completions MASTER_API_KEY=your-master-key \
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+## Benchmark: the bench upstream direct vs through the gateway (~10 min); writes
+## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png. See bench/run.py.
+## Extra options for bench/run.py go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 15".
+BENCH_VENV  := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_RUN   := ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; $(BENCH_VENV)/bin/python -m bench.run
+
+$(BENCH_STAMP): bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+## wrk comes from Debian; installed here when running as root, otherwise explained.
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk (apt-get)"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing: sudo apt-get update && sudo apt-get install -y wrk"; exit 1; fi; }
+	@command -v taskset >/dev/null 2>&1 || { echo "taskset is missing (Debian package util-linux)"; exit 1; }
+
+bench: $(STAMP) $(BENCH_STAMP) bench-tools
+	$(BENCH_RUN) $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m bench.report
+
+## The same load against LiteLLM's proxy and Portkey's gateway, one run side by side
+## (installs both into the git-ignored bench/.peers/ first); writes bench/results/peers.json.
+bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
+	bash bench/peers/install.sh
+	$(BENCH_RUN) --targets direct,gateway,litellm,portkey --repeats 1 --slow-rounds 1 \
+	  --out bench/results/peers.json $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m bench.report
+
+## CPU per request of the bare serving stack (gunicorn+gevent, Flask, requests vs urllib3).
+bench-floor: $(STAMP) $(BENCH_STAMP) bench-tools
+	$(BENCH_VENV)/bin/python -m bench.floor
+
+## py-spy on the gateway worker under 16-connection load; writes bench/results/profile.md.
+bench-profile: $(STAMP) $(BENCH_STAMP) bench-tools
+	$(BENCH_VENV)/bin/python -m bench.profile
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENV)

@@ -1,0 +1,493 @@
+"""Render bench/results/latest.json (and peers.json, when present) as docs/benchmarks.md + .png.
+
+    python -m bench.report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+
+
+def fmt(spread: dict | None, digits: int = 2, unit: str = "") -> str:
+    """``median (min–max)`` of a repeated figure."""
+    if not spread or spread.get("median") is None:
+        return "–"
+    median, low, high = spread["median"], spread["min"], spread["max"]
+    if spread.get("n", 1) <= 1 or low == high:
+        return f"{median:,.{digits}f}{unit}"
+    return f"{median:,.{digits}f}{unit} ({low:,.{digits}f}–{high:,.{digits}f})"
+
+
+def med(spread: dict | None) -> float | None:
+    return None if not spread else spread.get("median")
+
+
+def num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def machine_section(data: dict) -> list[str]:
+    m = data["machine"]
+    v = m["gateway_versions"]
+    rows = [
+        ["`nproc`", m["nproc"]],
+        ["CPU (/proc/cpuinfo)", f"{m['cpu_model']}, {m['cpu_mhz']} MHz"],
+        ["memory", f"{m['memory_gib']} GiB"],
+        ["OS / kernel", f"{m['os']} / {m['kernel']}"],
+        ["gateway Python", v["python"]],
+        ["gunicorn / gevent", f"{v['gunicorn']} / {v['gevent']}"],
+        ["Flask / Werkzeug", f"{v['flask']} / {v['werkzeug']}"],
+        ["requests / urllib3", f"{v['requests']} / {v['urllib3']}"],
+        ["flask-limiter / flask-cors / flask-talisman / PyJWT",
+         f"{v['flask-limiter']} / {v['flask-cors']} / {v['flask-talisman']} / {v['pyjwt']}"],
+        ["load generator", m["wrk"]],
+        ["gateway commit", f"`{m['commit']}`"],
+        ["run", f"{data['generated']}, {data['elapsed_s'] / 60:.1f} min"],
+    ]
+    return table(["", ""], rows)
+
+
+def settings_section(data: dict) -> list[str]:
+    settings = data["targets"].get("gateway", {}).get("settings", {})
+    rows = [[f"`{k}`", f"`{v}`" if not isinstance(v, str) or not v.startswith("<") else v]
+            for k, v in settings.items()]
+    return table(["setting", "value"], rows)
+
+
+def load_section(data: dict) -> list[str]:
+    direct = data["targets"]["direct"]["load"]
+    gateway = data["targets"]["gateway"]["load"]
+    rows = []
+    for conns in data["config"]["connections"]:
+        d, g = direct[str(conns)]["summary"], gateway[str(conns)]["summary"]
+        for name, s in (("direct", d), ("gateway", g)):
+            rows.append([str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"], 3), fmt(s["p90_ms"], 3), fmt(s["p99_ms"], 3),
+                         str(s["errors"])])
+    lines = table(["connections", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
+    lines += ["", "The gateway's added latency (median of medians):", ""]
+    rows = []
+    for conns in data["config"]["connections"]:
+        d, g = direct[str(conns)]["summary"], gateway[str(conns)]["summary"]
+        row = [str(conns)]
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            dm, gm = med(d[key]), med(g[key])
+            row.append(f"+{gm - dm:,.2f} ms (×{gm / dm:,.0f})" if dm and gm else "–")
+        row.append(f"{med(g['rps']) / med(d['rps']) * 100:.1f} %" if med(d["rps"]) else "–")
+        rows.append(row)
+    lines += table(["connections", "added p50", "added p90", "added p99", "gateway req/s as % of direct"], rows)
+    return lines
+
+
+def cost_section(data: dict) -> list[str]:
+    gateway = data["targets"]["gateway"]
+    direct = data["targets"]["direct"]
+    rows = []
+    for conns in data["config"]["connections"]:
+        g = gateway["load"][str(conns)]["summary"]
+        d = direct["load"][str(conns)]["summary"]
+        rows.append([str(conns), fmt(g["cpu_ms_per_request"], 3), fmt(g["cpu_utilisation"], 2),
+                     fmt(g["upstream_cpu_utilisation"], 2), fmt(g["rss_peak_mb"], 1),
+                     fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign"), 2), fmt(d.get("foreign"), 2)])
+    return table(["connections", "gateway CPU ms / request", "gateway CPU use (cores)",
+                  "upstream CPU use during the run (cores)", "gateway peak RSS MB", "upstream CPU ms / request (direct)",
+                  "other processes on core 0, gateway runs (cores)",
+                  "other processes on core 1, direct runs (cores)"], rows)
+
+
+def timing_section(data: dict) -> list[str]:
+    timing = data["targets"]["gateway"].get("server_timing")
+    if not timing:
+        return ["(not measured)"]
+    s = timing["summary"]
+    rows = [
+        ["`gateway;dur` (request start to response built)", fmt(s["gateway_ms"], 3)],
+        ["`upstream;dur` (upstream call, as the gateway sees it)", fmt(s["upstream_ms"], 3)],
+        ["gateway's own share (`gateway - upstream`, per request)", fmt(s["own_ms"], 3)],
+        ["client-measured round trip (same requests)", fmt(s["client_ms"], 3)],
+    ]
+    return table([f"median over {data['config']['timing_samples']} sequential requests, per round", "ms"], rows)
+
+
+def stream_section(data: dict) -> list[str]:
+    cfg = data["config"]["stream_latency"]
+    direct = data["targets"]["direct"]["stream_latency"]["summary"]
+    gateway = data["targets"]["gateway"]["stream_latency"]["summary"]
+    rows = [
+        ["direct", fmt(direct["ttfb_p50_ms"]), fmt(direct["ttfb_p99_ms"]), fmt(direct["chunk_delay_p50_ms"], 3),
+         fmt(direct["chunk_delay_p99_ms"], 3), str(direct["errors"])],
+        ["gateway", fmt(gateway["ttfb_p50_ms"]), fmt(gateway["ttfb_p99_ms"]), fmt(gateway["chunk_delay_p50_ms"], 3),
+         fmt(gateway["chunk_delay_p99_ms"], 3), str(gateway["errors"])],
+    ]
+    extra = [
+        "",
+        f"Added by the gateway: time to first event **+{num(_diff(gateway, direct, 'ttfb_p50_ms'))} ms** (p50), "
+        f"per chunk **+{num(_diff(gateway, direct, 'chunk_delay_p50_ms'), 3)} ms** (p50) and "
+        f"+{num(_diff(gateway, direct, 'chunk_delay_p99_ms'), 3)} ms (p99).",
+    ]
+    head = (f"{cfg['count']} sequential streams per round, {cfg['chunks']} events {cfg['gap_ms']:g} ms apart; "
+            "chunk delay = arrival time − the upstream's write time stamped in the event")
+    return [head, ""] + table(["target", "TTFB p50 ms", "TTFB p99 ms", "chunk delay p50 ms", "chunk delay p99 ms",
+                               "failed streams"], rows) + extra
+
+
+def _diff(a: dict, b: dict, key: str) -> float | None:
+    x, y = med(a.get(key)), med(b.get(key))
+    return None if x is None or y is None else x - y
+
+
+def slow_section(data: dict) -> list[str]:
+    cfg = data["config"]["slow_streams"]
+    lines = [f"Each round opens N streams at once; each stream is {cfg['chunks']} events {cfg['gap_ms']:g} ms apart "
+             f"(~{cfg['chunks'] * cfg['gap_ms'] / 1000:g} s). RSS is the sum over the gateway's processes "
+             "(gunicorn master + worker): before the round, peak during it, 1 s after it.", ""]
+    rows = []
+    for name in ("direct", "gateway"):
+        slow = data["targets"][name].get("slow_streams", {})
+        for level in cfg["levels"]:
+            entry = slow.get(str(level))
+            if not entry:
+                continue
+            s = entry["summary"]
+            rss = " · ".join(f"{r['rss_before_mb']:.0f}→{r['rss_peak_mb']:.0f}→{r['rss_after_mb']:.0f}"
+                             for r in entry["rounds"])
+            kinds = {}
+            for r in entry["rounds"]:
+                for kind, count in r["error_kinds"].items():
+                    kinds[kind] = kinds.get(kind, 0) + count
+            errors = str(s["errors"]) + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())})" if kinds else "")
+            rows.append([name, str(level), errors, fmt(s["ttfb_p50_ms"], 1), fmt(s["ttfb_p99_ms"], 1),
+                         fmt(s["duration_p50_ms"], 0), rss if name == "gateway" else "(upstream) " + rss])
+    return lines + table(["target", "concurrent streams", "failed streams (all rounds)", "TTFB p50 ms", "TTFB p99 ms",
+                          "stream duration p50 ms", "RSS MB per round: before→peak→after"], rows)
+
+
+def peers_section(peers: dict) -> list[str]:
+    names = [n for n in ("direct", "gateway", "litellm", "portkey") if n in peers["targets"]]
+    labels = {n: peers["targets"][n]["label"] for n in names}
+    lines = [f"One run (`make bench-peers`, {peers['generated']}, {peers['config']['repeats']} repeat(s) of "
+             f"{peers['config']['duration_s']} s per figure), the same upstream, wrk script and placement "
+             "(each gateway alone on core 0). Requests: `POST /v1/chat/completions`, non-streamed.", ""]
+    header = ["figure"] + [labels[n] for n in names]
+    rows = []
+    for conns in peers["config"]["connections"]:
+        for key, title, digits in (("rps", "req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2)):
+            rows.append([f"{title} @ {conns} conn"] + [fmt(peers["targets"][n]["load"][str(conns)]["summary"][key],
+                                                           digits) for n in names])
+    conns = 16 if 16 in peers["config"]["connections"] else peers["config"]["connections"][0]
+    rows.append([f"CPU ms / request @ {conns} conn"] + [
+        fmt(peers["targets"][n]["load"][str(conns)]["summary"]["cpu_ms_per_request"], 3) for n in names])
+    rows.append(["peak RSS MB (load)"] + [
+        num(max(peers["targets"][n]["load"][str(c)]["summary"]["rss_peak_mb"]["median"]
+                for c in peers["config"]["connections"]), 0) for n in names])
+    rows.append(["other processes on the limiting core (cores, worst run)"] + [
+        num(max(peers["targets"][n]["load"][str(c)]["summary"].get("foreign", {}).get("max") or 0
+                for c in peers["config"]["connections"]), 2) for n in names])
+    rows.append(["errors (load)"] + [
+        str(sum(peers["targets"][n]["load"][str(c)]["summary"]["errors"] for c in peers["config"]["connections"]))
+        for n in names])
+    rows.append(["stream TTFB p50 ms"] + [fmt(peers["targets"][n]["stream_latency"]["summary"]["ttfb_p50_ms"])
+                                          for n in names])
+    rows.append(["stream chunk delay p50 ms"] + [
+        fmt(peers["targets"][n]["stream_latency"]["summary"]["chunk_delay_p50_ms"], 3) for n in names])
+    rows.append(["failed streams (latency test)"] + [str(peers["targets"][n]["stream_latency"]["summary"]["errors"])
+                                                      for n in names])
+    for level in peers["config"]["slow_streams"]["levels"]:
+        cells = []
+        for n in names:
+            entry = peers["targets"][n].get("slow_streams", {}).get(str(level))
+            if not entry:
+                cells.append("–")
+                continue
+            s = entry["summary"]
+            cells.append(f"{s['errors']} failed, TTFB p99 {num(med(s['ttfb_p99_ms']), 0)} ms, "
+                         f"stream p50 {num(med(s['duration_p50_ms']) / 1000, 1)} s, "
+                         f"peak {num(med(s['rss_peak_mb']), 0)} MB")
+        rows.append([f"{level} concurrent slow streams"] + cells)
+    lines += table(header, rows)
+    lines += ["", "Settings:", ""]
+    for n in names:
+        settings = peers["targets"][n].get("settings", {})
+        brief = "; ".join(f"{k}: {v}" for k, v in settings.items()
+                          if k in ("version", "server", "auth", "logs", "gateway_worker_class", "rate_limit_general"))
+        lines.append(f"- **{labels[n]}**: {brief or 'see bench/results/peers.json'}")
+    return lines
+
+
+def summary_section(data: dict) -> list[str]:
+    """The headline figures, each a median over the repeats."""
+    d, g = data["targets"]["direct"], data["targets"]["gateway"]
+    conns = [str(c) for c in data["config"]["connections"]]
+    one = "1" if "1" in conns else conns[0]
+    busiest = max(conns, key=lambda c: med(g["load"][c]["summary"]["rps"]))
+    gl, dl = g["load"][one]["summary"], d["load"][one]["summary"]
+    cpu = [med(g["load"][c]["summary"]["cpu_ms_per_request"]) for c in conns]
+    ds, gs = d["stream_latency"]["summary"], g["stream_latency"]["summary"]
+    lines = [
+        f"- Throughput: **{med(g['load'][busiest]['summary']['rps']):,.0f} req/s** through the gateway at "
+        f"{busiest} connections (best level), against {med(d['load'][busiest]['summary']['rps']):,.0f} req/s "
+        "from the upstream alone: the upstream is never the bottleneck.",
+        f"- CPU: **{min(cpu):.2f}–{max(cpu):.2f} ms per non-streamed request** (all gateway processes); "
+        f"the gateway's core is {med(gl['cpu_utilisation']) * 100:.0f} % busy even at {one} connection.",
+        f"- Added latency at {one} connection: **+{med(gl['p50_ms']) - med(dl['p50_ms']):.2f} ms** p50, "
+        f"+{med(gl['p99_ms']) - med(dl['p99_ms']):.2f} ms p99.",
+        f"- Streams: time to first event +{_diff(gs, ds, 'ttfb_p50_ms'):.2f} ms, each event "
+        f"+{_diff(gs, ds, 'chunk_delay_p50_ms'):.3f} ms (p50).",
+    ]
+    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g) for c in conns)
+    lines.append(
+        f"- Quiet machine check: a wrk run during which other processes used more than "
+        f"{data['config'].get('max_foreign', 0.1):.2f} of the limiting core (core 0 for the gateway, core 1 "
+        "for direct runs) is measured again (up to "
+        f"{data['config'].get('retries', 0)} times); {disturbed} run(s) stayed disturbed.")
+    slow = g.get("slow_streams", {})
+    if slow:
+        top = max(slow, key=int)
+        s = slow[top]["summary"]
+        rounds = slow[top]["rounds"]
+        lines.append(
+            f"- Concurrent slow streams: {', '.join(slow)} held with "
+            f"**{sum(slow[k]['summary']['errors'] for k in slow)} failed streams**; at {top}: TTFB p50 "
+            f"{med(s['ttfb_p50_ms']):,.0f} ms / p99 {med(s['ttfb_p99_ms']):,.0f} ms, gateway RSS after each round "
+            + " → ".join(f"{r['rss_after_mb']:.0f}" for r in rounds) + " MB.")
+    return lines
+
+
+PEER_NOTES = [
+    "Reading the comparison:",
+    "",
+    "- The gateways do different work per request. This gateway checks the API key, counts two quotas, adds "
+    "security and rate-limit headers and writes a JSON log line. LiteLLM checks its master key (no database) "
+    "and re-serialises every answer and event through its own types. Portkey's open-source gateway has no "
+    "client authentication and no quotas.",
+    "- Portkey's time to first event is about 30 ms whatever the upstream's pace: checked by hand at 20 and "
+    "200 ms between events, its first event arrived 27–30 ms after the upstream wrote it and later ones "
+    "within a few ms.",
+    "- LiteLLM adds one empty event of its own to each stream; streams are counted complete by the upstream's "
+    "time-stamped events. At about 20 ms of CPU per request, a burst of 500 or 1000 streams takes it 10–30 s "
+    "to start; a stream counts as failed only if it has not ended within its length + 30 s.",
+    "- One run each on a shared virtual machine: differences under about 20 % are within run-to-run noise "
+    "(compare the ranges in the tables above).",
+]
+
+
+def render_markdown(data: dict, peers: dict | None) -> str:
+    cfg = data["config"]
+    out = [
+        "# Benchmarks",
+        "",
+        "Reproduce with `make bench` (about "
+        f"{data['elapsed_s'] / 60:.0f} minutes; installs wrk and the bench venv when missing). "
+        "Peers: `make bench-peers`. Raw figures: [bench/results/latest.json](../bench/results/latest.json); "
+        "profile of the gateway worker: [bench/results/profile.md](../bench/results/profile.md).",
+        "",
+        "## Summary",
+        "",
+        *summary_section(data),
+        "",
+        "![req/s, latency, stream TTFB and memory](benchmarks.png)",
+        "",
+        "## What is measured",
+        "",
+        "- **Upstream**: `bench/upstream.py`, an asyncio OpenAI-compatible server with fixed answers "
+        "(JSON, or SSE with a configurable number of events and gap). It is measured **direct** first, so the "
+        "gateway's figures can be read against what the upstream alone gives on the same machine.",
+        "- **Gateway**: started by the harness with the shipped `gunicorn.conf.py` (gevent, one worker, 1000 "
+        "connections) in production mode: strong random `MASTER_API_KEY`/`JWT_SECRET`, auth on (`X-API-Key`), "
+        "quotas on with limits no run can reach, one JSON log line per request written to a file.",
+        f"- **Load**: `wrk -t1 -c<N> -d{cfg['duration_s']}s --latency` with `bench/wrk/post.lua` "
+        f"(`POST {cfg['request']['path']}` with `{json.dumps(cfg['request']['body'])}`), at "
+        f"{', '.join(map(str, cfg['connections']))} connections, after a {cfg['warmup_s']} s warm-up. "
+        f"Each figure is repeated {cfg['repeats']}×: shown as median (min–max).",
+        "- **Placement** (`taskset`): the gateway on **core 0**; the upstream, wrk and the Python stream client "
+        "on **core 1**. For *direct* runs nothing runs on core 0, and wrk shares core 1 with the upstream.",
+        "- **Streams**: a small asyncio client (`bench/streams.py`) opens one connection per stream and notes "
+        "when each event arrives; the upstream writes its own clock (`time.monotonic_ns()`, one clock for every "
+        "process on the machine) into each event's text, so the delay of every event is measured, direct and "
+        "through the gateway. A stream *fails* on a non-200 status, an error event, a missing upstream event, no "
+        "`[DONE]`, or not ending within its length + 30 s.",
+        "- **Other load**: this machine may run other work. Busy time per core from `/proc/stat` "
+        "(user+nice+system+steal) minus our own processes' CPU time gives what other processes took from each "
+        "core during each run; runs above the limit are measured again, and the figure is kept in the JSON and "
+        "below.",
+        "- **CPU per request**: utime+stime from `/proc/<pid>/stat` of every gateway process, before and after "
+        "each run, divided by wrk's request count. **RSS**: `VmRSS` summed over the processes, sampled every 100 ms.",
+        "",
+        "## Machine",
+        "",
+        *machine_section(data),
+        "",
+        "## Gateway settings",
+        "",
+        *settings_section(data),
+        "",
+        "## Non-streamed requests: direct vs through the gateway",
+        "",
+        *load_section(data),
+        "",
+        "Read the added latency together with the gateway's CPU use below: once the gateway's core is busy "
+        "(CPU use near 1.0), more connections only wait in line, so the added latency grows with the connection "
+        "count and req/s is the figure that matters. At 1 connection it is the gateway's work on one request.",
+        "",
+        "### Cost per request",
+        "",
+        *cost_section(data),
+        "",
+        "### Server-Timing",
+        "",
+        "Every gateway response carries `Server-Timing: gateway;dur=…, upstream;dur=…`; "
+        "medians from sequential requests:",
+        "",
+        *timing_section(data),
+        "",
+        "`gateway;dur` is taken in `after_request`: it leaves out the WSGI server's parsing and writing, which the "
+        "client-measured round trip includes.",
+        "",
+        "## Streaming",
+        "",
+        *stream_section(data),
+        "",
+        "### Many concurrent slow streams",
+        "",
+        *slow_section(data),
+        "",
+        "All N requests arrive at once, and the gateway spends about its CPU-per-request figure starting each "
+        "stream, so the last stream starts roughly N × that later: TTFB under a burst follows the CPU cost. It "
+        "also includes queueing in the stream client itself (one Python process opening every connection on "
+        "core 1); the *direct* rows show that floor. Stream durations above the nominal length come from the "
+        "same queueing. RSS that returns to the same level round after round means no growth per stream.",
+    ]
+    if peers:
+        out += ["", "## Peers: LiteLLM proxy and Portkey gateway", "", *peers_section(peers), "",
+                *PEER_NOTES, "", "![peers: req/s and latency](benchmarks-peers.png)"]
+    out.append("")
+    return "\n".join(out)
+
+
+COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "litellm": "#d62728", "portkey": "#2ca02c"}
+
+
+def _bars(ax, source: dict, names: list[str], key: str, title: str, ylabel: str) -> None:
+    """Grouped bars per connection count: median with a min–max error bar."""
+    conns = source["config"]["connections"]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        meds, lows, highs = [], [], []
+        for c in conns:
+            s = source["targets"][name]["load"][str(c)]["summary"][key]
+            meds.append(s["median"])
+            lows.append(s["median"] - s["min"])
+            highs.append(s["max"] - s["median"])
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(conns))]
+        ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=source["targets"][name]["label"],
+               color=COLORS.get(name))
+    ax.set_xticks(range(len(conns)), [f"{c} conn" for c in conns])
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3, which="both")
+
+
+def render_peers_chart(peers: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("direct", "gateway", "litellm", "portkey") if n in peers["targets"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    _bars(axes[0], peers, names, "rps", "Throughput (req/s, log scale)", "req/s")
+    _bars(axes[1], peers, names, "p50_ms", "Latency p50 (ms, log scale)", "ms")
+    fig.suptitle(f"Gateways side by side, one run, {peers['generated']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_chart(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+
+    _bars(axes[0][0], data, ["direct", "gateway"], "rps", "Throughput (req/s, log scale)", "req/s")
+    _bars(axes[0][1], data, ["direct", "gateway"], "p50_ms", "Latency p50 (ms, log scale)", "ms")
+
+    ax = axes[1][0]
+    levels = data["config"]["slow_streams"]["levels"]
+    for name in ("direct", "gateway"):
+        slow = data["targets"][name].get("slow_streams", {})
+        for key, style in (("ttfb_p50_ms", "-o"), ("ttfb_p99_ms", "--s")):
+            ys = [med(slow[str(level)]["summary"][key]) if str(level) in slow else None for level in levels]
+            ax.plot(levels, ys, style, color=COLORS[name], label=f"{name} {key[5:8]}")
+    ax.set_title("Concurrent slow streams: time to first event")
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("ms")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[1][1]
+    slow = data["targets"]["gateway"].get("slow_streams", {})
+    x = 0
+    ticks, labels = [], []
+    for level in levels:
+        entry = slow.get(str(level))
+        if not entry:
+            continue
+        for i, r in enumerate(entry["rounds"]):
+            ax.bar(x, r["rss_peak_mb"], color="#aec7e8", label="peak" if x == 0 else None)
+            ax.plot([x - 0.4, x + 0.4], [r["rss_before_mb"]] * 2, color="black", label="before" if x == 0 else None)
+            ax.plot([x - 0.4, x + 0.4], [r["rss_after_mb"]] * 2, color="#d62728", linestyle="--",
+                    label="after" if x == 0 else None)
+            ticks.append(x)
+            labels.append(f"{level}\n#{i + 1}")
+            x += 1
+        x += 0.5
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.set_title("Gateway RSS per slow-stream round (MB)")
+    ax.set_ylabel("MB")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+    machine = data["machine"]
+    fig.suptitle(f"AI proxy gateway benchmark — {machine['cpu_model']}, nproc {machine['nproc']}, "
+                 f"{data['generated']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--results", default=str(RESULTS / "latest.json"))
+    parser.add_argument("--peers", default=str(RESULTS / "peers.json"))
+    parser.add_argument("--markdown", default=str(DOCS / "benchmarks.md"))
+    parser.add_argument("--chart", default=str(DOCS / "benchmarks.png"))
+    args = parser.parse_args()
+    data = json.loads(Path(args.results).read_text())
+    peers_path = Path(args.peers)
+    peers = json.loads(peers_path.read_text()) if peers_path.exists() else None
+    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.markdown).write_text(render_markdown(data, peers))
+    render_chart(data, Path(args.chart))
+    if peers:
+        render_peers_chart(peers, Path(args.chart).with_name("benchmarks-peers.png"))
+    print(f"wrote {args.markdown} and {args.chart}")
+
+
+if __name__ == "__main__":
+    main()

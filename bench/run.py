@@ -1,0 +1,612 @@
+"""The benchmark: the bench upstream measured directly, then through the gateway (and peers).
+
+    python -m bench.run                       # what `make bench` runs
+    python -m bench.run --targets direct,gateway,litellm,portkey --repeats 1 \
+        --out bench/results/peers.json        # what `make bench-peers` runs
+
+Placement on the 2-core machine: the target (gateway or peer) is pinned to core 0;
+the bench upstream, wrk, and this process (the stream client, the samplers) to core 1.
+For "direct" nothing runs on core 0: wrk and the upstream share core 1.
+
+For each target, in one process lifetime: a warm-up, then wrk at each connection
+count (repeated), a Server-Timing sample (gateway only), sequential streams timed
+event by event, and rounds of many concurrent slow streams. Everything is written
+to one JSON file; bench/report.py renders it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import procs, streams, wrkrun
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RAW = RESULTS / "raw"
+GATEWAY_VENV = ROOT / ".venv"
+PEERS = ROOT / "bench" / ".peers"
+
+TARGET_CORE = "0"
+LOAD_CORE = "1"
+HOST = "127.0.0.1"
+PORTS = {"upstream": 9100, "gateway": 9101, "litellm": 9102, "portkey": 9103, "floor": 9104}
+PATH = "/v1/chat/completions"
+MODEL = "bench-model"
+# Quotas on, but far above anything a run can reach.
+HIGH_LIMIT = "10000000 per minute"
+
+LOAD_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def spread(values: list[float]) -> dict:
+    """Median and range of repeated measurements."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    median = statistics.median(values)
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "spread_pct": (max(values) - min(values)) / median * 100 if median else None,
+        "n": len(values),
+    }
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((HOST, port)) != 0
+
+
+def choose_ports(base: int) -> None:
+    """Use ports base..base+4, or the next block of ten whose ports are all free."""
+    for start in range(base, base + 200, 10):
+        if all(port_free(start + i) for i in range(len(PORTS))):
+            if start != base:
+                log(f"ports {base}-{base + len(PORTS) - 1} are in use here; using {start}-{start + len(PORTS) - 1}")
+            for i, name in enumerate(PORTS):
+                PORTS[name] = start + i
+            return
+    raise SystemExit(f"no free block of {len(PORTS)} ports from {base}")
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    port: int
+    headers: dict[str, str]
+    service: procs.Service | None  # None: "direct" (the upstream itself is measured)
+    settings: dict = field(default_factory=dict)
+
+    def url(self, path: str = PATH) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+
+def start_upstream() -> procs.Service:
+    port = PORTS["upstream"]
+    if not port_free(port):
+        raise SystemExit(f"port {port} is taken: stop whatever listens there first")
+    service = procs.Service("upstream", [sys.executable, str(ROOT / "bench" / "upstream.py"), "--host", HOST,
+                                         "--port", str(port), "--chunks", "10", "--gap-ms", "20"],
+                            cores=LOAD_CORE, log=RAW / "upstream.log")
+    procs.wait_http(f"http://{HOST}:{port}/health", service=service, timeout=15)
+    return service
+
+
+def gateway_env() -> dict[str, str]:
+    return {
+        "NODE_ENV": "production",
+        "MASTER_API_KEY": secrets.token_urlsafe(48),
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "AI_API_URL": f"http://{HOST}:{PORTS['upstream']}/v1/completions",
+        "AI_PROXY_HOST": HOST,
+        "AI_PROXY_PORT": str(PORTS["gateway"]),
+        "RATE_LIMIT_GENERAL": HIGH_LIMIT,
+        "RATE_LIMIT_AI": HIGH_LIMIT,
+        "LOG_LEVEL": "INFO",
+        # never pick up a developer's .env: /dev/null is not a regular file, so it is skipped
+        "AI_PROXY_ENV_FILE": "/dev/null",
+    }
+
+
+def effective_gateway_settings(env: dict[str, str]) -> dict:
+    """The settings the gateway resolves from ``env`` (secrets replaced by their length)."""
+    code = (
+        "import json; from gateway.config import load; s = load(); "
+        "print(json.dumps({k: getattr(s, k) for k in ('node_env', 'production', 'gateway_worker_class', "
+        "'gateway_workers', 'gateway_worker_connections', 'worker_concurrency', 'upstream_pool_size', "
+        "'rate_limit_general', 'rate_limit_ai', 'rate_limit_storage_uri', 'log_level', 'upstream_base_url', "
+        "'trusted_proxy_count', 'force_https', 'allowed_origins')}, default=list))"
+    )
+    full = dict(os.environ)
+    full.update(env)
+    out = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", code], env=full, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    settings = json.loads(out)
+    settings["master_api_key"] = f"<random, {len(env['MASTER_API_KEY'])} chars>"
+    settings["jwt_secret"] = f"<random, {len(env['JWT_SECRET'])} chars>"
+    settings["auth"] = "on (X-API-Key with the master key)"
+    settings["logs"] = "one JSON line per request, INFO, to bench/results/raw/gateway.log"
+    settings["server"] = "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config)"
+    return settings
+
+
+def start_gateway() -> Target:
+    if not (GATEWAY_VENV / "bin" / "gunicorn").exists():
+        raise SystemExit("the gateway's .venv is missing: run `make .venv/.installed` (make bench does)")
+    port = PORTS["gateway"]
+    if not port_free(port):
+        raise SystemExit(f"port {port} is taken")
+    env = gateway_env()
+    settings = effective_gateway_settings(env)
+    service = procs.Service("gateway", [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cores=TARGET_CORE, log=RAW / "gateway.log", env=env, cwd=str(ROOT))
+    procs.wait_http(f"http://{HOST}:{port}/health", service=service, timeout=30)
+    headers = {"X-API-Key": env["MASTER_API_KEY"]}
+    return Target("gateway", "this gateway", port, headers, service, settings)
+
+
+def start_litellm() -> Target:
+    binary = PEERS / "litellm" / "bin" / "litellm"
+    if not binary.exists():
+        raise SystemExit("LiteLLM is not installed: run bench/peers/install.sh (make bench-peers does)")
+    port = PORTS["litellm"]
+    master = "sk-" + secrets.token_urlsafe(32)
+    config = RAW / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: http://{HOST}:{PORTS['upstream']}/v1\n"
+        "      api_key: bench-not-used\n"
+        "general_settings:\n"
+        "  master_key: os.environ/BENCH_LITELLM_MASTER_KEY\n"
+    )
+    env = {"BENCH_LITELLM_MASTER_KEY": master, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"}
+    service = procs.Service("litellm", [str(binary), "--config", str(config), "--host", HOST, "--port", str(port),
+                                        "--num_workers", "1"],
+                            cores=TARGET_CORE, log=RAW / "litellm.log", env=env, cwd=str(RAW))
+    headers = {"Authorization": f"Bearer {master}"}
+    procs.wait_http(f"http://{HOST}:{port}{PATH}", method="POST", body=json.dumps(LOAD_BODY).encode(),
+                    headers={**headers, "Content-Type": "application/json"}, timeout=240, service=service)
+    version = subprocess.run([str(PEERS / "litellm" / "bin" / "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True).stdout.strip()
+    settings = {"version": f"litellm {version}", "server": "litellm --config ... --num_workers 1",
+                "auth": "on (master key, no database)", "logs": "defaults, to bench/results/raw/litellm.log"}
+    return Target("litellm", f"LiteLLM proxy {version}", port, headers, service, settings)
+
+
+def start_portkey() -> Target:
+    package = PEERS / "portkey" / "node_modules" / "@portkey-ai" / "gateway"
+    if not (package / "build" / "start-server.js").exists():
+        raise SystemExit("Portkey's gateway is not installed: run bench/peers/install.sh (make bench-peers does)")
+    port = PORTS["portkey"]
+    service = procs.Service("portkey", ["node", str(package / "build" / "start-server.js"), f"--port={port}",
+                                        "--headless"],
+                            cores=TARGET_CORE, log=RAW / "portkey.log", env={"NODE_ENV": "production"},
+                            cwd=str(RAW))
+    headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"http://{HOST}:{PORTS['upstream']}/v1",
+               "Authorization": "Bearer bench-not-used"}
+    procs.wait_http(f"http://{HOST}:{port}{PATH}", method="POST", body=json.dumps(LOAD_BODY).encode(),
+                    headers={**headers, "Content-Type": "application/json"}, timeout=60, service=service)
+    version = json.loads((package / "package.json").read_text())["version"]
+    hono = json.loads((PEERS / "portkey" / "node_modules" / "@hono" / "node-server" / "package.json").read_text())
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    settings = {"version": f"@portkey-ai/gateway {version} (@hono/node-server {hono['version']}), node {node}",
+                "server": "node build/start-server.js --headless, NODE_ENV=production",
+                "auth": "none (the open-source gateway has no client auth; provider headers per request)",
+                "logs": "defaults, to bench/results/raw/portkey.log"}
+    return Target("portkey", f"Portkey gateway {version}", port, headers, service, settings)
+
+
+STARTERS = {"gateway": start_gateway, "litellm": start_litellm, "portkey": start_portkey}
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measured_pids(target: Target, upstream: procs.Service) -> list[int]:
+    return (target.service or upstream).pids()
+
+
+def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler, args: argparse.Namespace,
+              body_file: Path) -> dict:
+    out: dict = {}
+    for connections in args.conns:
+        runs = []
+        for repeat in range(args.repeats):
+            figures = None
+            for attempt in range(1 + args.retries):
+                figures = one_load_run(target, upstream, sampler, connections, args, body_file)
+                if figures["foreign"] <= args.max_foreign:
+                    break
+                core = TARGET_CORE if target.service else LOAD_CORE
+                log(f"  {target.name} c={connections} #{repeat + 1}: other processes used "
+                    f"{figures['foreign']:.2f} of core {core} during the run; "
+                    + ("measuring again" if attempt < args.retries else "keeping it, marked disturbed"))
+            assert figures is not None
+            figures["attempts"] = attempt + 1
+            raw = figures.pop("raw")
+            (RAW / f"wrk-{target.name}-c{connections}-r{repeat + 1}.txt").write_text(raw)
+            runs.append(figures)
+            log(f"  {target.name} c={connections} #{repeat + 1}: {figures['rps']:.0f} req/s, "
+                f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
+                f"cpu {figures['cpu_ms_per_request'] or 0:.3f} ms/req, errors {figures['error_count']}")
+        summary = {key: spread([run.get(key) for run in runs])
+                   for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_request", "rss_peak_mb",
+                               "cpu_utilisation", "upstream_cpu_utilisation", "foreign", "foreign_core0",
+                               "foreign_core1")}
+        summary["disturbed_runs"] = sum(run["foreign"] > args.max_foreign for run in runs)
+        summary["errors"] = sum(run["error_count"] for run in runs)
+        summary["requests"] = sum(run["requests"] for run in runs)
+        out[str(connections)] = {"runs": runs, "summary": summary}
+    return out
+
+
+def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSampler, connections: int,
+                 args: argparse.Namespace, body_file: Path) -> dict:
+    """One wrk run with the target's CPU, memory, and the other load on core 0 during it."""
+    pids = measured_pids(target, upstream)
+    upstream_pids = upstream.pids()
+    cpu_before = procs.cpu_seconds(pids)
+    upstream_before = procs.cpu_seconds(upstream_pids)
+    cores_before = procs.core_busy_seconds()
+    ours_before = _own_and_children_cpu()
+    sampler.reset_peak()
+    figures = wrkrun.run(target.url(), connections=connections, duration_s=args.duration,
+                         body_file=body_file, headers=target.headers, core=LOAD_CORE)
+    cores_after = procs.core_busy_seconds()
+    ours = _own_and_children_cpu() - ours_before  # this process and wrk, both on core 1
+    cpu = procs.cpu_seconds(pids) - cpu_before
+    upstream_cpu = procs.cpu_seconds(upstream_pids) - upstream_before
+    elapsed = figures["elapsed_s"]
+    core0 = (cores_after[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]) / elapsed
+    figures["cpu_s"] = cpu
+    figures["cpu_ms_per_request"] = cpu * 1000 / figures["requests"] if figures["requests"] else None
+    figures["cpu_utilisation"] = cpu / elapsed
+    figures["upstream_cpu_utilisation"] = upstream_cpu / elapsed
+    figures["rss_peak_mb"] = sampler.peak / 2**20
+    # the target is the only process of ours on core 0 (nothing of ours for "direct");
+    # core 1 holds the upstream, wrk and this process
+    core1 = (cores_after[int(LOAD_CORE)] - cores_before[int(LOAD_CORE)]) / elapsed
+    figures["core0_busy"] = core0
+    figures["core1_busy"] = core1
+    figures["foreign_core0"] = max(0.0, core0 - (figures["cpu_utilisation"] if target.service else 0.0))
+    figures["foreign_core1"] = max(0.0, core1 - (upstream_cpu + ours) / elapsed)
+    # the core that limits this run: the target's, or for "direct" the upstream's and wrk's
+    figures["foreign"] = figures["foreign_core0"] if target.service else figures["foreign_core1"]
+    return figures
+
+
+def _own_and_children_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_TIMING = re.compile(r"(\w+);dur=([\d.]+)")
+
+
+def server_timing(target: Target, args: argparse.Namespace) -> dict:
+    """Median Server-Timing values over sequential requests, one sample per round."""
+    body = json.dumps(LOAD_BODY).encode()
+    headers = {**target.headers, "Content-Type": "application/json"}
+    rounds = []
+    for _ in range(args.repeats):
+        conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
+        gateway, upstream, client = [], [], []
+        for _ in range(args.timing_samples):
+            started = time.perf_counter()
+            conn.request("POST", PATH, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            client.append((time.perf_counter() - started) * 1000)
+            values = dict(_TIMING.findall(response.getheader("Server-Timing", "")))
+            if "gateway" in values:
+                gateway.append(float(values["gateway"]))
+            if "upstream" in values:
+                upstream.append(float(values["upstream"]))
+        conn.close()
+        rounds.append({
+            "samples": len(gateway),
+            "gateway_ms": statistics.median(gateway) if gateway else None,
+            "upstream_ms": statistics.median(upstream) if upstream else None,
+            "own_ms": statistics.median([g - u for g, u in zip(gateway, upstream)]) if upstream else None,
+            "client_ms": statistics.median(client),
+        })
+    return {"rounds": rounds,
+            "summary": {key: spread([r[key] for r in rounds]) for key in ("gateway_ms", "upstream_ms", "own_ms",
+                                                                           "client_ms")}}
+
+
+def stream_body(chunks: int, gap_ms: float) -> bytes:
+    # the stream's shape travels in the message text: every gateway passes that on unchanged
+    text = f"Count. bench_chunks={chunks} bench_gap_ms={gap_ms:g}"
+    return json.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def stream_latency(target: Target, args: argparse.Namespace) -> dict:
+    """Sequential streams: time to first event and delivery delay of every event."""
+    body = stream_body(args.stream_chunks, args.stream_gap_ms)
+    rounds = []
+    for _ in range(args.repeats):
+        results = asyncio.run(streams.sequential(HOST, target.port, PATH, target.headers, body, args.stream_count))
+        ttfb = [r.ttfb_ms for r in results if r.ttfb_ms is not None]
+        delays = [d for r in results for d in r.delays_ms]
+        failures = [r for r in results if not r.ok(args.stream_chunks)]
+        rounds.append({
+            "streams": len(results),
+            "errors": len(failures),
+            "error_kinds": dict(Counter(_error_kind(r, args.stream_chunks) for r in failures).most_common(5)),
+            "ttfb_p50_ms": percentile(ttfb, 50),
+            "ttfb_p99_ms": percentile(ttfb, 99),
+            "chunk_delay_p50_ms": percentile(delays, 50),
+            "chunk_delay_p99_ms": percentile(delays, 99),
+            "stamped_events": len(delays),
+        })
+    summary = {key: spread([r[key] for r in rounds])
+               for key in ("ttfb_p50_ms", "ttfb_p99_ms", "chunk_delay_p50_ms", "chunk_delay_p99_ms")}
+    summary["errors"] = sum(r["errors"] for r in rounds)
+    log(f"  {target.name} streams: ttfb p50 {summary['ttfb_p50_ms']['median']}, chunk delay p50 "
+        f"{summary['chunk_delay_p50_ms']['median']} ms, errors {summary['errors']}")
+    return {"chunks": args.stream_chunks, "gap_ms": args.stream_gap_ms, "rounds": rounds, "summary": summary}
+
+
+def _error_kind(result: streams.StreamResult, expected: int) -> str:
+    if result.error:
+        return re.sub(r"\d+", "N", result.error)[:80]
+    if result.status != 200:
+        return f"HTTP {result.status}"
+    if not result.done:
+        return "no [DONE]"
+    return f"{len(result.delays_ms)} of {expected} upstream events"
+
+
+def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSampler,
+                 args: argparse.Namespace) -> dict:
+    """Many concurrent slow streams at once: errors, TTFB and memory, round after round."""
+    body = stream_body(args.slow_chunks, args.slow_gap_ms)
+    expected_s = args.slow_chunks * args.slow_gap_ms / 1000
+    out: dict = {}
+    for level in args.slow_levels:
+        rounds = []
+        for round_no in range(args.slow_rounds):
+            pids = measured_pids(target, upstream)
+            rss_before = procs.rss_bytes(pids)
+            sampler.reset_peak()
+            cpu_before = procs.cpu_seconds(pids) if target.service else 0.0
+            cores_before = procs.core_busy_seconds()
+            started = time.monotonic()
+            results = asyncio.run(streams.concurrent(HOST, target.port, PATH, target.headers, body, level,
+                                                     timeout_s=expected_s + 30))
+            wall = time.monotonic() - started
+            own = (procs.cpu_seconds(pids) - cpu_before) if target.service else 0.0
+            core0 = procs.core_busy_seconds()[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]
+            peak = sampler.peak
+            time.sleep(1.0)
+            rss_after = procs.rss_bytes(measured_pids(target, upstream))
+            ttfb = [r.ttfb_ms for r in results if r.ttfb_ms is not None]
+            totals = [r.total_ms for r in results]
+            failures = [r for r in results if not r.ok(args.slow_chunks)]
+            round_result = {
+                "streams": level,
+                "errors": len(failures),
+                "error_kinds": dict(Counter(_error_kind(r, args.slow_chunks) for r in failures).most_common(5)),
+                "ttfb_p50_ms": percentile(ttfb, 50),
+                "ttfb_p99_ms": percentile(ttfb, 99),
+                "duration_p50_ms": percentile(totals, 50),
+                "duration_max_ms": max(totals) if totals else None,
+                "wall_s": wall,
+                "target_cpu_s": own,
+                "foreign_core0": max(0.0, core0 - own) / wall,
+                "rss_before_mb": rss_before / 2**20,
+                "rss_peak_mb": peak / 2**20,
+                "rss_after_mb": rss_after / 2**20,
+            }
+            rounds.append(round_result)
+            log(f"  {target.name} {level} slow streams #{round_no + 1}: errors {len(failures)} "
+                f"{round_result['error_kinds'] or ''} ttfb p50 {round_result['ttfb_p50_ms'] or 0:.1f} ms "
+                f"p99 {round_result['ttfb_p99_ms'] or 0:.1f} ms, rss {rss_before / 2**20:.1f} -> "
+                f"{peak / 2**20:.1f} -> {rss_after / 2**20:.1f} MB")
+        summary = {key: spread([r[key] for r in rounds])
+                   for key in ("ttfb_p50_ms", "ttfb_p99_ms", "duration_p50_ms", "rss_peak_mb")}
+        summary["errors"] = sum(r["errors"] for r in rounds)
+        summary["rss_after_first_mb"] = rounds[0]["rss_after_mb"]
+        summary["rss_after_last_mb"] = rounds[-1]["rss_after_mb"]
+        out[str(level)] = {"rounds": rounds, "summary": summary}
+    return out
+
+
+def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, body_file: Path) -> dict:
+    pids = measured_pids(target, upstream)
+    result: dict = {"label": target.label, "settings": target.settings,
+                    "processes": len(pids), "rss_idle_mb": procs.rss_bytes(pids) / 2**20}
+    sampler = procs.RssSampler((target.service or upstream).pid)
+    try:
+        log(f"{target.name}: warm-up ({args.warmup} s)")
+        wrkrun.run(target.url(), connections=16, duration_s=args.warmup, body_file=body_file,
+                   headers=target.headers, core=LOAD_CORE)
+        result["rss_after_warmup_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
+        log(f"{target.name}: load ({args.repeats} x {args.duration} s at {args.conns} connections)")
+        result["load"] = load_runs(target, upstream, sampler, args, body_file)
+        if target.name == "gateway":
+            result["server_timing"] = server_timing(target, args)
+            log(f"  server-timing: {result['server_timing']['summary']['gateway_ms']['median']} ms gateway, "
+                f"{result['server_timing']['summary']['upstream_ms']['median']} ms upstream")
+        log(f"{target.name}: streams ({args.stream_count} sequential, {args.stream_chunks} events "
+            f"{args.stream_gap_ms} ms apart)")
+        result["stream_latency"] = stream_latency(target, args)
+        if args.slow_levels:
+            log(f"{target.name}: concurrent slow streams {args.slow_levels} x {args.slow_rounds} rounds")
+            result["slow_streams"] = slow_streams(target, upstream, sampler, args)
+        result["rss_end_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
+    finally:
+        sampler.stop()
+    return result
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*(.+)$", cpuinfo, re.M)
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))
+    versions = subprocess.run(
+        [str(GATEWAY_VENV / "bin" / "python"), "-c",
+         "import importlib.metadata as m, json, platform; print(json.dumps({'python': platform.python_version(), "
+         "**{n: m.version(n) for n in ('flask', 'werkzeug', 'gunicorn', 'gevent', 'requests', 'urllib3', "
+         "'flask-limiter', 'flask-cors', 'flask-talisman', 'pyjwt')}}))"],
+        capture_output=True, text=True, check=True).stdout
+    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "wsgi.py",
+                                 "gunicorn.conf.py", "requirements.txt"], capture_output=True, text=True).stdout)
+    return {
+        "nproc": _first_line(["nproc"]),
+        "cpu_model": model.group(1).strip() if model else "unknown",
+        "cpu_mhz": mhz.group(1).strip() if mhz else "unknown",
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "gateway_versions": json.loads(versions),
+        "wrk": wrkrun.wrk_version(),
+        "bench_python": platform.python_version(),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "placement": {"target": f"core {TARGET_CORE}", "upstream": f"core {LOAD_CORE}", "wrk": f"core {LOAD_CORE}",
+                      "stream client": f"core {LOAD_CORE}"},
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    parser = argparse.ArgumentParser(description="direct vs gateway (vs peers) benchmark")
+    parser.add_argument("--targets", default="direct,gateway", help="direct,gateway,litellm,portkey")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each figure")
+    parser.add_argument("--conns", type=ints, default=[1, 16, 64], help="wrk connection counts")
+    parser.add_argument("--timing-samples", type=int, default=200, help="requests per Server-Timing sample")
+    parser.add_argument("--stream-count", type=int, default=30, help="sequential streams per round")
+    parser.add_argument("--stream-chunks", type=int, default=10)
+    parser.add_argument("--stream-gap-ms", type=float, default=20.0)
+    parser.add_argument("--slow-levels", type=ints, default=[200, 500, 1000], help="concurrent slow streams")
+    parser.add_argument("--slow-rounds", type=int, default=3)
+    parser.add_argument("--slow-chunks", type=int, default=10)
+    parser.add_argument("--slow-gap-ms", type=float, default=500.0)
+    parser.add_argument("--port-base", type=int, default=9100, help="first of five local ports")
+    parser.add_argument("--max-foreign", type=float, default=0.10,
+                        help="other processes' use of the limiting core (in cores) above which a wrk run is repeated")
+    parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed wrk run")
+    parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in targets if t != "direct" and t not in STARTERS]
+    if unknown:
+        raise SystemExit(f"unknown targets {unknown}")
+    wrkrun.wrk_path()
+    choose_ports(args.port_base)
+    machine = machine_info()  # before pinning this process: nproc reports the affinity mask
+    # 1000 client sockets here, 2000 in the gateway (inherited by the services started below)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    RAW.mkdir(parents=True, exist_ok=True)  # files in it are overwritten run by run
+    body_file = RAW / "body.json"
+    body_file.write_text(json.dumps(LOAD_BODY))
+
+    started = time.time()
+    report: dict = {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine,
+        "config": {
+            "targets": targets, "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
+            "connections": args.conns, "wrk": "wrk -t1 -c<N> -d<duration> --latency -s bench/wrk/post.lua",
+            "request": {"method": "POST", "path": PATH, "body": LOAD_BODY},
+            "timing_samples": args.timing_samples,
+            "stream_latency": {"count": args.stream_count, "chunks": args.stream_chunks, "gap_ms": args.stream_gap_ms},
+            "slow_streams": {"levels": args.slow_levels, "rounds": args.slow_rounds, "chunks": args.slow_chunks,
+                             "gap_ms": args.slow_gap_ms},
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "max_foreign": args.max_foreign, "retries": args.retries,
+        },
+        "targets": {},
+    }
+    upstream = start_upstream()
+    try:
+        for name in targets:
+            if name == "direct":
+                target = Target("direct", "upstream direct", PORTS["upstream"], {}, None,
+                                {"server": "bench/upstream.py (asyncio, one process)"})
+            else:
+                log(f"{name}: starting")
+                target = STARTERS[name]()
+            try:
+                report["targets"][name] = measure(target, upstream, args, body_file)
+            finally:
+                if target.service is not None:
+                    target.service.stop()
+    finally:
+        upstream.stop()
+    report["elapsed_s"] = round(time.time() - started, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {report['elapsed_s']} s")
+
+
+if __name__ == "__main__":
+    main()
