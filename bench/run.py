@@ -139,6 +139,8 @@ def gateway_env() -> dict[str, str]:
         "RATE_LIMIT_GENERAL": HIGH_LIMIT,
         "RATE_LIMIT_AI": HIGH_LIMIT,
         "LOG_LEVEL": "INFO",
+        # Managed keys and usage accounting on: a fresh SQLite file, migrated before start.
+        "DATABASE_URL": f"sqlite:///{RAW / 'gateway.db'}",
         # never pick up a developer's .env: /dev/null is not a regular file, so it is skipped
         "AI_PROXY_ENV_FILE": "/dev/null",
     }
@@ -174,11 +176,25 @@ def start_gateway() -> Target:
         raise SystemExit(f"port {port} is taken")
     env = gateway_env()
     settings = effective_gateway_settings(env)
+    key = prepare_database(env)
+    settings["auth"] = "on (X-API-Key with a managed key; its usage recorded to SQLite)"
     service = procs.Service("gateway", [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
                             cores=TARGET_CORE, log=RAW / "gateway.log", env=env, cwd=str(ROOT))
     procs.wait_http(f"http://{HOST}:{port}/health", service=service, timeout=30)
-    headers = {"X-API-Key": env["MASTER_API_KEY"]}
+    headers = {"X-API-Key": key}
     return Target("gateway", "this gateway", port, headers, service, settings)
+
+
+def prepare_database(env: dict[str, str]) -> str:
+    """Migrate a fresh database and create the managed key the load uses; returns its secret."""
+    (RAW / "gateway.db").unlink(missing_ok=True)
+    full = {**os.environ, **env}
+    flask = [str(GATEWAY_VENV / "bin" / "python"), "-m", "flask", "--app", "wsgi"]
+    subprocess.run([*flask, "db", "upgrade"], env=full, cwd=ROOT, check=True, capture_output=True)
+    created = subprocess.run([*flask, "keys", "create", "--name", "bench", "--ai-limit", HIGH_LIMIT,
+                              "--general-limit", HIGH_LIMIT], env=full, cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
+    return json.loads(created)["secret"]
 
 
 def start_litellm() -> Target:

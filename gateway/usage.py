@@ -51,6 +51,7 @@ MAX_BACKOFF_SECONDS = 30.0
 DROP_LOG_INTERVAL_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
 
+_INSERT_USAGE = insert(usage)
 _WAKE = object()  # put on the queue to make the writer stop waiting for a fuller batch
 
 
@@ -178,8 +179,11 @@ class UsageWriter:
         return batch  # type: ignore[return-value]
 
     def _insert(self, batch: list[UsageRecord]) -> None:
+        # executemany with one statement compiled once and cached (SQLAlchemy batches it
+        # into multi-row INSERTs itself); .values([...]) would compile a new statement,
+        # with a bind parameter per cell, for every batch.
         with self.engine.begin() as connection:
-            connection.execute(insert(usage).values([item.row() for item in batch]))
+            connection.execute(_INSERT_USAGE, [item.row() for item in batch])
 
     def _write(self, batch: list[UsageRecord]) -> None:
         """Insert a batch, retrying through outages until it is written or the writer stops."""
