@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +69,7 @@ def configure_logging(level: str) -> None:
 def _start() -> None:
     g.started = time.perf_counter()
     presented = request.headers.get("X-Request-ID", "")
-    g.request_id = presented if _SAFE_REQUEST_ID.match(presented) else uuid.uuid4().hex
+    g.request_id = presented if _SAFE_REQUEST_ID.match(presented) else os.urandom(16).hex()
 
 
 def _fields(status: int) -> dict[str, Any]:

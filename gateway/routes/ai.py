@@ -83,13 +83,15 @@ def _view_for(op: Operation) -> Callable[[], Response]:
             reservation.settle(0)
             raise
         started = time.perf_counter()
-        log_and_record = on_stream_end(observability.stream_logger(), started)
+        # Only a stream outlives the request: its log line and usage row are made when it ends.
+        log_and_record = on_stream_end(observability.stream_logger(), started) if call.stream else None
 
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
             reservation.settle(usage.total_tokens if usage else 0)
-            log_and_record(outcome, usage)
+            if log_and_record is not None:
+                log_and_record(outcome, usage)
 
         streaming = False
         try:
