@@ -1,4 +1,4 @@
-"""``/admin/keys``: manage API keys. Master key only (or a JWT minted from it).
+"""``/admin``: manage API keys, read everyone's usage. Master key only (or a JWT minted from it).
 
 The app-level auth hook has already refused callers without valid credentials
 (401); here any caller other than ``master`` gets a 403. Secrets appear only in the
@@ -19,6 +19,7 @@ from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.body import request_body
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, UnsupportedMediaType
+from gateway.routes.usage import admin_report
 from gateway.store.key_fields import FieldError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def require_master() -> None:
     """:raises 403: the caller is a managed key, not the master key."""
     caller = current_caller()
     if caller is None or caller.id != MASTER_KEY_ID:
-        raise Forbidden("Only the master key (or a token minted from it) can manage keys.", error_code="admin_only")
+        raise Forbidden("Only the master key (or a token minted from it) can use /admin.", error_code="admin_only")
 
 
 @blueprint.errorhandler(SQLAlchemyError)
@@ -141,3 +142,12 @@ def rotate_key(key_id: str) -> Response:
     except KeyRevoked:
         raise Conflict("A revoked key cannot be rotated; create a new key.", error_code="key_revoked") from None
     return jsonify(_shown(record, secret))
+
+
+@blueprint.get("/usage")
+def usage_report() -> Response:
+    """Usage of every key: totals, or grouped by day, key, model or operation; filters: key, model, operation, from, to.
+
+    :raises 400: a bad or unknown parameter (``param`` names it).
+    """
+    return admin_report(request.args)

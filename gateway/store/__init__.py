@@ -30,6 +30,7 @@ from gateway.config import Settings
 from gateway.store import schema
 from gateway.store.keys import KeyStore
 from gateway.store.schema import SchemaError
+from gateway.store.usage_report import UsageReport
 
 __all__ = ["KeyStore", "SchemaError", "Store", "database_url", "init_app"]
 
@@ -93,7 +94,7 @@ def _forget_pool(engine_ref: weakref.ref[Engine]) -> None:
 
 
 class Store:
-    """One database per app: its engine and the key table's operations.
+    """One database per app: its engine, the key table's operations and the usage reports.
 
     Engines are created in the process that uses them (gunicorn workers build the
     app after the fork), so no connection is shared across a fork.
@@ -104,6 +105,7 @@ class Store:
         self.auto_upgrade = auto_upgrade
         self.engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _postgresql_engine(url)
         self.keys = KeyStore(self.engine)
+        self.usage = UsageReport(self.engine)
         # A forked child (gunicorn with preload, or any fork) must open its own connections
         # and leave the parent's alone: SQLAlchemy's documented dispose(close=False).
         engine_ref = weakref.ref(self.engine)
