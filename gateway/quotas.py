@@ -7,7 +7,9 @@ Token quotas are enforced before the call, atomically: a request reserves an
 estimate (its prompt size plus ``max_tokens``, or the key's cap, or
 :data:`DEFAULT_COMPLETION_RESERVE`) against every token counter of its key at once,
 and is refused if any counter would pass its limit. When the answer is complete the
-reservation is settled to the tokens actually used. So concurrent requests can
+reservation is settled to the tokens actually used. Without ``max_tokens`` the
+estimate is a guess, so such a request holds what is left when less is left, and
+is refused only when nothing is. So concurrent requests can
 overshoot a limit by no more than one request's reservation (only when a request
 uses more than it reserved), never by the number of requests in flight.
 
@@ -105,22 +107,22 @@ def window_of(counter: str, now: float) -> tuple[str, int]:
     return moment.strftime("M%Y%m"), month_end - int(now)
 
 
-# KEYS: counter keys. ARGV[1]: amount; then per counter: limit, ttl seconds.
-# Refuses (returns the index of the first counter that would pass its limit) or adds
-# the amount to every counter at once.
+# KEYS: counter keys. ARGV[1]: amount, ARGV[2]: 1 if the amount may shrink to what is
+# left; then per counter: limit, ttl seconds. Returns the amount added to every
+# counter, or minus the index of the first counter that refused.
 _RESERVE = """
 local amount = tonumber(ARGV[1])
+local flexible = ARGV[2] == '1'
 for i, key in ipairs(KEYS) do
-  local used = tonumber(redis.call('GET', key) or '0')
-  if used + amount > tonumber(ARGV[2 * i]) then
-    return i
-  end
+  local room = tonumber(ARGV[2 * i + 1]) - tonumber(redis.call('GET', key) or '0')
+  if flexible and room < amount then amount = room end
+  if room < 1 or amount > room then return -i end
 end
 for i, key in ipairs(KEYS) do
   redis.call('INCRBY', key, amount)
-  redis.call('EXPIRE', key, tonumber(ARGV[2 * i + 1]))
+  redis.call('EXPIRE', key, tonumber(ARGV[2 * i + 2]))
 end
-return 0
+return amount
 """
 
 
@@ -133,15 +135,18 @@ class LocalCounters:
         used, expires = self._used.get(key, (0, 0.0))
         return used if expires > now else 0
 
-    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int) -> int:
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int:
         now = time.time()
         with self._lock:
             for index, (key, limit) in enumerate(zip(keys, limits, strict=True), start=1):
-                if self._get(key, now) + amount > limit:
-                    return index
+                room = limit - self._get(key, now)
+                if flexible:
+                    amount = min(amount, room)
+                if room < 1 or amount > room:
+                    return -index
             for key, ttl in zip(keys, ttls, strict=True):
                 self._used[key] = (self._get(key, now) + amount, now + ttl)
-            return 0
+            return amount
 
     def adjust(self, keys: list[str], amount: int) -> None:
         now = time.time()
@@ -161,8 +166,8 @@ class RedisCounters:
         self._client = client
         self._reserve = client.register_script(_RESERVE)
 
-    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int) -> int:
-        args: list[int] = [amount]
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int:
+        args: list[int] = [amount, 1 if flexible else 0]
         for limit, ttl in zip(limits, ttls, strict=True):
             args += [limit, ttl]
         return int(self._reserve(keys=keys, args=args))
@@ -220,8 +225,11 @@ class TokenLedger:
             ttls.append(remaining + 60)
         return keys, limits, ttls
 
-    def reserve(self, policy: CallerPolicy, amount: int) -> Reservation:
+    def reserve(self, policy: CallerPolicy, amount: int, flexible: bool = False) -> Reservation:
         """Hold ``amount`` tokens on every counter of the caller, or refuse.
+
+        ``flexible``: the amount is a guess (no ``max_tokens``), so hold what is left when
+        less than that is left; refuse only when nothing is.
 
         :raises InsufficientQuota: a counter would pass its limit (429, with ``Retry-After``).
         :raises LimitStorageUnavailable: the store is down and the policy is closed (503).
@@ -232,21 +240,21 @@ class TokenLedger:
         keys, limits, ttls = self._keys(policy, now)
         backend: Any = self._shared or self.local
         try:
-            refused = backend.reserve(keys, limits, ttls, amount)
+            held = backend.reserve(keys, limits, ttls, amount, flexible)
         except Exception:
             if not self._fail_open:
                 raise LimitStorageUnavailable() from None
             backend = self.local
-            refused = backend.reserve(keys, limits, ttls, amount)
-        if refused:
-            counter, limit = policy.token_limits[refused - 1]
+            held = backend.reserve(keys, limits, ttls, amount, flexible)
+        if held < 0:
+            counter, limit = policy.token_limits[-held - 1]
             resets_in = window_of(counter, now)[1]
             raise InsufficientQuota(
                 f"This key's {counter.replace('_', ' ')} ({limit} tokens) does not leave room for this request "
                 f"(about {amount} tokens: prompt plus max_tokens). It resets in {resets_in} s.",
                 headers={"Retry-After": str(max(1, resets_in)), "X-RateLimit-Reset-Tokens": f"{resets_in}s"},
             )
-        return Reservation(self, backend, keys, amount)
+        return Reservation(self, backend, keys, held)
 
     def remaining(self, policy: CallerPolicy) -> dict[str, dict[str, int]]:
         """Each counter's limit, remaining tokens and seconds to reset (for ``/api/usage``)."""
@@ -292,8 +300,9 @@ def ai_limit() -> str:
     return caller_policy().rate_limit_ai
 
 
-def check_request(document: dict[str, Any], prompt_estimate: int) -> int:
-    """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve.
+def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, bool]:
+    """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve and
+    whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
 
     :raises 403: the model is not among the key's allowed models.
     :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
@@ -316,9 +325,39 @@ def check_request(document: dict[str, Any], prompt_estimate: int) -> int:
                              error_code="max_tokens_above_cap")
         requested = value if requested is None else max(requested, value)
     completion = requested or policy.max_tokens_cap or DEFAULT_COMPLETION_RESERVE
-    return prompt_estimate + completion
+    return prompt_estimate + completion, requested is None
 
 
-def reserve_tokens(amount: int) -> Reservation:
+def reserve_tokens(amount: int, flexible: bool) -> Reservation:
     ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
-    return ledger.reserve(caller_policy(), amount)
+    return ledger.reserve(caller_policy(), amount, flexible)
+
+
+def remaining_for_caller() -> dict[str, Any]:
+    """What the caller has left: request quotas and token counters (for ``GET /api/usage``).
+
+    ``requests``: per policy (``general``, ``ai``) the limit, remaining requests and
+    seconds until the window frees one; ``tokens``: per set token counter the limit,
+    remaining tokens and seconds until it resets.
+    """
+    from limits import parse_many
+
+    from gateway import auth
+    from gateway.limits import AI_SCOPE
+
+    policy = caller_policy()
+    limiter = current_app.extensions["gateway.limiter"]
+    prefix = current_app.config["GATEWAY"].rate_limit_key_prefix
+    now = time.time()
+    requests: dict[str, Any] = {}
+    for name, text, scope in (("general", policy.rate_limit_general, "global"), ("ai", policy.rate_limit_ai, AI_SCOPE)):
+        for item in parse_many(text):
+            try:
+                reset, left = limiter.limiter.get_window_stats(item, prefix, auth.caller_key(), scope)
+            except Exception:  # the store is down: say so rather than guess
+                requests[name] = None
+                break
+            requests[name] = {"limit": item.amount, "remaining": left,
+                              "resets_in": max(0, min(item.get_expiry(), int(reset - now) + 1))}
+    ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
+    return {"requests": requests, "tokens": ledger.remaining(policy)}

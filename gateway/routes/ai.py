@@ -29,6 +29,7 @@ class ClientCall:
     stream: bool = False
     prompt_estimate: int = 0
     reserve: int = 0  # tokens to hold against the key's token quotas
+    reserve_is_guess: bool = True  # no max_tokens: may hold less when less is left
     tap: StreamUsageTap | None = None
 
 
@@ -60,8 +61,9 @@ def read_request(op: Operation) -> ClientCall:
     if isinstance(model, str):
         g.model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
-    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate,
-                      reserve=quotas.check_request(document, prompt_estimate))
+    reserve, guess = quotas.check_request(document, prompt_estimate)
+    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve,
+                      reserve_is_guess=guess)
     if stream:
         asked = accounting.client_asked_for_usage(document)
         if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
@@ -76,7 +78,7 @@ def _view_for(op: Operation) -> Callable[[], Response]:
         call = read_request(op)
         settings = current_app.config["GATEWAY"]
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
-        reservation = quotas.reserve_tokens(call.reserve) if call.reserve else quotas.NO_RESERVATION
+        reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess) if call.reserve else quotas.NO_RESERVATION
         try:
             slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
         except Exception:

@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 
-from gateway import operations
+from gateway import operations, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
@@ -226,6 +226,5 @@ def own_usage() -> Response:
         "today": today_totals.as_dict(),
         "this_month": this_month.as_dict(),
         "limits": limits,
-        # Remaining quota and budget figures (per minute, day and month) come from the quota module.
-        "remaining": None,
+        "remaining": quotas.remaining_for_caller(),
     })

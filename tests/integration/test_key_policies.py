@@ -166,3 +166,12 @@ def test_policy_falls_back_to_defaults() -> None:
 
     policy = CallerPolicy.build("master", None, Settings())
     assert policy.rate_limit_ai == "20 per 15 minutes" and policy.token_limits == () and policy.allowed_models is None
+
+
+def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -> None:
+    """The reservation is a guess then: it shrinks to what is left, and nothing left means 429."""
+    client = sqlite_app().test_client()
+    key = _create(client, tokens_per_day=100)
+    statuses = [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(12)]
+    # Each call uses 12 (the fake's usage): 9 calls bring the counter to 108, then nothing is left.
+    assert statuses == [200] * 9 + [429] * 3

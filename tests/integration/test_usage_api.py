@@ -249,7 +249,8 @@ def test_a_managed_key_sees_this_month_and_today_by_default(seeded: dict) -> Non
                               {"day": "2030-03-31", **_totals(1, prompt=3, completion=4, estimated=1)}]
     assert body["totals"] == body["this_month"] == _totals(2, prompt=13, completion=9, estimated=1)
     assert body["today"] == _totals(1, prompt=3, completion=4, estimated=1)
-    assert body["truncated"] is False and body["remaining"] is None
+    assert body["truncated"] is False
+    assert set(body["remaining"]) == {"requests", "tokens"}
 
 
 def test_each_caller_sees_only_its_own_rows(seeded: dict) -> None:
@@ -332,3 +333,15 @@ def test_both_endpoints_are_documented_in_the_index(usage_app: Flask) -> None:
     admin, own = endpoints[("GET", "/admin/usage")], endpoints[("GET", "/api/usage")]
     assert "master key" in admin["auth"] and admin["description"].startswith("Usage of every key")
     assert "master key" not in own["auth"] and own["description"].startswith("Your own usage")
+
+
+def test_remaining_shows_request_quotas_and_token_counters(db_client: FlaskClient, upstream) -> None:
+    _, headers = _create_key(db_client, rate_limit_ai="5 per minute", tokens_per_day=1000)
+    for _ in range(2):  # each settles to the fake's 12 tokens
+        assert db_client.post("/v1/completions", json={"model": "m", "prompt": "hi"}, headers=headers).status_code == 200
+    remaining = _ok(_own(db_client, headers))["remaining"]
+    assert remaining["requests"]["ai"]["limit"] == 5 and remaining["requests"]["ai"]["remaining"] == 3
+    assert 0 < remaining["requests"]["ai"]["resets_in"] <= 60
+    assert remaining["requests"]["general"]["limit"] == 100
+    day = remaining["tokens"]["tokens_per_day"]
+    assert day["limit"] == 1000 and day["remaining"] == 1000 - 24 and 0 < day["resets_in"] <= 86400
