@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools
+.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
 ## CPU per request of the bare serving stack (gunicorn+gevent, Flask, requests vs urllib3).
 bench-floor: $(STAMP) $(BENCH_STAMP) bench-tools
 	$(BENCH_VENV)/bin/python -m bench.floor
+
+## CPU per request of the quotas: limiter off, memory://, Redis; writes bench/results/limiter.json.
+bench-limiter: $(STAMP)
+	$(BIN)/python -m bench.limiter_cost
 
 ## py-spy on the gateway worker under 16-connection load; writes bench/results/profile.md.
 bench-profile: $(STAMP) $(BENCH_STAMP) bench-tools

@@ -371,8 +371,28 @@ def render_markdown(data: dict, peers: dict | None) -> str:
     if peers:
         out += ["", "## Peers: LiteLLM proxy and Portkey gateway", "", *peers_section(peers), "",
                 *PEER_NOTES, "", "![peers: req/s and latency](benchmarks-peers.png)"]
+    limiter_path = RESULTS / "limiter.json"
+    if limiter_path.exists():
+        out += ["", *limiter_section(json.loads(limiter_path.read_text()))]
     out.append("")
     return "\n".join(out)
+
+
+def limiter_section(data: dict) -> list[str]:
+    """bench/results/limiter.json (make bench-limiter): what the quotas cost per request."""
+    rows = [[r["label"], f"{r['cpu_ms_median']:.3f} ({r['cpu_ms_min']:.3f}–{r['cpu_ms_max']:.3f})",
+             "—" if r["label"] == "limiter off" else f"{r['limiter_ms']:+.3f}"] for r in data["results"]]
+    return [
+        "## What the quotas cost",
+        "",
+        f"`make bench-limiter` ({data['when']}): the gateway app called in-process (no gunicorn), relaying to the "
+        f"bench upstream; CPU time per request, median (min–max) of {data['repeats']} × {data['requests']} "
+        "requests. The limiter's cost is the difference from the run with flask-limiter switched off. Redis is "
+        "the machine's own, on loopback; a 1-second window keeps the moving window's per-caller list as short "
+        "as real per-key quotas keep it (its memory cost grows with requests per window per caller).",
+        "",
+        *table(["configuration", "CPU ms/request", "limiter ms/request"], rows),
+    ]
 
 
 COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "litellm": "#d62728", "portkey": "#2ca02c"}
