@@ -7,17 +7,10 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -25,74 +18,16 @@ from sqlalchemy import create_engine, func, select
 from gateway.config import Settings
 from gateway.store import database_url, schema
 from gateway.store.tables import usage
-from tests.conftest import CANARY_JWT_SECRET, CANARY_MASTER_KEY, postgres_schema
-from tests.fakes.upstream import FakeUpstream
+from tests.conftest import CANARY_MASTER_KEY, postgres_schema
+from tests.e2e.conftest import HOST, request
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 MASTER = {"X-API-Key": CANARY_MASTER_KEY}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _call(port: int, method: str, path: str, body: dict | None = None,
           headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        all_headers = {"Connection": "close", **({"Content-Type": "application/json"} if payload else {}),
-                       **(headers or {})}
-        connection.request(method, path, body=payload, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-class Gunicorn:
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.log_path = workdir / "gunicorn.log"
-        variables = {name: value for name, value in os.environ.items()
-                     if name.upper() not in {f.upper() for f in Settings.__dataclass_fields__}}
-        variables.update({"AI_PROXY_HOST": HOST, "AI_PROXY_PORT": str(self.port), "PYTHONUNBUFFERED": "1",
-                          "AI_PROXY_ENV_FILE": str(workdir / "none.env"), "INSTANCE_PATH": str(workdir / "instance"),
-                          "MASTER_API_KEY": CANARY_MASTER_KEY, "JWT_SECRET": CANARY_JWT_SECRET, **env})
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                                     cwd=REPO_ROOT, env=variables, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_healthy(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited early:\n{self.log()}")
-            try:
-                if _call(self.port, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"gunicorn did not become healthy:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+    status, _, content = request(f"http://{HOST}:{port}", method, path, body, headers=headers)
+    return status, content
 
 
 @pytest.fixture
@@ -102,13 +37,13 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.mark.timeout(120)
-def test_keys_and_usage_under_gunicorn(pg_url: str, upstream: FakeUpstream, tmp_path: Path) -> None:
-    env = {"DATABASE_URL": pg_url, "AI_API_URL": upstream.base_url + "/completions",
+def test_keys_and_usage_under_gunicorn(pg_url: str, gateway_server) -> None:
+    env = {"DATABASE_URL": pg_url,
            "RATE_LIMIT_GENERAL": "1000 per minute", "RATE_LIMIT_AI": "1000 per minute", "KEY_CACHE_SECONDS": "1",
            # Batches gather for 30 s: only the flush at the graceful stop can have written the rows.
            "USAGE_BATCH_SECONDS": "30"}
 
-    refused = Gunicorn(tmp_path / "refused", env)
+    refused = gateway_server(wait=False, **env)
     assert refused.proc.wait(timeout=30) != 0
     errors = [line for line in refused.log().splitlines() if "database error" in line]
     assert errors == ["database error: the database has no schema yet (needs 0001): "
@@ -119,10 +54,8 @@ def test_keys_and_usage_under_gunicorn(pg_url: str, upstream: FakeUpstream, tmp_
     engine = create_engine(database_url(Settings(database_url=pg_url)))
     schema.upgrade(engine)
     # Two instances on one database: what one revokes, the other refuses within KEY_CACHE_SECONDS.
-    servers = [Gunicorn(tmp_path / name, env) for name in ("a", "b")]
+    servers = [gateway_server(**env) for _ in ("a", "b")]
     try:
-        for server in servers:
-            server.wait_healthy()
         first, second = servers
         created = {}
         for name in ("revoked", "load"):
