@@ -95,3 +95,36 @@ def test_graceful_reload_under_load_loses_no_usage_record(gateway_server, pg_url
         rows = connection.execute(select(func.count()).where(usage.c.key_id == key["id"])).scalar_one()
     engine.dispose()
     assert rows == len(statuses), server.log()[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_sdk_calls_appear_in_admin_usage_with_the_upstreams_token_counts(gateway_server, pg_url, upstream) -> None:
+    from openai import OpenAI
+
+    from tests.fakes.upstream import Behavior
+
+    server = gateway_server(DATABASE_URL=pg_url, USAGE_BATCH_SECONDS="0.2")
+    key = _create_key(server)
+    upstream.behavior = Behavior(chunks=4)
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key=key["secret"], max_retries=0, timeout=10)
+    messages = [{"role": "user", "content": "hi"}]
+    completion = sdk.chat.completions.create(model="fake-model", messages=messages)
+    chunks = list(sdk.chat.completions.create(model="fake-model", messages=messages, stream=True))
+    sdk.close()
+    assert completion.usage.total_tokens == 15
+    # The client did not ask for usage: no chunk carries it, though the upstream was asked.
+    assert all(chunk.usage is None for chunk in chunks) and all(chunk.choices for chunk in chunks)
+    assert upstream.requests[-1].json()["stream_options"] == {"include_usage": True}
+
+    deadline = time.monotonic() + 10
+    while True:
+        status, _, body = request(server.url, "GET", f"/admin/usage?key={key['id']}&group_by=operation", headers=AUTH)
+        assert status == 200, body
+        report = json.loads(body)
+        if report["totals"]["requests"] == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert report["totals"]["requests"] == 2
+    # 9 + 6 (non-streamed) and 9 + 4 (the stream's usage chunk): the upstream's figures, not estimates.
+    assert report["totals"]["prompt_tokens"] == 18 and report["totals"]["completion_tokens"] == 10
+    assert report["totals"]["estimated_requests"] == 0
