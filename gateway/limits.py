@@ -1,7 +1,8 @@
 """Quotas through flask-limiter.
 
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
-  the probes given to :func:`exempt` (``/health``, ``/health/ready``) and CORS preflights.
+  the probes and scrapes given to :func:`exempt` (``/health``, ``/health/ready``,
+  ``/metrics``) and CORS preflights.
 - ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint.
 - ``RATE_LIMIT_AUTH_FAILURES``: failed ``POST /auth/token`` attempts per client address.
 - ``RATE_LIMIT_CONCURRENT``: in-flight AI requests per caller (:mod:`gateway.inflight`).

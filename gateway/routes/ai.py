@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g, request
 
-from gateway import observability, payload
+from gateway import metrics, observability, payload
 from gateway.auth import caller_key
 from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
@@ -75,7 +75,7 @@ def _view_for(op: Operation) -> Callable[[], Response]:
         client: UpstreamClient = current_app.extensions["gateway.upstream"]
         slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
         started = time.perf_counter()
-        log_and_record = on_stream_end(observability.stream_logger(), started)
+        log_and_record = metrics.on_stream_end(on_stream_end(observability.stream_logger(), started))
 
         def stream_ended(outcome: str) -> None:
             slot.release()
