@@ -6,11 +6,14 @@ gunicorn worker), so each test compares two scrapes: before and after what it do
 
 from __future__ import annotations
 
+import re
 import secrets
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import BoundedLabel
@@ -127,6 +130,23 @@ def test_without_a_metrics_token_only_the_master_key_reads_metrics(client: Flask
     for headers in ({"Authorization": "Bearer "}, {"Authorization": f"Bearer {METRICS_TOKEN}"}):
         assert client.get("/metrics", headers=headers).status_code == 401
     assert client.get("/metrics", headers=KEY_HEADERS).status_code == 200
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(client: FlaskClient) -> None:
+    response = client.get("/metrics", headers={**KEY_HEADERS, "Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert response.get_data(as_text=True).endswith("# EOF\n")
+
+
+def test_the_readme_lists_every_metric(app: Flask) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("\n## Metrics\n"):readme.index("\n## Deployment\n")]
+    listed = set(re.findall(r"^\| `(aiproxy_\w+)`", section, flags=re.M))
+    defined = {family.name + ("_total" if family.type == "counter" else "")
+               for metric in vars(app.extensions["gateway.metrics"]).values() if isinstance(metric, MetricWrapperBase)
+               for family in metric.describe()}
+    assert listed == defined and len(defined) == 11
 
 
 def test_metrics_use_no_quota_and_are_listed(make_app) -> None:
