@@ -162,6 +162,7 @@ class Instruments:
 # --- the directory --------------------------------------------------------------------
 _directory: str | None = None  # where this process's values are written, once chosen
 _owned: tuple[str, int] | None = None  # (directory, pid) when this process created it
+_exported: str | None = None  # the gunicorn master's directory for its workers
 
 
 def _create_own_directory() -> str:
@@ -185,6 +186,7 @@ atexit.register(remove_own_directory)
 def prepare_directory(settings: Settings) -> str:
     """For the gunicorn master, before any worker starts: a directory holding no stale
     values (``PROMETHEUS_MULTIPROC_DIR`` wiped, or a new one), exported to the workers."""
+    global _exported
     if settings.prometheus_multiproc_dir:
         path = Path(settings.prometheus_multiproc_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -195,15 +197,14 @@ def prepare_directory(settings: Settings) -> str:
     else:
         directory = _create_own_directory()
         log.info("metrics: values of every worker are kept in %s (created; removed at exit)", directory)
-    os.environ[ENV_NAME] = directory
+    os.environ[ENV_NAME] = _exported = directory
     return directory
 
 
 def process_gone(pid: int) -> None:
     """A worker has exited (gunicorn ``child_exit``): its live gauges no longer count."""
-    directory = os.environ.get(ENV_NAME)
-    if directory:
-        multiprocess.mark_process_dead(pid, directory)
+    if _exported is not None:
+        multiprocess.mark_process_dead(pid, _exported)
 
 
 def _write_values_to(settings: Settings) -> str:
