@@ -72,7 +72,12 @@ def on_starting(server) -> None:  # noqa: ANN001
 
     In development with the default SQLite file this applies the migrations instead,
     once, before any worker starts (see gateway.store).
+
+    Then give the workers one metrics directory without stale values from an earlier
+    run (PROMETHEUS_MULTIPROC_DIR wiped, or a new one for this master, removed when it
+    exits; see gateway.metrics).
     """
+    from gateway import metrics
     from gateway.observability import configure_logging
     from gateway.store import SchemaError, Store
 
@@ -84,6 +89,7 @@ def on_starting(server) -> None:  # noqa: ANN001
         raise SystemExit(f"database error: {error}") from None
     finally:
         store.dispose()  # no connection crosses the fork into the workers
+    metrics.prepare_directory(_settings)
 
 
 def worker_exit(server, worker) -> None:  # noqa: ANN001
@@ -91,3 +97,11 @@ def worker_exit(server, worker) -> None:  # noqa: ANN001
     from gateway import usage
 
     usage.stop_all()
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    """In the master, once a worker has exited (stopped, recycled or crashed): its live
+    gauges (streams in flight, usage queue) stop counting; its counters stay."""
+    from gateway import metrics
+
+    metrics.process_gone(worker.pid)

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import auth, cli, config, edge, errors, limits, observability, routes, store, upstream, usage
+from gateway import auth, cli, config, edge, errors, limits, metrics, observability, routes, store, upstream, usage
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -39,4 +39,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     upstream.init_app(app)
     usage.init_app(app)
     cli.init_app(app)
+    metrics.init_app(app)
     return app

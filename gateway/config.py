@@ -107,6 +107,10 @@ class Settings:
     usage_queue_size: int = 10_000  # usage records a worker holds while the database is slow or down
     usage_batch_seconds: float = 0.5  # how long the usage writer gathers a batch before inserting it
 
+    # --- metrics (gateway.metrics) --------------------------------------------------
+    metrics_token: str = ""  # a scrape credential for GET /metrics only; empty: master key only
+    prometheus_multiproc_dir: str = ""  # empty: the gateway creates (and removes) its own directory
+
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
 
@@ -149,7 +153,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "node_env": ("NODE_ENV", "APP_ENV"),
 }
 # Variables never shown by value, even in debugging output.
-SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "key_hash_pepper", "database_url"})
+SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "key_hash_pepper", "database_url",
+                           "metrics_token"})
 
 
 def _convert(name: str, raw: str, target: Any) -> Any:
@@ -286,6 +291,17 @@ def _check_database(settings: Settings) -> None:
         raise ConfigError(f"KEY_HASH_PEPPER must be at least {MIN_SECRET_LENGTH} characters in production")
 
 
+def _check_metrics(settings: Settings) -> None:
+    token = settings.metrics_token
+    if token and (token != token.strip() or any(c.isspace() for c in token)):
+        raise ConfigError("METRICS_TOKEN must not contain spaces (it is sent as Authorization: Bearer <token>)")
+    if token and settings.production and len(token) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"METRICS_TOKEN must be at least {MIN_SECRET_LENGTH} characters in production")
+    directory = settings.prometheus_multiproc_dir
+    if directory and os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR must name a directory")
+
+
 def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first invalid variable."""
     _check_url("AI_API_URL", settings.ai_api_url)
@@ -331,6 +347,7 @@ def validate(settings: Settings) -> None:
         elif urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).hostname:
             raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
     _check_database(settings)
+    _check_metrics(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

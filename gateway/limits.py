@@ -1,7 +1,8 @@
 """Quotas through flask-limiter.
 
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
-  ``/health``, ``/health/ready`` and CORS preflights.
+  the probes and scrapes given to :func:`exempt` (``/health``, ``/health/ready``,
+  ``/metrics``) and CORS preflights.
 - ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint.
 - ``RATE_LIMIT_AUTH_FAILURES``: failed ``POST /auth/token`` attempts per client address.
 - ``RATE_LIMIT_CONCURRENT``: in-flight AI requests per caller (:mod:`gateway.inflight`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app
@@ -84,7 +86,8 @@ class StorageHealth:
             self.down_since = None
 
 
-def _policy_name(limit: RequestLimit) -> str:
+def policy_name(limit: RequestLimit) -> str:
+    """The quota's name as the headers show it: ``general``, ``ai`` or ``auth-failures``."""
     scope = limit.request_args[-1].rpartition(":")[2]
     return GENERAL_POLICY if scope == "global" else scope
 
@@ -124,8 +127,8 @@ def _rate_limit_headers(response: Response) -> Response:
     headers["X-RateLimit-Remaining"] = str(remaining)
     headers["X-RateLimit-Reset"] = str(reset_at)
     headers["RateLimit-Policy"] = ", ".join(
-        f'"{_policy_name(each)}";q={each.limit.amount};w={each.limit.get_expiry()}' for each in limits)
-    headers["RateLimit"] = f'"{_policy_name(limit)}";r={remaining};t={seconds_left}'
+        f'"{policy_name(each)}";q={each.limit.amount};w={each.limit.get_expiry()}' for each in limits)
+    headers["RateLimit"] = f'"{policy_name(limit)}";r={remaining};t={seconds_left}'
     if response.status_code == 429 and "Retry-After" not in headers:
         headers["Retry-After"] = str(max(1, seconds_left))
     return response
@@ -134,7 +137,7 @@ def _rate_limit_headers(response: Response) -> Response:
 def describe(endpoint: str) -> list[str]:
     """The quotas that apply to an endpoint, for ``GET /``."""
     settings = current_app.config["GATEWAY"]
-    if endpoint in ("meta.health", "meta.ready"):
+    if endpoint in current_app.extensions["gateway.limits.exempt"]:
         return []
     described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
     if endpoint.startswith(f"{ai_blueprint.name}."):
@@ -164,6 +167,14 @@ def storage_ready() -> bool:
     return answers
 
 
+def exempt(app: Flask, view: Callable[..., Any], endpoint: str) -> None:
+    """No quota at all for ``view`` (served at ``endpoint``): probes and scrapes that
+    infrastructure calls often and that never reach the upstream. Who may call it is
+    still the auth hook's decision."""
+    app.extensions["gateway.limiter"].exempt(view)
+    app.extensions["gateway.limits.exempt"].add(endpoint)
+
+
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["GATEWAY"]
     limiter = Limiter(
@@ -179,8 +190,10 @@ def init_app(app: Flask) -> None:
     )
     limiter.init_app(app)
     limiter.request_filter(auth.is_preflight)
-    limiter.exempt(health)
-    limiter.exempt(ready)
+    app.extensions["gateway.limiter"] = limiter
+    app.extensions["gateway.limits.exempt"] = set()
+    exempt(app, health, "meta.health")
+    exempt(app, ready, "meta.ready")
     limiter.shared_limit(quotas.ai_limit, scope=AI_SCOPE, override_defaults=False)(ai_blueprint)
     limiter.limit(
         settings.rate_limit_auth_failures,
@@ -190,7 +203,6 @@ def init_app(app: Flask) -> None:
         override_defaults=False,
     )(auth_blueprint)
     app.after_request(_rate_limit_headers)
-    app.extensions["gateway.limiter"] = limiter
     app.extensions["gateway.limits.health"] = StorageHealth()
     app.extensions["gateway.inflight"] = InFlight.from_settings(settings, limiter.storage)
     app.extensions["gateway.tokens_ledger"] = quotas.TokenLedger.from_settings(settings, limiter.storage)

@@ -64,12 +64,6 @@ def configure_logging(level: str) -> None:
         handler._gateway = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
-    # The logging HOWTO's "Optimization" knobs: no line carries the caller's source
-    # position, thread or process name, so do not compute them for every record.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
 
 
 def _start() -> None:

@@ -14,6 +14,7 @@ whichever comes first, one multi-row ``INSERT`` each. The queue holds
 - :meth:`UsageWriter.flush` writes everything queued (graceful stop: gunicorn's
   ``worker_exit`` hook and ``atexit`` call :func:`stop_all`); what cannot be written
   before its timeout is logged with its count.
+- :meth:`UsageWriter.watch` lets metrics follow the queue's depth and drops.
 
 The relay views call :func:`account_request` when a request reaches them and wrap
 their stream-end callback with :func:`on_stream_end`; an ``after_request`` hook
@@ -100,6 +101,7 @@ class UsageWriter:
         self.max_backoff = max_backoff
         self.written = 0  # rows inserted by this process
         self.dropped = 0  # rows lost: queue full, or not written before a stop timed out
+        self._watchers: list[Callable[[int, int], None]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -131,9 +133,26 @@ class UsageWriter:
             else:
                 self._unwritten += 1
                 accepted = True
+            self._changed(dropped=0 if accepted else 1)
         if not accepted:
             self._report_drops()
         return accepted
+
+    def watch(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(depth, newly_dropped)`` after every change to the queue.
+
+        It runs under the writer's lock (so calls arrive in order) and must be quick;
+        an exception in it is logged, never passed on.
+        """
+        self._watchers.append(callback)
+
+    def _changed(self, dropped: int) -> None:
+        # Called with self._lock held.
+        for callback in self._watchers:
+            try:
+                callback(self._unwritten, dropped)
+            except Exception:
+                log.exception("usage watcher failed")
 
     @property
     def depth(self) -> int:
@@ -220,6 +239,7 @@ class UsageWriter:
                 self.dropped += count
             else:
                 self.written += count
+            self._changed(dropped=count if dropped else 0)
             self._idle.notify_all()
 
     def _run(self) -> None:
@@ -269,6 +289,7 @@ class UsageWriter:
             with self._lock:
                 lost, self._unwritten = self._unwritten, 0
                 self.dropped += lost
+                self._changed(dropped=lost)
             log.error("usage records lost at stop: the database did not take them in time",
                       extra={"fields": {"lost": lost, "timeout_s": timeout}})
         self._report_drops(force=True)

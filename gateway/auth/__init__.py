@@ -8,10 +8,16 @@ key (``X-API-Key`` or ``Authorization: Bearer <key>``) or a JWT from
 Every credential presented must be valid: a good key next to a bad token is a 401.
 Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
 :mod:`gateway.store`); a JWT counts only while the key it names is active.
+
+``METRICS_TOKEN`` is not an API key: it is accepted only on the endpoints in
+:data:`METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
+as the request's one credential. Anywhere else it is an unknown key (401).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 
@@ -38,6 +44,9 @@ PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
         ("auth.issue_token", "POST"),
     }
 )
+# (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
+METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
+METRICS_SCRAPER_ID = "metrics-scraper"
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class Caller:
     """Who is calling: a key id (never the secret) and how they proved it."""
 
     id: str
-    via: str  # "api_key" or "jwt"
+    via: str  # "api_key", "jwt" or "metrics_token"
 
 
 def is_preflight() -> bool:
@@ -102,6 +111,26 @@ def _from_authorization(header: str) -> Caller:
     return Caller(subject, "jwt")
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def _from_metrics_token() -> Caller | None:
+    """The scraper, when ``Bearer <METRICS_TOKEN>`` is the only credential on a metrics endpoint."""
+    expected: bytes | None = current_app.extensions["gateway.metrics_token"]
+    if expected is None or (request.endpoint, request.method) not in METRICS_TOKEN_ENDPOINTS:
+        return None
+    if "X-API-Key" in request.headers:
+        return None  # two credentials: each must be a valid key, as everywhere else
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    # Digests of equal length: the comparison time says nothing about the token, not even its length.
+    if hmac.compare_digest(_digest(value.strip()), expected):
+        return Caller(METRICS_SCRAPER_ID, "metrics_token")
+    return None
+
+
 def authenticate() -> Caller:
     """Resolve the caller from the request's credentials.
 
@@ -128,7 +157,7 @@ def require_credentials() -> None:
     g.caller = None
     if is_public():
         return
-    g.caller = authenticate()
+    g.caller = _from_metrics_token() or authenticate()
 
 
 def _explain_development_secrets(settings: Settings) -> None:
@@ -158,5 +187,6 @@ def init_app(app: Flask) -> None:
         expires_in=settings.jwt_expires_in,
         leeway=settings.jwt_leeway,
     )
+    app.extensions["gateway.metrics_token"] = _digest(settings.metrics_token) if settings.metrics_token else None
     app.before_request(require_credentials)
     app.register_blueprint(blueprint)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g, request
 
-from gateway import observability, payload, quotas
+from gateway import metrics, observability, payload, quotas
 from gateway.auth import caller_key
 from gateway.body import request_body
 from gateway.errors import BadRequest, UnsupportedMediaType
@@ -85,8 +85,9 @@ def _view_for(op: Operation) -> Callable[[], Response]:
             reservation.settle(0)
             raise
         started = time.perf_counter()
-        # Only a stream outlives the request: its log line and usage row are made when it ends.
-        log_and_record = on_stream_end(observability.stream_logger(), started) if call.stream else None
+        # Only a stream outlives the request: its log line, usage row and metrics are made when it ends.
+        log_and_record = (metrics.on_stream_end(on_stream_end(observability.stream_logger(), started))
+                          if call.stream else None)
 
         def stream_ended(outcome: str) -> None:
             slot.release()

@@ -11,6 +11,17 @@ blueprint = Blueprint("meta", __name__)
 
 _AUTH_ANY_KEY = "X-API-Key or Authorization: Bearer <api key or JWT>"
 _AUTH_ADMIN = "the master key (X-API-Key or Authorization: Bearer), or a JWT minted from it"
+_AUTH_METRICS = _AUTH_ADMIN + ", or Authorization: Bearer <METRICS_TOKEN>"
+
+
+def _auth_of(endpoint: str, method: str) -> str:
+    from gateway import auth
+
+    if (endpoint, method) in auth.PUBLIC_ENDPOINTS:
+        return "none"
+    if (endpoint, method) in auth.METRICS_TOKEN_ENDPOINTS:
+        return _AUTH_METRICS
+    return _AUTH_ADMIN if endpoint.startswith("admin.") else _AUTH_ANY_KEY
 
 
 @blueprint.get("/health")
@@ -46,18 +57,17 @@ def _summary(endpoint: str) -> str:
 @blueprint.get("/")
 def index() -> Response:
     """This document: every endpoint with its method, auth and quotas."""
-    from gateway import auth, limits  # the route table is only complete once the app is built
+    from gateway import limits  # the route table is only complete once the app is built
 
     endpoints = []
     for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            public = (rule.endpoint, method) in auth.PUBLIC_ENDPOINTS
             entry = {
                 "method": method,
                 "path": rule.rule,
-                "auth": "none" if public else _AUTH_ADMIN if rule.endpoint.startswith("admin.") else _AUTH_ANY_KEY,
+                "auth": _auth_of(rule.endpoint, method),
                 "rate_limits": limits.describe(rule.endpoint),
                 "description": _summary(rule.endpoint),
             }

@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 PASSED_HEADERS = ("Retry-After",)
 _READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# How a stream that the upstream ended early is reported: outcome -> the error event's code.
+# The other outcomes are "completed" and "client_disconnected".
+STREAM_ERROR_CODES = {
+    "deadline_exceeded": "upstream_timeout",
+    "upstream_idle_timeout": "upstream_timeout",
+    "upstream_broke_off": "upstream_stream_error",
+}
 
 
 @dataclass(frozen=True)
@@ -175,8 +182,9 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
     """Yield whole SSE events as the upstream sends them.
 
     Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off,
-    stalls beyond the read timeout, or runs past the deadline. Closing the generator
-    (the client went away) closes the upstream connection at once.
+    stalls beyond the read timeout, or runs past the deadline (:data:`STREAM_ERROR_CODES`).
+    Closing the generator (the client went away) closes the upstream connection at once.
+    ``on_end`` gets the outcome either way.
     """
     framer = EventFramer()
     outcome = "completed"
@@ -184,17 +192,17 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
         while True:
             if time.monotonic() > limits.deadline:
                 outcome = "deadline_exceeded"
-                yield error_event("The stream exceeded the gateway's maximum duration.", code="upstream_timeout")
+                yield error_event("The stream exceeded the gateway's maximum duration.", code=STREAM_ERROR_CODES[outcome])
                 return
             try:
                 data = _read_chunk(upstream)
             except urllib3.exceptions.ReadTimeoutError:
                 outcome = "upstream_idle_timeout"
-                yield error_event("The AI backend stopped sending.", code="upstream_timeout")
+                yield error_event("The AI backend stopped sending.", code=STREAM_ERROR_CODES[outcome])
                 return
             except _READ_ERRORS:
                 outcome = "upstream_broke_off"
-                yield error_event("The AI backend ended the stream early.")
+                yield error_event("The AI backend ended the stream early.", code=STREAM_ERROR_CODES[outcome])
                 return
             if not data:
                 break

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, Settings, load
+from gateway.config import SECRET_FIELDS, ConfigError, Settings, load
 
 STRONG = "s" * 40
 STRONG2 = "t" * 40
@@ -55,6 +55,16 @@ def test_environment_is_read(tmp_path: Path) -> None:
     assert (s.max_request_bytes, s.trusted_proxy_count) == (1024, 1)
 
 
+def test_metrics_settings(tmp_path: Path) -> None:
+    keys = {"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2}
+    s = load(environ={**keys, "METRICS_TOKEN": "scrape-me", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")},
+             env_file=str(tmp_path / "none"))
+    assert (s.metrics_token, s.prometheus_multiproc_dir) == ("scrape-me", str(tmp_path / "m"))
+    assert "metrics_token" in SECRET_FIELDS
+    unset = load(environ=keys, env_file=str(tmp_path / "none"))
+    assert (unset.metrics_token, unset.prometheus_multiproc_dir) == ("", "")
+
+
 def test_app_env_is_accepted_for_production(tmp_path: Path) -> None:
     s = load(environ={"APP_ENV": "production", "MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2},
              env_file=str(tmp_path / "none"))
@@ -96,6 +106,10 @@ def test_explicit_base_url_wins(tmp_path: Path) -> None:
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_ON_STORAGE_ERROR": "maybe"},
          "RATE_LIMIT_ON_STORAGE_ERROR"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_CONCURRENT": "-1"}, "RATE_LIMIT_CONCURRENT"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "METRICS_TOKEN": "short-metrics-token"}, "METRICS_TOKEN"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "METRICS_TOKEN": STRONG + " " + STRONG2}, "METRICS_TOKEN"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "PROMETHEUS_MULTIPROC_DIR": __file__},
+         "PROMETHEUS_MULTIPROC_DIR"),
     ],
 )
 def test_production_refuses_bad_config_naming_the_variable(tmp_path: Path, environ: dict, names: str) -> None:

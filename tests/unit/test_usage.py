@@ -137,6 +137,21 @@ def test_a_full_queue_counts_and_logs_its_drops(engine: Engine, writers, monkeyp
     assert sum(r.fields["dropped"] for r in final) == 14 and final[-1].fields["dropped_total"] == 14
 
 
+def test_a_watcher_follows_depth_and_drops_in_order(engine: Engine, writers, monkeypatch) -> None:
+    writer = UsageWriter(engine, queue_size=2, batch_size=10, interval=0.01)
+    writers.append(writer)
+    seen: list[tuple[int, int]] = []
+    writer.watch(lambda depth, dropped: seen.append((depth, dropped)))
+    writer.watch(lambda depth, dropped: 1 / 0)  # a broken watcher is logged, never passed on
+    monkeypatch.setattr(writer, "_start", lambda: None)  # no writer thread yet: the queue only fills
+    assert [writer.record(_record(i)) for i in range(3)] == [True, True, False]
+    assert seen == [(1, 0), (2, 0), (2, 1)]
+    monkeypatch.undo()
+    writer._start()
+    assert writer.flush(timeout=5)
+    assert seen[-1] == (0, 0) and sum(dropped for _, dropped in seen) == writer.dropped == 1
+
+
 def test_stop_flushes_everything_queued(engine: Engine) -> None:
     writer = UsageWriter(engine, interval=30)  # batches would wait 30 s: only the stop writes them
     for i in range(25):
