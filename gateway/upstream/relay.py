@@ -168,10 +168,38 @@ def to_response(
             upstream.close()
 
 
+class StreamBody:
+    """The response body of a stream. Closing it before its first event (the server
+    gave up on the response, or a hook failed after the view) still closes the
+    upstream and runs the stream-end callback, which a generator that never started
+    would not do; so no concurrency slot, gauge or usage row is left open."""
+
+    def __init__(self, upstream: UpstreamResponse, events: Iterator[bytes], on_end: Callable[[str], None]) -> None:
+        self._upstream = upstream
+        self._events = events
+        self._on_end = on_end
+        self._started = False
+
+    def __iter__(self) -> StreamBody:
+        return self
+
+    def __next__(self) -> bytes:
+        self._started = True
+        return next(self._events)
+
+    def close(self) -> None:
+        if self._started:
+            self._events.close()
+        else:
+            self._started = True
+            self._upstream.close()
+            self._on_end("client_disconnected")
+
+
 def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None],
                      tap: StreamUsageTap | None) -> Response:
-    response = Response(stream_events(upstream, limits, on_end, tap), status=200, mimetype="text/event-stream",
-                        direct_passthrough=True)
+    body = StreamBody(upstream, stream_events(upstream, limits, on_end, tap), on_end)
+    response = Response(body, status=200, mimetype="text/event-stream", direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response

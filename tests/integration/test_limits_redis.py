@@ -175,3 +175,4 @@ def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
     assert not slots.acquire("key:x", "b", 1, ttl=0.2)
     time.sleep(0.3)  # a crashed worker never released "a"
     assert slots.acquire("key:x", "c", 1, ttl=0.2)
+
