@@ -20,7 +20,8 @@ import uuid
 from typing import Any, Protocol
 
 from gateway.config import Settings
-from gateway.errors import ConcurrencyLimited, LimitStorageUnavailable
+from gateway.errors import ConcurrencyLimited
+from gateway.outage import on_store
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,8 @@ class InFlight:
         if not self.limit:
             return Slot(None, key, "")
         token = uuid.uuid4().hex
-        backend: _Backend = self._shared or self.local
-        try:
-            taken = backend.acquire(key, token, self.limit, self.ttl)
-        except Exception:
-            if not self._fail_open:
-                raise LimitStorageUnavailable() from None
-            backend = self.local
-            taken = backend.acquire(key, token, self.limit, self.ttl)
+        backend, taken = on_store(self._shared, self.local, self._fail_open,
+                                  lambda store: store.acquire(key, token, self.limit, self.ttl))
         if not taken:
             raise ConcurrencyLimited(headers={"Retry-After": "1"})
         return Slot(backend, key, token)

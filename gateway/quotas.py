@@ -45,7 +45,8 @@ from flask import current_app, g
 
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
-from gateway.errors import BadRequest, Forbidden, GatewayError, LimitStorageUnavailable
+from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.outage import on_store
 from gateway.store.keys import KeyRecord
 
 log = logging.getLogger(__name__)
@@ -238,14 +239,8 @@ class TokenLedger:
             return NO_RESERVATION
         now = time.time()
         keys, limits, ttls = self._keys(policy, now)
-        backend: Any = self._shared or self.local
-        try:
-            held = backend.reserve(keys, limits, ttls, amount, flexible)
-        except Exception:
-            if not self._fail_open:
-                raise LimitStorageUnavailable() from None
-            backend = self.local
-            held = backend.reserve(keys, limits, ttls, amount, flexible)
+        backend, held = on_store(self._shared, self.local, self._fail_open,
+                                 lambda store: store.reserve(keys, limits, ttls, amount, flexible))
         if held < 0:
             counter, limit = policy.token_limits[-held - 1]
             resets_in = window_of(counter, now)[1]

@@ -137,3 +137,12 @@ def test_an_unresponsive_redis_never_hangs_a_request(make_app, policy) -> None:
         assert ready.status_code == 503 and took < 2 * TIMEOUT + 1
     finally:
         hole.close()
+
+
+def test_open_policy_keeps_concurrency_slots_in_the_process(make_app, own_redis) -> None:
+    client = make_app(rate_limit_storage_uri=own_redis.url, rate_limit_on_storage_error="open",
+                      rate_limit_storage_timeout=TIMEOUT, rate_limit_concurrent=1).test_client()
+    own_redis.stop()
+    for _ in range(3):  # each slot is taken in the process and released: no 5xx, no stuck slot
+        assert client.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 200
+    assert client.application.extensions["gateway.inflight"].local.count("key:master") == 0
