@@ -251,17 +251,19 @@ class TokenLedger:
             )
         return Reservation(self, backend, keys, held)
 
-    def remaining(self, policy: CallerPolicy) -> dict[str, dict[str, int]]:
-        """Each counter's limit, remaining tokens and seconds to reset (for ``/api/usage``)."""
+    def remaining(self, policy: CallerPolicy) -> dict[str, dict[str, int] | None]:
+        """Each counter's limit, remaining tokens and seconds to reset (for ``/api/usage``);
+        ``None`` for a counter whose store does not answer."""
         now = time.time()
         keys, limits, _ = self._keys(policy, now)
         backend: Any = self._shared or self.local
-        figures = {}
+        figures: dict[str, dict[str, int] | None] = {}
         for (counter, limit), key in zip(policy.token_limits, keys, strict=True):
             try:
                 used = backend.used(key)
-            except Exception:
-                used = self.local.used(key)
+            except Exception:  # the store is down: say so rather than show this process's count
+                figures[counter] = None
+                continue
             figures[counter] = {"limit": limit, "remaining": max(0, limit - used),
                                 "resets_in": window_of(counter, now)[1]}
         return figures

@@ -13,12 +13,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway import payload
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
-from gateway.body import request_body
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable, UnsupportedMediaType
+from gateway.body import json_object_body
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from gateway.routes.usage import admin_report
 from gateway.store.key_fields import FieldError
 
@@ -53,12 +52,7 @@ def _database_unavailable(error: SQLAlchemyError) -> Any:
 
 def _json_body() -> dict[str, Any]:
     """:raises 415: not declared as JSON. :raises 400: not a JSON object."""
-    if not payload.is_json_content_type(request.content_type):
-        raise UnsupportedMediaType()
-    try:
-        return payload.parse_object(request_body())
-    except payload.PayloadError as error:
-        raise BadRequest(str(error)) from None
+    return json_object_body()[1]
 
 
 def _invalid(error: FieldError) -> BadRequest:

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g
 
-from gateway import metrics, observability, payload, quotas
+from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
-from gateway.body import request_body
-from gateway.errors import BadRequest, UnsupportedMediaType
+from gateway.body import json_object_body
+from gateway.errors import BadRequest
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
@@ -45,13 +45,7 @@ def read_request(op: Operation) -> ClientCall:
     """
     if not op.has_body:
         return ClientCall()
-    if not payload.is_json_content_type(request.content_type):
-        raise UnsupportedMediaType()
-    raw = request_body()
-    try:
-        document = payload.parse_object(raw)
-    except payload.PayloadError as error:
-        raise BadRequest(str(error)) from None
+    raw, document = json_object_body()
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream", error_code="invalid_type")

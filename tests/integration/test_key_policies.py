@@ -175,3 +175,16 @@ def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -
     statuses = [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(12)]
     # Each call uses 12 (the fake's usage): 9 calls bring the counter to 108, then nothing is left.
     assert statuses == [200] * 9 + [429] * 3
+
+
+def test_remaining_says_unknown_when_the_store_is_down() -> None:
+    from gateway.quotas import TokenLedger
+
+    class Down:
+        def used(self, key: str) -> int:
+            raise ConnectionError("down")
+
+    policy = CallerPolicy("key_x", "1 per minute", "1 per minute", None, None, (("tokens_per_day", 100),))
+    assert TokenLedger("p", Down(), fail_open=True).remaining(policy) == {"tokens_per_day": None}  # type: ignore[arg-type]
+    figures = TokenLedger("p", None, fail_open=True).remaining(policy)
+    assert figures["tokens_per_day"]["remaining"] == 100
