@@ -1,10 +1,11 @@
 """Usage accounting: one row per AI request, written off the request's path.
 
 :meth:`UsageWriter.record` only puts a :class:`UsageRecord` on a bounded in-memory
-queue and returns; it never waits for the database. One background thread per
-worker process (started on the first record, so after gunicorn's fork) writes the
-queue in batches: every ``USAGE_BATCH_SECONDS`` (0.5) or :data:`BATCH_SIZE` rows,
-whichever comes first, one multi-row ``INSERT`` each. The queue holds
+queue and returns; it never waits for the database, and it does not wake the
+writer either (a wake-up per request would cost a thread switch per request). One
+background thread per worker process (started on the first record, so after
+gunicorn's fork) writes the queue in batches: every ``USAGE_BATCH_SECONDS`` (0.5),
+or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The queue holds
 ``USAGE_QUEUE_SIZE`` (10,000) records.
 
 - A full queue drops the new record, counts it (:attr:`UsageWriter.dropped`) and
@@ -27,12 +28,12 @@ import atexit
 import dataclasses
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Flask, Response, current_app, g
@@ -53,7 +54,6 @@ DROP_LOG_INTERVAL_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
 
 _INSERT_USAGE = insert(usage)
-_WAKE = object()  # put on the queue to make the writer stop waiting for a fuller batch
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class UsageRecord:
     tokens_estimated: bool = False
 
     def row(self) -> dict[str, object]:
-        values = asdict(self)
+        values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
         # Column widths are enforced here, so a long model name cannot fail a whole batch.
         values["operation"] = self.operation[:OPERATION_LENGTH]
         values["model"] = self.model[:MODEL_LENGTH] if self.model is not None else None
@@ -107,7 +107,8 @@ class UsageWriter:
     def _reset(self) -> None:
         """Fresh state for this process (a forked child must not write its parent's rows)."""
         self._pid = os.getpid()
-        self._queue: queue.Queue[object] = queue.Queue(self.queue_size)
+        self._queue: deque[UsageRecord] = deque()  # bounded by record(), under the lock
+        self._wakeup = threading.Event()  # a full batch waits, or flush/stop asks
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._unwritten = 0  # accepted, not yet written or given up
@@ -124,15 +125,15 @@ class UsageWriter:
         if self._thread is None:
             self._start()
         with self._lock:
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
+            accepted = len(self._queue) < self.queue_size
+            if accepted:
+                self._queue.append(item)
+                self._unwritten += 1
+                if len(self._queue) == self.batch_size:
+                    self._wakeup.set()
+            else:
                 self.dropped += 1
                 self._unreported_drops += 1
-                accepted = False
-            else:
-                self._unwritten += 1
-                accepted = True
             self._changed(dropped=0 if accepted else 1)
         if not accepted:
             self._report_drops()
@@ -179,23 +180,13 @@ class UsageWriter:
 
     # --- the writer thread -----------------------------------------------------------
     def _collect(self) -> list[UsageRecord]:
-        """Wait for a first record, then gather more until the batch is full or the interval ends."""
-        try:
-            first = self._queue.get(timeout=self.interval)
-        except queue.Empty:
-            return []
-        batch = [] if first is _WAKE else [first]
-        deadline = time.monotonic() + self.interval
-        while len(batch) < self.batch_size and first is not _WAKE:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _WAKE:
-                break
-            batch.append(item)
-        return batch  # type: ignore[return-value]
+        """The next batch: at once when a full one waits, else after the interval (or
+        sooner when flush/stop wakes the writer), whatever has arrived by then."""
+        if len(self._queue) < self.batch_size:
+            self._wakeup.wait(self.interval)
+        self._wakeup.clear()
+        count = min(len(self._queue), self.batch_size)
+        return [self._queue.popleft() for _ in range(count)]
 
     def _insert(self, batch: list[UsageRecord]) -> None:
         # executemany with one statement compiled once and cached (SQLAlchemy batches it
@@ -258,10 +249,7 @@ class UsageWriter:
 
     # --- stopping ----------------------------------------------------------------------
     def _wake(self) -> None:
-        try:
-            self._queue.put_nowait(_WAKE)
-        except queue.Full:
-            pass  # the writer has plenty to do and will not wait for more
+        self._wakeup.set()
 
     def flush(self, timeout: float) -> bool:
         """Write everything queued so far; ``True`` when done within ``timeout`` seconds."""
