@@ -15,7 +15,6 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app, g, json
-from flask_limiter import RateLimitExceeded
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
@@ -187,10 +186,6 @@ def _render_http_exception(error: HTTPException) -> Response:
         error_type, code = error.error_type, error.error_code
         param = error.param
         message = error.description
-    elif isinstance(error, RateLimitExceeded):
-        error_type, code = _HTTP_TYPES[429]
-        param = None
-        message = f"Rate limit exceeded: {error.description}. Retry after the time in Retry-After."
     else:
         error_type, code = _HTTP_TYPES.get(status, ("api_error" if status >= 500 else "invalid_request_error", None))
         param = None
@@ -200,7 +195,7 @@ def _render_http_exception(error: HTTPException) -> Response:
 
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
-    # flask-limiter falls back to per-process counting and never gets here).
+    # gateway.limits falls back to per-process counting and never gets here).
     current_app.extensions["gateway.limits.health"].failed()
     return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
 

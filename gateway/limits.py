@@ -1,4 +1,4 @@
-"""Quotas through flask-limiter.
+"""Quotas: flask-limiter's store and strategy, applied per request by our own hook.
 
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
   the probes and scrapes given to :func:`exempt` (``/health``, ``/health/ready``,
@@ -16,33 +16,60 @@ Counters live where ``RATE_LIMIT_STORAGE_URI`` says: ``memory://`` (one process)
 Redis (shared by every worker of every instance). When the store fails,
 ``RATE_LIMIT_ON_STORAGE_ERROR`` decides: ``closed`` answers 503; ``open`` serves,
 counting per process until the store is back, and reports it on ``/health/ready``.
+
+flask-limiter builds the store and the window strategy from those settings, keeps
+the per-process fallback strategy, and checks the auth-failure limit on
+``/auth/token`` (its ``deduct_when``). The per-caller quotas every other request pays
+for are hit by :func:`_hold_to_quotas` directly on flask-limiter's strategy
+(``limiter.limiter``), and flask-limiter's own check is filtered out for those
+requests: its per-request work of finding which limits apply (blueprints,
+exemption scopes, dynamic limit providers parsed again each time) cost about
+0.3 ms per request, several times the counting itself (see docs/benchmarks.md).
+The counters, their keys and the strategies are the same. While the store is down
+(``open``), :meth:`Quotas.strategy` probes it with a growing interval (0.5 s up to
+30 s; ``/health/ready`` probes at once) and moves counting back when it answers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app
-from flask_limiter import Limiter, RequestLimit
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limiter
+from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
+from limits.strategies import RateLimiter
 
 from gateway import auth, quotas
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
+from gateway.errors import GatewayError
 from gateway.inflight import InFlight
 from gateway.routes.ai import blueprint as ai_blueprint
 from gateway.routes.meta import health, ready
 
 log = logging.getLogger(__name__)
 
+GENERAL_SCOPE = "global"
 AI_SCOPE = "ai"
 AUTH_FAILURE_SCOPE = "auth-failures"
 GENERAL_POLICY = "general"
+PROBE_MIN_SECONDS = 0.5
+PROBE_MAX_SECONDS = 30.0
 EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
                    "RateLimit", "RateLimit-Policy")
+
+
+class RateLimited(GatewayError):
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "gateway_rate_limited"
+    description = "Rate limit exceeded. Retry after the time in Retry-After."
 
 
 def _failed_attempt(response: Response) -> bool:
@@ -86,49 +113,169 @@ class StorageHealth:
             self.down_since = None
 
 
-def policy_name(limit: RequestLimit) -> str:
-    """The quota's name as the headers show it: ``general``, ``ai`` or ``auth-failures``."""
-    scope = limit.request_args[-1].rpartition(":")[2]
-    return GENERAL_POLICY if scope == "global" else scope
+@functools.lru_cache(maxsize=1024)
+def _items(text: str) -> tuple[RateLimitItem, ...]:
+    """A limit string (``"20 per 15 minutes; 5 per second"``) parsed once, not per request."""
+    return tuple(parse_many(text))
 
 
-def _tightest(limits: list[RequestLimit]) -> tuple[RequestLimit, int, int] | None:
-    """The limit closest to running out (a breached one first), with remaining and reset."""
-    best = None
-    for limit in limits:
-        remaining = 0 if limit.breached else limit.remaining
-        key = (not limit.breached, remaining)
-        if best is None or key < best[0]:
-            best = (key, limit, remaining, int(limit.reset_at))
-    return best[1:] if best else None
+@dataclass(slots=True)
+class Counted:
+    """One quota counter a request was held to, for the headers."""
+
+    policy: str  # the name the headers show: general, ai or auth-failures
+    item: RateLimitItem
+    args: tuple[str, ...]  # the counter's key parts (prefix, caller, scope)
+    breached: bool
+
+
+class Quotas:
+    """The app's quota state: flask-limiter's limiter, the store's health, exemptions."""
+
+    def __init__(self, limiter: Limiter, settings: Settings) -> None:
+        self.limiter = limiter
+        self.health = StorageHealth()
+        self.fail_open = settings.rate_limit_on_storage_error == "open"
+        self.prefix: tuple[str, ...] = (settings.rate_limit_key_prefix,) if settings.rate_limit_key_prefix else ()
+        self.exempt: set[str] = set()
+        self._probe_interval = PROBE_MIN_SECONDS
+        self._next_probe = 0.0
+
+    @property
+    def strategy(self) -> RateLimiter:
+        """The store's strategy, or the per-process fallback while the store is down (open)."""
+        if self.limiter._storage_dead:  # flask-limiter's flag: its fallback strategy is in use
+            self._probe()
+        return self.limiter.limiter
+
+    def _probe(self) -> None:
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        self._next_probe = now + self._probe_interval
+        self._probe_interval = min(self._probe_interval * 2, PROBE_MAX_SECONDS)
+        try:
+            answers = bool(self.limiter.storage.check())  # bounded by the store's socket timeout
+        except Exception:
+            answers = False
+        if answers:
+            self.back()
+
+    def back(self) -> None:
+        """The store answers again: count there from now on."""
+        self.limiter._storage_dead = False
+        self._probe_interval = PROBE_MIN_SECONDS
+        self._next_probe = 0.0
+
+    def store_failed(self) -> None:
+        """The store raised: log the outage once; with ``open``, count in the process
+        until flask-limiter's recovery probe (or ``/health/ready``) finds it back."""
+        self.health.failed()
+        if self.fail_open:
+            self.limiter._storage_dead = True  # flask-limiter's switch to its fallback strategy
+
+    def applicable(self, endpoint: str) -> list[tuple[str, str, str]]:
+        """(policy, limit string, scope) for the current caller at ``endpoint``."""
+        policy = quotas.caller_policy()
+        found = [(GENERAL_POLICY, policy.rate_limit_general, GENERAL_SCOPE)]
+        if endpoint.startswith(AI_ENDPOINT_PREFIX):
+            found.append((AI_SCOPE, policy.rate_limit_ai, AI_SCOPE))
+        return found
+
+
+AI_ENDPOINT_PREFIX = f"{ai_blueprint.name}."
+
+
+def _state() -> Quotas:
+    return current_app.extensions["gateway.quotas"]
+
+
+def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> list[Counted]:
+    counted: list[Counted] = []
+    for name, text, scope in state.applicable(endpoint):
+        args = (*state.prefix, key, scope)
+        for item in _items(text):
+            counted.append(Counted(name, item, args, False))
+    # Like flask-limiter: the shortest window first, and no further counting after a breach.
+    counted.sort(key=lambda each: each.item)
+    for index, each in enumerate(counted):
+        if not strategy.hit(each.item, *each.args):
+            each.breached = True
+            return counted[: index + 1]
+    return counted
+
+
+def _hold_to_quotas() -> None:
+    """``before_request``: count the request against the caller's general (and AI) quota."""
+    endpoint = request.endpoint
+    if not endpoint or auth.is_preflight():
+        return
+    state = _state()
+    if endpoint in state.exempt:
+        return
+    key = auth.caller_key()
+    try:
+        counted = _hit_all(state, state.strategy, endpoint, key)
+    except StorageError:
+        state.store_failed()
+        if not state.fail_open:
+            raise  # errors.py answers 503
+        counted = _hit_all(state, state.strategy, endpoint, key)
+    g.quotas_counted = counted
+    if counted and counted[-1].breached:
+        breached = counted[-1]
+        g.quota_breached = breached.policy
+        raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
+                          "Retry after the time in Retry-After.")
+
+
+def breached_policy() -> str | None:
+    """The quota that refused the current request (for metrics), if one did."""
+    if "quota_breached" in g:
+        return g.quota_breached
+    for limit in current_app.extensions["gateway.limiter"].current_limits:
+        if limit.breached:
+            return AUTH_FAILURE_SCOPE
+    return None
+
+
+def _window(strategy: RateLimiter, each: Counted) -> tuple[int, int]:
+    """(remaining, reset_at) of a counter."""
+    reset, remaining = strategy.get_window_stats(each.item, *each.args)
+    return (0 if each.breached else remaining), int(reset + 1)
 
 
 def _rate_limit_headers(response: Response) -> Response:
-    limiter: Limiter = current_app.extensions["gateway.limiter"]
-    health: StorageHealth = current_app.extensions["gateway.limits.health"]
+    state = _state()
+    limiter = state.limiter
     # flask-limiter switches to its in-memory fallback (open policy) by setting this flag.
     if getattr(limiter, "_storage_dead", False):
-        health.failed()
-    elif health.down_since is not None and response.status_code != 503:
-        health.recovered()
+        state.health.failed()
+    elif state.health.down_since is not None and response.status_code != 503:
+        state.health.recovered()
+    counted: list[Counted] = list(g.get("quotas_counted", ()))
+    for limit in limiter.current_limits:  # the auth-failure limit, checked by flask-limiter
+        counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))
+    if not counted:
+        return response
+    strategy = state.strategy
     try:
-        limits = limiter.current_limits
-        tightest = _tightest(limits)
+        windows = [_window(strategy, each) for each in counted]
     except StorageError:
         return response
-    if tightest is None:
-        return response
-    limit, remaining, reset_at = tightest
-    now = int(time.time())
-    window = limit.limit.get_expiry()
-    seconds_left = max(0, min(window, reset_at - now))
+    # The counter closest to running out (a breached one first).
+    index = min(range(len(counted)), key=lambda i: (not counted[i].breached, windows[i][0]))
+    tightest = counted[index]
+    remaining, reset_at = windows[index]
+    window = tightest.item.get_expiry()
+    seconds_left = max(0, min(window, reset_at - int(time.time())))
     headers = response.headers
-    headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+    headers["X-RateLimit-Limit"] = str(tightest.item.amount)
     headers["X-RateLimit-Remaining"] = str(remaining)
     headers["X-RateLimit-Reset"] = str(reset_at)
     headers["RateLimit-Policy"] = ", ".join(
-        f'"{policy_name(each)}";q={each.limit.amount};w={each.limit.get_expiry()}' for each in limits)
-    headers["RateLimit"] = f'"{policy_name(limit)}";r={remaining};t={seconds_left}'
+        f'"{each.policy}";q={each.item.amount};w={each.item.get_expiry()}' for each in counted)
+    headers["RateLimit"] = f'"{tightest.policy}";r={remaining};t={seconds_left}'
     if response.status_code == 429 and "Retry-After" not in headers:
         headers["Retry-After"] = str(max(1, seconds_left))
     return response
@@ -137,10 +284,10 @@ def _rate_limit_headers(response: Response) -> Response:
 def describe(endpoint: str) -> list[str]:
     """The quotas that apply to an endpoint, for ``GET /``."""
     settings = current_app.config["GATEWAY"]
-    if endpoint in current_app.extensions["gateway.limits.exempt"]:
+    if endpoint in _state().exempt:
         return []
     described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
-    if endpoint.startswith(f"{ai_blueprint.name}."):
+    if endpoint.startswith(AI_ENDPOINT_PREFIX):
         described.append(f"{settings.rate_limit_ai} per caller (all AI endpoints; a key may have its own)")
         if settings.rate_limit_concurrent:
             described.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
@@ -151,19 +298,18 @@ def describe(endpoint: str) -> list[str]:
 
 def storage_ready() -> bool:
     """Whether the quota store answers now (for ``/health/ready``)."""
-    limiter: Limiter = current_app.extensions["gateway.limiter"]
-    health: StorageHealth = current_app.extensions["gateway.limits.health"]
+    state = _state()
     try:
-        answers = bool(limiter.storage.check())
+        answers = bool(state.limiter.storage.check())
     except Exception:  # any client error means "not answering"; check() has a short timeout
         answers = False
     if answers:
-        health.recovered()
-        # flask-limiter re-checks a dead store only every 1-32 s; a store that answers
-        # a probe is back, so counting moves back to it now rather than later.
-        limiter._storage_dead = False
+        state.health.recovered()
+        # A store that answers a probe is back, so counting moves back to it now
+        # rather than at the next timed probe.
+        state.back()
     else:
-        health.failed()
+        state.health.failed()
     return answers
 
 
@@ -172,14 +318,13 @@ def exempt(app: Flask, view: Callable[..., Any], endpoint: str) -> None:
     infrastructure calls often and that never reach the upstream. Who may call it is
     still the auth hook's decision."""
     app.extensions["gateway.limiter"].exempt(view)
-    app.extensions["gateway.limits.exempt"].add(endpoint)
+    app.extensions["gateway.quotas"].exempt.add(endpoint)
 
 
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["GATEWAY"]
     limiter = Limiter(
         key_func=auth.caller_key,
-        application_limits=[quotas.general_limit],  # a key's own limit, else RATE_LIMIT_GENERAL
         storage_uri=settings.rate_limit_storage_uri,
         storage_options=storage_options(settings),
         strategy=settings.rate_limit_strategy,
@@ -189,12 +334,14 @@ def init_app(app: Flask) -> None:
         swallow_errors=False,
     )
     limiter.init_app(app)
-    limiter.request_filter(auth.is_preflight)
+    # flask-limiter checks only the auth-failure limit; _hold_to_quotas does the rest.
+    limiter.request_filter(lambda: not (request.blueprint == auth_blueprint.name and not auth.is_preflight()))
     app.extensions["gateway.limiter"] = limiter
-    app.extensions["gateway.limits.exempt"] = set()
+    state = app.extensions["gateway.quotas"] = Quotas(limiter, settings)
+    app.extensions["gateway.limits.health"] = state.health
+    app.before_request(_hold_to_quotas)
     exempt(app, health, "meta.health")
     exempt(app, ready, "meta.ready")
-    limiter.shared_limit(quotas.ai_limit, scope=AI_SCOPE, override_defaults=False)(ai_blueprint)
     limiter.limit(
         settings.rate_limit_auth_failures,
         key_func=auth.client_address,
@@ -203,6 +350,5 @@ def init_app(app: Flask) -> None:
         override_defaults=False,
     )(auth_blueprint)
     app.after_request(_rate_limit_headers)
-    app.extensions["gateway.limits.health"] = StorageHealth()
     app.extensions["gateway.inflight"] = InFlight.from_settings(settings, limiter.storage)
     app.extensions["gateway.tokens_ledger"] = quotas.TokenLedger.from_settings(settings, limiter.storage)

@@ -284,8 +284,7 @@ def _count_refusal(instruments: Instruments, code: str) -> None:
     if code.startswith("upstream_"):
         instruments.child(instruments.upstream_errors, code).inc()
     elif code == "gateway_rate_limited":
-        breached = current_app.extensions["gateway.limiter"].current_limit
-        kind = limits.policy_name(breached) if breached is not None else OTHER
+        kind = limits.breached_policy() or OTHER
         instruments.child(instruments.quota_rejections, kind).inc()
     elif code in QUOTA_CODES:
         instruments.child(instruments.quota_rejections, QUOTA_CODES[code]).inc()

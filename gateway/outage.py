@@ -1,6 +1,6 @@
 """The quota store's outage policy (``RATE_LIMIT_ON_STORAGE_ERROR``) for our own counters.
 
-flask-limiter applies the policy to the request quotas itself; the concurrency slots
+gateway.limits applies the policy to the request quotas (with flask-limiter's fallback); the concurrency slots
 (:mod:`gateway.inflight`) and token counters (:mod:`gateway.quotas`) apply it here:
 try the shared store; if it fails, ``closed`` answers 503 and ``open`` uses the
 process's own counters instead.

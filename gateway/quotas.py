@@ -340,17 +340,16 @@ def remaining_for_caller() -> dict[str, Any]:
     from limits import parse_many
 
     from gateway import auth
-    from gateway.limits import AI_SCOPE
+    from gateway.limits import AI_SCOPE, GENERAL_SCOPE
 
     policy = caller_policy()
-    limiter = current_app.extensions["gateway.limiter"]
-    prefix = current_app.config["GATEWAY"].rate_limit_key_prefix
+    state = current_app.extensions["gateway.quotas"]
     now = time.time()
     requests: dict[str, Any] = {}
-    for name, text, scope in (("general", policy.rate_limit_general, "global"), ("ai", policy.rate_limit_ai, AI_SCOPE)):
+    for name, text, scope in (("general", policy.rate_limit_general, GENERAL_SCOPE), ("ai", policy.rate_limit_ai, AI_SCOPE)):
         for item in parse_many(text):
             try:
-                reset, left = limiter.limiter.get_window_stats(item, prefix, auth.caller_key(), scope)
+                reset, left = state.strategy.get_window_stats(item, *state.prefix, auth.caller_key(), scope)
             except Exception:  # the store is down: say so rather than guess
                 requests[name] = None
                 break
