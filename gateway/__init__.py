@@ -5,12 +5,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
 
 from gateway import auth, cli, config, edge, errors, limits, metrics, observability, routes, store, upstream, usage
+
+
+class GatewayFlask(Flask):
+    """Flask, remembering which hooks and views need an async wrapper.
+
+    Flask asks ``inspect.iscoroutinefunction`` of every hook and view on every request
+    (a dozen per request here); the answer never changes, so it is worked out once.
+    """
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        cache: dict[Any, Callable[..., Any]] = self.__dict__.setdefault("_sync_callables", {})
+        try:
+            return cache[func]
+        except KeyError:
+            wrapped = cache[func] = super().ensure_sync(func)
+            return wrapped
+        except TypeError:  # an unhashable callable: ask every time, as Flask does
+            return super().ensure_sync(func)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -22,7 +40,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     :raises gateway.store.SchemaError: the database schema is not current (see :mod:`gateway.store`).
     """
     settings = config.load(overrides=overrides)
-    app = Flask(__name__)
+    app = GatewayFlask(__name__)
     app.config["GATEWAY"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RATELIMIT_ENABLED"] = True

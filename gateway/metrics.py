@@ -292,32 +292,34 @@ def _count_refusal(instruments: Instruments, code: str) -> None:
 
 def _observe(response: Response) -> Response:
     instruments: Instruments = current_app.extensions["gateway.metrics"]
+    ctx = g._get_current_object()  # one context lookup rather than one per attribute
+    req = request._get_current_object()  # type: ignore[attr-defined]
     status = response.status_code
-    rule = request.url_rule
+    rule = req.url_rule
     route = rule.endpoint if rule is not None else UNMATCHED
-    method = request.method if request.method in METHODS else OTHER
+    method = req.method if req.method in METHODS else OTHER
     instruments.child(instruments.requests, route, method, str(status)).inc()
-    started = g.get("started")
+    started = ctx.get("started")
+    upstream_ms = ctx.get("upstream_ms")
     if started is not None:
         elapsed = time.perf_counter() - started
         instruments.child(instruments.duration, route).observe(elapsed)
-        upstream_ms = g.get("upstream_ms")
         if upstream_ms is not None:
             operation = route.rpartition(".")[2]
             upstream = upstream_ms / 1000
             instruments.child(instruments.upstream, operation).observe(upstream)
             instruments.child(instruments.overhead, operation).observe(max(0.0, elapsed - upstream))
-    code = g.get("error_code")
+    code = ctx.get("error_code")
     if code is not None:
         _count_refusal(instruments, code)
-    elif status == 429 and "upstream_ms" in g:
+    elif status == 429 and upstream_ms is not None:
         # The upstream's own 429, passed through (its body may carry any code).
         instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
-    usage = g.get("usage")
+    usage = ctx.get("usage")
     if usage is not None:
-        caller = current_caller()
-        instruments.count_tokens(caller.id if caller else "unknown", g.get("model"), usage)
-    watch = g.get("metrics_stream")
+        caller = ctx.get("caller")
+        instruments.count_tokens(caller.id if caller else "unknown", ctx.get("model"), usage)
+    watch = ctx.get("metrics_stream")
     if watch is not None and response.is_streamed:
         watch.open = True
         instruments.child(instruments.streams_in_flight, watch.operation).inc()

@@ -56,6 +56,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure_logging(level: str) -> None:
     """Send the ``gateway`` loggers to stderr as JSON lines (once per process)."""
+    # Work logging does for every record that our JSON lines never show: the calling
+    # function's file and line (a stack walk) and multiprocessing's process name
+    # (see the logging HOWTO, "Optimization"). gunicorn's own lines keep their pid.
+    logging._srcfile = None
+    logging.logMultiprocessing = False
     logger = logging.getLogger("gateway")
     logger.setLevel(level.upper())
     if not any(getattr(h, "_gateway", False) for h in logger.handlers):
@@ -67,24 +72,28 @@ def configure_logging(level: str) -> None:
 
 
 def _start() -> None:
-    g.started = time.perf_counter()
+    ctx = g._get_current_object()  # one context lookup rather than one per attribute
+    ctx.started = time.perf_counter()
     presented = request.headers.get("X-Request-ID", "")
-    g.request_id = presented if _SAFE_REQUEST_ID.match(presented) else os.urandom(16).hex()
+    ctx.request_id = presented if _SAFE_REQUEST_ID.match(presented) else os.urandom(16).hex()
 
 
 def _fields(status: int) -> dict[str, Any]:
-    caller = auth.current_caller()
+    ctx = g._get_current_object()
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    caller = ctx.get("caller")
+    upstream_ms = ctx.get("upstream_ms")
     return {
-        "request_id": g.get("request_id"),
-        "method": request.method,
-        "path": request.path,
+        "request_id": ctx.get("request_id"),
+        "method": req.method,
+        "path": req.path,
         "status": status,
-        "duration_ms": round((time.perf_counter() - g.started) * 1000, 2),
-        "upstream_ms": round(g.upstream_ms, 2) if "upstream_ms" in g else None,
+        "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+        "upstream_ms": round(upstream_ms, 2) if upstream_ms is not None else None,
         "caller": caller.id if caller else None,
-        "model": g.get("model"),
-        "error": g.get("error_code"),
-        **_usage_fields(g.get("usage")),
+        "model": ctx.get("model"),
+        "error": ctx.get("error_code"),
+        **_usage_fields(ctx.get("usage")),
     }
 
 
@@ -96,13 +105,14 @@ def _usage_fields(usage: Usage | None) -> dict[str, Any]:
 
 
 def _finish(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.request_id
-    response.headers.setdefault("Cache-Control", "no-store")
+    headers = response.headers
+    headers["X-Request-ID"] = g.request_id
+    headers.setdefault("Cache-Control", "no-store")
     fields = _fields(response.status_code)
     timing = f"gateway;dur={fields['duration_ms']}"
     if fields["upstream_ms"] is not None:
         timing += f", upstream;dur={fields['upstream_ms']}"
-    response.headers["Server-Timing"] = timing
+    headers["Server-Timing"] = timing
     pending = g.get("stream_fields")
     if response.is_streamed and pending is not None:
         pending.update(fields)  # logged when the stream ends

@@ -40,7 +40,6 @@ from flask import Flask, Response, current_app, g
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from gateway import auth
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
 from gateway.upstream.accounting import Usage
 
@@ -314,24 +313,26 @@ def _token_fields(usage: Usage | None) -> dict[str, object]:
 
 
 def _pending(status: int, duration_ms: float, upstream_ms: float | None) -> UsageRecord:
-    caller = auth.current_caller()
+    ctx = g._get_current_object()  # one context lookup rather than one per attribute
+    caller = ctx.get("caller")
     return UsageRecord(
-        ts=g.usage_ts,
+        ts=ctx.usage_ts,
         key_id=caller.id if caller else "unknown",
-        operation=g.usage_operation,
-        model=g.get("model"),
+        operation=ctx.usage_operation,
+        model=ctx.get("model"),
         status=status,
         duration_ms=round(duration_ms, 2),
         upstream_ms=round(upstream_ms, 2) if upstream_ms is not None else None,
-        request_id=g.get("request_id"),
-        **_token_fields(g.get("usage")),  # type: ignore[arg-type]
+        request_id=ctx.get("request_id"),
+        **_token_fields(ctx.get("usage")),  # type: ignore[arg-type]
     )
 
 
 def _record_response(response: Response) -> Response:
-    if "usage_operation" in g and not response.is_streamed:
+    ctx = g._get_current_object()
+    if "usage_operation" in ctx and not response.is_streamed:
         writer: UsageWriter = current_app.extensions["gateway.usage"]
-        writer.record(_pending(response.status_code, (time.perf_counter() - g.started) * 1000, g.get("upstream_ms")))
+        writer.record(_pending(response.status_code, (time.perf_counter() - ctx.started) * 1000, ctx.get("upstream_ms")))
     return response
 
 
