@@ -3,8 +3,9 @@
 - ``TRUSTED_PROXY_COUNT`` > 0 wraps the app in Werkzeug's ProxyFix for that many
   hops of ``X-Forwarded-For/-Proto/-Host``; at 0 (the default) they are ignored.
 - CORS (flask-cors): exact origins from ``ALLOWED_ORIGINS``; unset means no
-  cross-origin access. Preflights need no credentials; error responses carry the
-  CORS headers too.
+  cross-origin access (flask-cors is then not registered at all: it would add
+  nothing, at a cost on every response). Preflights need no credentials; error
+  responses carry the CORS headers too.
 - Security headers (flask-talisman) for a JSON API. HTTPS redirects are opt-in
   (``FORCE_HTTPS``), never for ``/health``, and never for a write: a plain-HTTP
   POST gets a 403 rather than a redirect that would turn it into a GET.
@@ -38,14 +39,10 @@ def _refuse_plain_http_writes() -> None:
         raise HttpsRequired()
 
 
-def init_app(app: Flask) -> None:
-    settings = app.config["GATEWAY"]
-    if settings.trusted_proxy_count:
-        hops = settings.trusted_proxy_count
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+def _allow_origins(app: Flask, origins: tuple[str, ...]) -> None:
     CORS(
         app,
-        origins=list(settings.allowed_origins),
+        origins=list(origins),
         allow_headers=list(ALLOWED_REQUEST_HEADERS),
         expose_headers=list(EXPOSED_RESPONSE_HEADERS),
         methods=["GET", "POST", "OPTIONS"],
@@ -53,6 +50,15 @@ def init_app(app: Flask) -> None:
         max_age=600,
         allow_private_network=False,
     )
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["GATEWAY"]
+    if settings.trusted_proxy_count:
+        hops = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    if settings.allowed_origins:
+        _allow_origins(app, settings.allowed_origins)
     if settings.force_https:
         app.before_request(_refuse_plain_http_writes)
     talisman = Talisman(

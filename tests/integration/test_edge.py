@@ -68,6 +68,9 @@ def test_no_origins_configured_means_no_cross_origin_access(client) -> None:
     response = client.post("/api/ai/completion", json=BODY, headers={**KEY_HEADERS, "Origin": ORIGIN})
     assert response.status_code == 200
     assert "Access-Control-Allow-Origin" not in response.headers
+    preflight = client.options("/api/ai/completion", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code < 400
+    assert not [name for name in preflight.headers.keys() if name.lower().startswith("access-control-")]
 
 
 @pytest.mark.parametrize("path", ["/", "/health", "/api/ai/completion", "/nope"])
