@@ -49,7 +49,7 @@ def measure(label: str, overrides: dict[str, Any], limiter_on: bool) -> dict[str
                 "ai_api_url": f"http://{run.HOST}:{run.PORTS['upstream']}/v1/completions",
                 "database_url": overrides.pop("database_url"), "log_level": "WARNING", **overrides}
     app = create_app(settings)
-    app.extensions["gateway.limiter"].enabled = limiter_on  # off: flask-limiter applies no limit at all
+    app.extensions["gateway.limiter"].enabled = limiter_on  # off: no quota is counted (gateway.limits honours it too)
     body = json.dumps(run.LOAD_BODY).encode()
 
     def one() -> None:

@@ -211,7 +211,7 @@ def _hold_to_quotas() -> None:
     if not endpoint or auth.is_preflight():
         return
     state = _state()
-    if endpoint in state.exempt:
+    if endpoint in state.exempt or not state.limiter.enabled:  # flask-limiter's switch (RATELIMIT_ENABLED)
         return
     key = auth.caller_key()
     try:
