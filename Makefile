@@ -27,7 +27,7 @@ demo: $(STAMP)
 	AI_API_URL=http://127.0.0.1:8768/v1/completions MASTER_API_KEY=your-master-key \
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Benchmark: the bench upstream direct vs through the gateway (~10 min); writes
+## Benchmark: the bench upstream direct vs through the gateway, memory:// and Redis quotas (~15 min); writes
 ## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png. See bench/run.py.
 ## Extra options for bench/run.py go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 15".
 BENCH_VENV  := bench/.venv
@@ -55,7 +55,7 @@ bench: $(STAMP) $(BENCH_STAMP) bench-tools
 ## (installs both into the git-ignored bench/.peers/ first); writes bench/results/peers.json.
 bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
 	bash bench/peers/install.sh
-	$(BENCH_RUN) --targets direct,gateway,litellm,portkey --repeats 1 --slow-rounds 1 \
+	$(BENCH_RUN) --targets direct,gateway,gateway-redis,litellm,portkey --repeats 1 --slow-rounds 1 \
 	  --out bench/results/peers.json $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python -m bench.report
 

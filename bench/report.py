@@ -32,6 +32,17 @@ def num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def gateways(data: dict) -> list[str]:
+    """The gateway targets in a results file: "gateway", and "gateway-redis" when it was measured
+    (files from before that target have only "gateway")."""
+    return [n for n in ("gateway", "gateway-redis") if n in data["targets"]]
+
+
+def store_cpu(summary: dict, digits: int = 3) -> str:
+    """The quota store's (Redis's) CPU per request, for targets that have one."""
+    return fmt(summary.get("store_cpu_ms_per_request"), digits)
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -60,82 +71,102 @@ def machine_section(data: dict) -> list[str]:
 
 
 def settings_section(data: dict) -> list[str]:
-    settings = data["targets"].get("gateway", {}).get("settings", {})
-    rows = [[f"`{k}`", f"`{v}`" if not isinstance(v, str) or not v.startswith("<") else v]
-            for k, v in settings.items()]
-    return table(["setting", "value"], rows)
+    names = gateways(data)
+    per_name = [data["targets"][n].get("settings", {}) for n in names]
+    keys = list(dict.fromkeys(k for settings in per_name for k in settings))
+
+    def cell(settings: dict, key: str) -> str:
+        if key not in settings:
+            return "–"
+        value = settings[key]
+        return f"`{value}`" if not isinstance(value, str) or not value.startswith("<") else value
+
+    rows = [[f"`{k}`"] + [cell(settings, k) for settings in per_name] for k in keys]
+    return table(["setting"] + (names if len(names) > 1 else ["value"]), rows)
 
 
 def load_section(data: dict) -> list[str]:
     direct = data["targets"]["direct"]["load"]
-    gateway = data["targets"]["gateway"]["load"]
+    names = gateways(data)
     rows = []
     for conns in data["config"]["connections"]:
-        d, g = direct[str(conns)]["summary"], gateway[str(conns)]["summary"]
-        for name, s in (("direct", d), ("gateway", g)):
+        for name in ["direct", *names]:
+            s = data["targets"][name]["load"][str(conns)]["summary"]
             rows.append([str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"], 3), fmt(s["p90_ms"], 3), fmt(s["p99_ms"], 3),
                          str(s["errors"])])
     lines = table(["connections", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
     lines += ["", "The gateway's added latency (median of medians):", ""]
     rows = []
     for conns in data["config"]["connections"]:
-        d, g = direct[str(conns)]["summary"], gateway[str(conns)]["summary"]
-        row = [str(conns)]
-        for key in ("p50_ms", "p90_ms", "p99_ms"):
-            dm, gm = med(d[key]), med(g[key])
-            row.append(f"+{gm - dm:,.2f} ms (×{gm / dm:,.0f})" if dm and gm else "–")
-        row.append(f"{med(g['rps']) / med(d['rps']) * 100:.1f} %" if med(d["rps"]) else "–")
-        rows.append(row)
-    lines += table(["connections", "added p50", "added p90", "added p99", "gateway req/s as % of direct"], rows)
+        d = direct[str(conns)]["summary"]
+        for name in names:
+            g = data["targets"][name]["load"][str(conns)]["summary"]
+            row = [str(conns), name]
+            for key in ("p50_ms", "p90_ms", "p99_ms"):
+                dm, gm = med(d[key]), med(g[key])
+                row.append(f"+{gm - dm:,.2f} ms (×{gm / dm:,.0f})" if dm and gm else "–")
+            row.append(f"{med(g['rps']) / med(d['rps']) * 100:.1f} %" if med(d["rps"]) else "–")
+            rows.append(row)
+    lines += table(["connections", "target", "added p50", "added p90", "added p99", "req/s as % of direct"], rows)
     return lines
 
 
 def cost_section(data: dict) -> list[str]:
-    gateway = data["targets"]["gateway"]
     direct = data["targets"]["direct"]
+    names = gateways(data)
+    redis = "gateway-redis" in names  # the Redis columns only when it was measured
     rows = []
     for conns in data["config"]["connections"]:
-        g = gateway["load"][str(conns)]["summary"]
         d = direct["load"][str(conns)]["summary"]
-        rows.append([str(conns), fmt(g["cpu_ms_per_request"], 3), fmt(g["cpu_utilisation"], 2),
-                     fmt(g["upstream_cpu_utilisation"], 2), fmt(g["rss_peak_mb"], 1),
-                     fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign"), 2), fmt(d.get("foreign"), 2)])
-    return table(["connections", "gateway CPU ms / request", "gateway CPU use (cores)",
-                  "upstream CPU use during the run (cores)", "gateway peak RSS MB", "upstream CPU ms / request (direct)",
-                  "other processes on core 0, gateway runs (cores)",
-                  "other processes on core 1, direct runs (cores)"], rows)
+        for name in names:
+            g = data["targets"][name]["load"][str(conns)]["summary"]
+            rows.append([str(conns), name, fmt(g["cpu_ms_per_request"], 3), *([store_cpu(g)] if redis else []),
+                         fmt(g["cpu_utilisation"], 2), *([fmt(g.get("store_cpu_utilisation"), 2)] if redis else []),
+                         fmt(g["upstream_cpu_utilisation"], 2), fmt(g["rss_peak_mb"], 1),
+                         fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign"), 2), fmt(d.get("foreign"), 2)])
+    lines = table(["connections", "target", "gateway CPU ms / request", *(["Redis CPU ms / request"] if redis else []),
+                   "gateway CPU use (cores)", *(["Redis CPU use (cores)"] if redis else []),
+                   "upstream CPU use during the run (cores)", "gateway peak RSS MB",
+                   "upstream CPU ms / request (direct)", "other processes on core 0, gateway runs (cores)",
+                   "other processes on core 1, direct runs (cores)"], rows)
+    if redis:
+        lines += ["", "gateway-redis: *gateway CPU* is the gateway's processes only (gunicorn master and its "
+                  "workers, all on core 0); *Redis CPU* is the machine's redis-server during the same run "
+                  "(not pinned, so it may share either core; it is not counted as other processes' load)."]
+    return lines
 
 
 def timing_section(data: dict) -> list[str]:
-    timing = data["targets"]["gateway"].get("server_timing")
-    if not timing:
+    names = [n for n in gateways(data) if data["targets"][n].get("server_timing")]
+    if not names:
         return ["(not measured)"]
-    s = timing["summary"]
-    rows = [
-        ["`gateway;dur` (request start to response built)", fmt(s["gateway_ms"], 3)],
-        ["`upstream;dur` (upstream call, as the gateway sees it)", fmt(s["upstream_ms"], 3)],
-        ["gateway's own share (`gateway - upstream`, per request)", fmt(s["own_ms"], 3)],
-        ["client-measured round trip (same requests)", fmt(s["client_ms"], 3)],
-    ]
-    return table([f"median over {data['config']['timing_samples']} sequential requests, per round", "ms"], rows)
+    summaries = [data["targets"][n]["server_timing"]["summary"] for n in names]
+    rows = [[title] + [fmt(s[key], 3) for s in summaries] for key, title in (
+        ("gateway_ms", "`gateway;dur` (request start to response built)"),
+        ("upstream_ms", "`upstream;dur` (upstream call, as the gateway sees it)"),
+        ("own_ms", "gateway's own share (`gateway - upstream`, per request)"),
+        ("client_ms", "client-measured round trip (same requests)"),
+    )]
+    units = [f"{n} ms" for n in names] if len(names) > 1 else ["ms"]
+    return table([f"median over {data['config']['timing_samples']} sequential requests, per round", *units], rows)
 
 
 def stream_section(data: dict) -> list[str]:
     cfg = data["config"]["stream_latency"]
     direct = data["targets"]["direct"]["stream_latency"]["summary"]
-    gateway = data["targets"]["gateway"]["stream_latency"]["summary"]
-    rows = [
-        ["direct", fmt(direct["ttfb_p50_ms"]), fmt(direct["ttfb_p99_ms"]), fmt(direct["chunk_delay_p50_ms"], 3),
-         fmt(direct["chunk_delay_p99_ms"], 3), str(direct["errors"])],
-        ["gateway", fmt(gateway["ttfb_p50_ms"]), fmt(gateway["ttfb_p99_ms"]), fmt(gateway["chunk_delay_p50_ms"], 3),
-         fmt(gateway["chunk_delay_p99_ms"], 3), str(gateway["errors"])],
-    ]
-    extra = [
-        "",
-        f"Added by the gateway: time to first event **+{num(_diff(gateway, direct, 'ttfb_p50_ms'))} ms** (p50), "
-        f"per chunk **+{num(_diff(gateway, direct, 'chunk_delay_p50_ms'), 3)} ms** (p50) and "
-        f"+{num(_diff(gateway, direct, 'chunk_delay_p99_ms'), 3)} ms (p99).",
-    ]
+    rows = []
+    for name in ["direct", *gateways(data)]:
+        s = data["targets"][name]["stream_latency"]["summary"]
+        rows.append([name, fmt(s["ttfb_p50_ms"]), fmt(s["ttfb_p99_ms"]), fmt(s["chunk_delay_p50_ms"], 3),
+                     fmt(s["chunk_delay_p99_ms"], 3), str(s["errors"])])
+    extra = [""]
+    for name in gateways(data):
+        gateway = data["targets"][name]["stream_latency"]["summary"]
+        who = "the gateway" if name == "gateway" else f"{name}"
+        extra.append(
+            f"Added by {who}: time to first event **+{num(_diff(gateway, direct, 'ttfb_p50_ms'))} ms** (p50), "
+            f"per chunk **+{num(_diff(gateway, direct, 'chunk_delay_p50_ms'), 3)} ms** (p50) and "
+            f"+{num(_diff(gateway, direct, 'chunk_delay_p99_ms'), 3)} ms (p99).")
     head = (f"{cfg['count']} sequential streams per round, {cfg['chunks']} events {cfg['gap_ms']:g} ms apart; "
             "chunk delay = arrival time − the upstream's write time stamped in the event")
     return [head, ""] + table(["target", "TTFB p50 ms", "TTFB p99 ms", "chunk delay p50 ms", "chunk delay p99 ms",
@@ -175,7 +206,7 @@ def slow_section(data: dict) -> list[str]:
              "RSS is the sum over the gateway's processes "
              "(gunicorn master + worker): before the round, peak during it, 1 s after it.", ""]
     rows = []
-    for name in ("direct", "gateway"):
+    for name in ["direct", *gateways(data)]:
         slow = data["targets"][name].get("slow_streams", {})
         for level in cfg["levels"]:
             entry = slow.get(str(level))
@@ -190,13 +221,13 @@ def slow_section(data: dict) -> list[str]:
                     kinds[kind] = kinds.get(kind, 0) + count
             errors = str(s["errors"]) + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())})" if kinds else "")
             rows.append([name, str(level), _peak_open(s), errors, fmt(s["ttfb_p50_ms"], 1), fmt(s["ttfb_p99_ms"], 1),
-                         fmt(s["duration_p50_ms"], 0), rss if name == "gateway" else "(upstream) " + rss])
+                         fmt(s["duration_p50_ms"], 0), "(upstream) " + rss if name == "direct" else rss])
     return lines + table(["target", "concurrent streams", "peak open", "failed streams (all rounds)", "TTFB p50 ms",
                           "TTFB p99 ms", "stream duration p50 ms", "RSS MB per round: before→peak→after"], rows)
 
 
 def peers_section(peers: dict) -> list[str]:
-    names = [n for n in ("direct", "gateway", "litellm", "portkey") if n in peers["targets"]]
+    names = [n for n in PEER_NAMES if n in peers["targets"]]
     labels = {n: peers["targets"][n]["label"] for n in names}
     lines = [f"One run (`make bench-peers`, {peers['generated']}, {peers['config']['repeats']} repeat(s) of "
              f"{peers['config']['duration_s']} s per figure), the same upstream, wrk script and placement "
@@ -210,6 +241,9 @@ def peers_section(peers: dict) -> list[str]:
     conns = 16 if 16 in peers["config"]["connections"] else peers["config"]["connections"][0]
     rows.append([f"CPU ms / request @ {conns} conn"] + [
         fmt(peers["targets"][n]["load"][str(conns)]["summary"]["cpu_ms_per_request"], 3) for n in names])
+    if "gateway-redis" in names:
+        rows.append([f"Redis CPU ms / request @ {conns} conn"] + [
+            store_cpu(peers["targets"][n]["load"][str(conns)]["summary"]) for n in names])
     rows.append(["peak RSS MB (load)"] + [
         num(max(peers["targets"][n]["load"][str(c)]["summary"]["rss_peak_mb"]["median"]
                 for c in peers["config"]["connections"]), 0) for n in names])
@@ -244,7 +278,8 @@ def peers_section(peers: dict) -> list[str]:
     for n in names:
         settings = peers["targets"][n].get("settings", {})
         brief = "; ".join(f"{k}: {v}" for k, v in settings.items()
-                          if k in ("version", "server", "auth", "logs", "gateway_worker_class", "rate_limit_general"))
+                          if k in ("version", "server", "auth", "logs", "gateway_worker_class", "worker_processes",
+                                   "rate_limit_general", "quota_store"))
         lines.append(f"- **{labels[n]}**: {brief or 'see bench/results/peers.json'}")
     return lines
 
@@ -269,7 +304,23 @@ def summary_section(data: dict) -> list[str]:
         f"- Streams: time to first event +{_diff(gs, ds, 'ttfb_p50_ms'):.2f} ms, each event "
         f"+{_diff(gs, ds, 'chunk_delay_p50_ms'):.3f} ms (p50).",
     ]
-    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g) for c in conns)
+    redis = data["targets"].get("gateway-redis")
+    if redis:
+        rbusiest = max(conns, key=lambda c: med(redis["load"][c]["summary"]["rps"]))
+        rcpu = [med(redis["load"][c]["summary"]["cpu_ms_per_request"]) for c in conns]
+        scpu = [med(redis["load"][c]["summary"].get("store_cpu_ms_per_request")) for c in conns]
+        scpu = [x for x in scpu if x is not None]
+        workers = redis.get("settings", {}).get("worker_processes")
+        errors = sum(redis["load"][c]["summary"]["errors"] for c in conns)
+        lines.append(
+            f"- With its quotas in Redis (`gateway-redis`"
+            + (f", {workers} workers" if workers else "") + "): "
+            f"**{med(redis['load'][rbusiest]['summary']['rps']):,.0f} req/s** at {rbusiest} connections, "
+            f"{_span(rcpu)} ms CPU per request in the gateway's processes"
+            + (f" plus {_span(scpu)} ms in Redis" if scpu else "")
+            + f", {errors} errors.")
+    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0)
+                    for t in (d, g, *([redis] if redis else [])) for c in conns)
     lines.append(
         f"- Quiet machine check: a wrk run during which other processes used more than "
         f"{data['config'].get('max_foreign', 0.1):.2f} of the limiting core (core 0 for the gateway, core 1 "
@@ -288,6 +339,12 @@ def summary_section(data: dict) -> list[str]:
             f"{med(s['ttfb_p50_ms']):,.0f} ms / p99 {med(s['ttfb_p99_ms']):,.0f} ms, gateway RSS after each round "
             + " → ".join(f"{r['rss_after_mb']:.0f}" for r in rounds) + " MB.")
     return lines
+
+
+def _span(values: list[float]) -> str:
+    """``low–high`` of medians over the connection counts, or one value when they agree."""
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def slow_notes(data: dict) -> list[str]:
@@ -357,6 +414,11 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "- **Gateway**: started by the harness with the shipped `gunicorn.conf.py` (gevent, one worker, 1000 "
         "connections) in production mode: strong random `MASTER_API_KEY`/`JWT_SECRET`, auth on (`X-API-Key`), "
         "quotas on with limits no run can reach, one JSON log line per request written to a file.",
+        *(["- **gateway-redis**: the same gateway with its quotas in the machine's Redis "
+           "(`RATE_LIMIT_STORAGE_URI=redis://127.0.0.1:6379/12`, a key prefix of each run's own, its keys "
+           "deleted afterwards). With a shared store the shipped config starts one worker per core; all of "
+           "them run on core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
+          if "gateway-redis" in data["targets"] else []),
         f"- **Load**: `wrk -t1 -c<N> -d{cfg['duration_s']}s --latency` with `bench/wrk/post.lua` "
         f"(`POST {cfg['request']['path']}` with `{json.dumps(cfg['request']['body'])}`), at "
         f"{', '.join(map(str, cfg['connections']))} connections, after a {cfg['warmup_s']} s warm-up. "
@@ -442,7 +504,9 @@ def limiter_section(data: dict) -> list[str]:
     ]
 
 
-COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "litellm": "#d62728", "portkey": "#2ca02c"}
+COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "gateway-redis": "#9467bd", "litellm": "#d62728",
+          "portkey": "#2ca02c"}
+PEER_NAMES = ("direct", "gateway", "gateway-redis", "litellm", "portkey")
 
 
 def _bars(ax, source: dict, names: list[str], key: str, title: str, ylabel: str) -> None:
@@ -473,7 +537,7 @@ def render_peers_chart(peers: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("direct", "gateway", "litellm", "portkey") if n in peers["targets"]]
+    names = [n for n in PEER_NAMES if n in peers["targets"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     _bars(axes[0], peers, names, "rps", "Throughput (req/s, log scale)", "req/s")
     _bars(axes[1], peers, names, "p50_ms", "Latency p50 (ms, log scale)", "ms")
@@ -491,12 +555,13 @@ def render_chart(data: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
 
-    _bars(axes[0][0], data, ["direct", "gateway"], "rps", "Throughput (req/s, log scale)", "req/s")
-    _bars(axes[0][1], data, ["direct", "gateway"], "p50_ms", "Latency p50 (ms, log scale)", "ms")
+    names = ["direct", *gateways(data)]
+    _bars(axes[0][0], data, names, "rps", "Throughput (req/s, log scale)", "req/s")
+    _bars(axes[0][1], data, names, "p50_ms", "Latency p50 (ms, log scale)", "ms")
 
     ax = axes[1][0]
     levels = data["config"]["slow_streams"]["levels"]
-    for name in ("direct", "gateway"):
+    for name in names:
         slow = data["targets"][name].get("slow_streams", {})
         for key, style in (("ttfb_p50_ms", "-o"), ("ttfb_p99_ms", "--s")):
             ys = [med(slow[str(level)]["summary"][key]) if str(level) in slow else None for level in levels]

@@ -1,15 +1,22 @@
 """The benchmark: the bench upstream measured directly, then through the gateway (and peers).
 
     python -m bench.run                       # what `make bench` runs
-    python -m bench.run --targets direct,gateway,litellm,portkey --repeats 1 \
+    python -m bench.run --targets direct,gateway,gateway-redis,litellm,portkey --repeats 1 \
         --out bench/results/peers.json        # what `make bench-peers` runs
 
 Placement on the 2-core machine: the target (gateway or peer) is pinned to core 0;
 the bench upstream, wrk, and this process (the stream client, the samplers) to core 1.
 For "direct" nothing runs on core 0: wrk and the upstream share core 1.
 
+"gateway-redis" is "gateway" with its quotas in the machine's own Redis
+(``redis://127.0.0.1:6379/12``, a key prefix of its own for each run, its keys deleted
+when the target stops; never FLUSHDB). With a shared store gunicorn.conf.py starts one
+worker per core (what users get), all on core 0 here. Redis is the machine's service,
+not ours to pin: its CPU is measured on its own (``store_cpu_ms_per_request``) and is
+not counted as other processes' load on either core.
+
 For each target, in one process lifetime: a warm-up, then wrk at each connection
-count (repeated), a Server-Timing sample (gateway only), sequential streams timed
+count (repeated), a Server-Timing sample (gateway targets only), sequential streams timed
 event by event, and rounds of many concurrent slow streams. Everything is written
 to one JSON file; bench/report.py renders it.
 
@@ -41,9 +48,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from bench import procs, streams, wrkrun
 
@@ -61,6 +70,8 @@ PATH = "/v1/chat/completions"
 MODEL = "bench-model"
 # Quotas on, but far above anything a run can reach.
 HIGH_LIMIT = "1000000 per second"  # never reached; a short window keeps the moving window's list short
+# gateway-redis: the machine's Redis, a database of the bench's own (its keys are deleted after the run)
+REDIS_URI = "redis://127.0.0.1:6379/12"
 
 LOAD_BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 
@@ -122,6 +133,10 @@ class Target:
     headers: dict[str, str]
     service: procs.Service | None  # None: "direct" (the upstream itself is measured)
     settings: dict = field(default_factory=dict)
+    # a store the target uses but does not own (Redis): its processes' CPU is measured on its own
+    store_pids: Callable[[], list[int]] | None = None
+    # run once the target has stopped (deletes what it left in the store); returns what it did
+    cleanup: Callable[[], dict] | None = None
 
     def url(self, path: str = PATH) -> str:
         return f"http://{HOST}:{self.port}{path}"
@@ -138,7 +153,8 @@ def start_upstream() -> procs.Service:
     return service
 
 
-def gateway_env() -> dict[str, str]:
+def gateway_env(name: str = "gateway") -> dict[str, str]:
+    """The gateway's environment; ``name`` names its SQLite file in RAW (one per target)."""
     return {
         "NODE_ENV": "production",
         "MASTER_API_KEY": secrets.token_urlsafe(48),
@@ -150,7 +166,7 @@ def gateway_env() -> dict[str, str]:
         "RATE_LIMIT_AI": HIGH_LIMIT,
         "LOG_LEVEL": "INFO",
         # Managed keys and usage accounting on: a fresh SQLite file, migrated before start.
-        "DATABASE_URL": f"sqlite:///{RAW / 'gateway.db'}",
+        "DATABASE_URL": f"sqlite:///{RAW / f'{name}.db'}",
         # never pick up a developer's .env: /dev/null is not a regular file, so it is skipped
         "AI_PROXY_ENV_FILE": "/dev/null",
     }
@@ -161,7 +177,8 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     code = (
         "import json; from gateway.config import load; s = load(); "
         "print(json.dumps({k: getattr(s, k) for k in ('node_env', 'production', 'gateway_worker_class', "
-        "'gateway_workers', 'gateway_worker_connections', 'worker_concurrency', 'upstream_pool_size', "
+        "'gateway_workers', 'worker_processes', 'gateway_worker_connections', 'worker_concurrency', "
+        "'upstream_pool_size', "
         "'rate_limit_general', 'rate_limit_ai', 'rate_limit_storage_uri', 'log_level', 'upstream_base_url', "
         "'trusted_proxy_count', 'force_https', 'allowed_origins')}, default=list))"
     )
@@ -170,6 +187,7 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     out = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", code], env=full, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     settings = json.loads(out)
+    settings["rate_limit_storage_uri"] = _without_password(settings["rate_limit_storage_uri"])
     settings["master_api_key"] = f"<random, {len(env['MASTER_API_KEY'])} chars>"
     settings["jwt_secret"] = f"<random, {len(env['JWT_SECRET'])} chars>"
     settings["auth"] = "on (X-API-Key with the master key)"
@@ -178,26 +196,157 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     return settings
 
 
-def start_gateway() -> Target:
+def _without_password(uri: str) -> str:
+    """``uri`` with any password replaced, for the results file."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{netloc}"))
+
+
+def start_gateway(name: str = "gateway", label: str = "this gateway", extra_env: dict[str, str] | None = None,
+                  ready_path: str = "/health") -> Target:
     if not (GATEWAY_VENV / "bin" / "gunicorn").exists():
         raise SystemExit("the gateway's .venv is missing: run `make .venv/.installed` (make bench does)")
     port = PORTS["gateway"]
     if not port_free(port):
         raise SystemExit(f"port {port} is taken")
-    env = gateway_env()
+    env = {**gateway_env(name), **(extra_env or {})}
     settings = effective_gateway_settings(env)
     key = prepare_database(env)
     settings["auth"] = "on (X-API-Key with a managed key; its usage recorded to SQLite)"
-    service = procs.Service("gateway", [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-                            cores=TARGET_CORE, log=RAW / "gateway.log", env=env, cwd=str(ROOT))
-    procs.wait_http(f"http://{HOST}:{port}/health", service=service, timeout=30)
+    settings["logs"] = f"one JSON line per request, INFO, to bench/results/raw/{name}.log"
+    service = procs.Service(name, [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                            cores=TARGET_CORE, log=RAW / f"{name}.log", env=env, cwd=str(ROOT))
+    try:
+        procs.wait_http(f"http://{HOST}:{port}{ready_path}", service=service, timeout=30)
+    except BaseException:
+        service.stop()
+        raise
     headers = {"X-API-Key": key}
-    return Target("gateway", "this gateway", port, headers, service, settings)
+    return Target(name, label, port, headers, service, settings)
+
+
+def start_gateway_redis() -> Target:
+    """The gateway as ``gateway``, with its quotas in Redis (db 12, a key prefix of this run's own)."""
+    info = _redis("info")  # fails here, before anything starts, when Redis does not answer
+    prefix = "bench-" + secrets.token_hex(4)  # gateway.config: letters, digits, '-' and '_'
+    target = start_gateway("gateway-redis", "this gateway, quotas in Redis",
+                           {"RATE_LIMIT_STORAGE_URI": REDIS_URI, "RATE_LIMIT_KEY_PREFIX": prefix},
+                           ready_path="/health/ready")  # 200 only while the quota store answers
+    try:
+        pids = redis_pids(info.get("process_id"))
+        if not pids:
+            raise SystemExit("no redis-server process found in /proc: its CPU could not be measured")
+        workers = _wait_workers(target, target.settings["worker_processes"])
+    except BaseException:
+        target.service.stop()
+        _clean_redis(prefix)
+        raise
+    target.settings.update({
+        "rate_limit_key_prefix": prefix,
+        "gateway_worker_processes_running": workers,
+        "quota_store": (f"the machine's Redis {info.get('redis_version', '?')} on 127.0.0.1:6379, db 12 "
+                        f"(pid {', '.join(map(str, pids))}, not pinned: cores "
+                        f"{_affinity(pids[0])}); keys of this run deleted after it, never FLUSHDB"),
+        "server": "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config: one worker per core with a "
+                  "shared store), all workers pinned to core 0",
+    })
+    target.store_pids = lambda: [p for pid in pids for p in procs.tree(pid)]
+    target.cleanup = lambda: _clean_redis(prefix)
+    return target
+
+
+def _wait_workers(target: Target, expected: int, timeout: float = 15.0) -> int:
+    """Wait until gunicorn's master has ``expected`` workers; returns how many it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = len(target.service.pids()) - 1  # the tree minus the master
+        if workers >= expected or time.monotonic() > deadline:
+            if workers != expected:
+                log(f"{target.name}: {workers} worker processes running, {expected} expected")
+            return workers
+        time.sleep(0.2)
+
+
+def _affinity(pid: int) -> str:
+    try:
+        return ",".join(map(str, sorted(os.sched_getaffinity(pid))))
+    except OSError:
+        return "?"
+
+
+def redis_pids(listening_pid: int | None = None) -> list[int]:
+    """The redis-server serving REDIS_URI: the pid its INFO reports if /proc shows it as
+    redis-server, otherwise every redis-server process on the machine."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "redis-server":
+            found.append(int(entry))
+    if listening_pid in found:
+        return [listening_pid]
+    return sorted(found)
+
+
+# Run with the gateway's venv: it has redis-py (bench/.venv does not). SCAN + DEL of this run's keys only:
+# flask-limiter's "LIMITS:LIMITER/<prefix>/..." and the gateway's own "<prefix>:...".
+_REDIS_HELPER = """
+import json, sys
+import redis
+client = redis.Redis.from_url(sys.argv[1], socket_timeout=5, socket_connect_timeout=5)
+if sys.argv[2] == "info":
+    print(json.dumps(client.info("server")))
+else:
+    patterns = [p.replace("PREFIX", sys.argv[3]) for p in ("LIMITS:LIMITER/PREFIX/*", "PREFIX:*", "*PREFIX[:/]*")]
+    deleted = 0
+    for pattern in patterns:
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) == 500:
+                deleted += client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += client.delete(*batch)
+    left = len({k for p in patterns for k in client.scan_iter(match=p, count=1000)})
+    print(json.dumps({"deleted": deleted, "left": left}))
+"""
+
+
+def _redis(*args: str) -> dict:
+    done = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", _REDIS_HELPER, REDIS_URI, *args],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(f"Redis at {REDIS_URI} ({args[0]}): {tail}")
+    return json.loads(done.stdout)
+
+
+def _clean_redis(prefix: str) -> dict:
+    """Delete the keys with this run's prefix from db 12 (SCAN + DEL, never FLUSHDB)."""
+    try:
+        result = _redis("clean", prefix)
+    except (SystemExit, subprocess.SubprocessError, ValueError) as error:
+        log(f"gateway-redis: could not delete the keys with prefix {prefix!r} from {REDIS_URI}: {error}")
+        return {"prefix": prefix, "error": str(error)}
+    log(f"gateway-redis: deleted {result['deleted']} keys with prefix {prefix!r} from {REDIS_URI}, "
+        f"{result['left']} left")
+    return {"prefix": prefix, **result}
 
 
 def prepare_database(env: dict[str, str]) -> str:
     """Migrate a fresh database and create the managed key the load uses; returns its secret."""
-    (RAW / "gateway.db").unlink(missing_ok=True)
+    url = env["DATABASE_URL"]
+    assert url.startswith("sqlite:///"), url
+    Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
     full = {**os.environ, **env}
     flask = [str(GATEWAY_VENV / "bin" / "python"), "-m", "flask", "--app", "wsgi"]
     subprocess.run([*flask, "db", "upgrade"], env=full, cwd=ROOT, check=True, capture_output=True)
@@ -263,7 +412,8 @@ def start_portkey() -> Target:
     return Target("portkey", f"Portkey gateway {version}", port, headers, service, settings)
 
 
-STARTERS = {"gateway": start_gateway, "litellm": start_litellm, "portkey": start_portkey}
+STARTERS = {"gateway": start_gateway, "gateway-redis": start_gateway_redis, "litellm": start_litellm,
+            "portkey": start_portkey}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -271,6 +421,11 @@ STARTERS = {"gateway": start_gateway, "litellm": start_litellm, "portkey": start
 
 def measured_pids(target: Target, upstream: procs.Service) -> list[int]:
     return (target.service or upstream).pids()
+
+
+def store_pids(target: Target) -> list[int]:
+    """The processes of the target's store (Redis for gateway-redis); none for the others."""
+    return target.store_pids() if target.store_pids else []
 
 
 def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler, args: argparse.Namespace,
@@ -293,13 +448,16 @@ def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler
             raw = figures.pop("raw")
             (RAW / f"wrk-{target.name}-c{connections}-r{repeat + 1}.txt").write_text(raw)
             runs.append(figures)
+            store = (f", store cpu {figures['store_cpu_ms_per_request'] or 0:.3f} ms/req"
+                     if "store_cpu_ms_per_request" in figures else "")
             log(f"  {target.name} c={connections} #{repeat + 1}: {figures['rps']:.0f} req/s, "
                 f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
-                f"cpu {figures['cpu_ms_per_request'] or 0:.3f} ms/req, errors {figures['error_count']}")
-        summary = {key: spread([run.get(key) for run in runs])
-                   for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_request", "rss_peak_mb",
-                               "cpu_utilisation", "upstream_cpu_utilisation", "foreign", "foreign_core0",
-                               "foreign_core1")}
+                f"cpu {figures['cpu_ms_per_request'] or 0:.3f} ms/req{store}, errors {figures['error_count']}")
+        keys = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_request", "rss_peak_mb", "cpu_utilisation",
+                "upstream_cpu_utilisation", "foreign", "foreign_core0", "foreign_core1"]
+        if target.store_pids:
+            keys += ["store_cpu_ms_per_request", "store_cpu_utilisation"]
+        summary = {key: spread([run.get(key) for run in runs]) for key in keys}
         summary["disturbed_runs"] = sum(run["foreign"] > args.max_foreign for run in runs)
         summary["errors"] = sum(run["error_count"] for run in runs)
         summary["requests"] = sum(run["requests"] for run in runs)
@@ -309,11 +467,18 @@ def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler
 
 def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSampler, connections: int,
                  args: argparse.Namespace, body_file: Path) -> dict:
-    """One wrk run with the target's CPU, memory, and the other load on core 0 during it."""
+    """One wrk run with the target's CPU, memory, and the other load on core 0 during it.
+
+    With a store (Redis for gateway-redis) its processes' CPU is measured too, apart from
+    the target's: ``store_cpu_*``. The store is not pinned, so its CPU time is not counted
+    as other processes' load on either core (it may have run on either).
+    """
     pids = measured_pids(target, upstream)
     upstream_pids = upstream.pids()
+    store = store_pids(target)
     cpu_before = procs.cpu_seconds(pids)
     upstream_before = procs.cpu_seconds(upstream_pids)
+    store_before = procs.cpu_seconds(store)
     cores_before = procs.core_busy_seconds()
     ours_before = _own_and_children_cpu()
     sampler.reset_peak()
@@ -323,20 +488,27 @@ def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSamp
     ours = _own_and_children_cpu() - ours_before  # this process and wrk, both on core 1
     cpu = procs.cpu_seconds(pids) - cpu_before
     upstream_cpu = procs.cpu_seconds(upstream_pids) - upstream_before
+    store_cpu = procs.cpu_seconds(store) - store_before
     elapsed = figures["elapsed_s"]
     core0 = (cores_after[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]) / elapsed
     figures["cpu_s"] = cpu
     figures["cpu_ms_per_request"] = cpu * 1000 / figures["requests"] if figures["requests"] else None
     figures["cpu_utilisation"] = cpu / elapsed
     figures["upstream_cpu_utilisation"] = upstream_cpu / elapsed
+    if target.store_pids:
+        figures["store_cpu_s"] = store_cpu
+        figures["store_cpu_ms_per_request"] = store_cpu * 1000 / figures["requests"] if figures["requests"] else None
+        figures["store_cpu_utilisation"] = store_cpu / elapsed
     figures["rss_peak_mb"] = sampler.peak / 2**20
     # the target is the only process of ours on core 0 (nothing of ours for "direct");
     # core 1 holds the upstream, wrk and this process
     core1 = (cores_after[int(LOAD_CORE)] - cores_before[int(LOAD_CORE)]) / elapsed
     figures["core0_busy"] = core0
     figures["core1_busy"] = core1
-    figures["foreign_core0"] = max(0.0, core0 - (figures["cpu_utilisation"] if target.service else 0.0))
-    figures["foreign_core1"] = max(0.0, core1 - (upstream_cpu + ours) / elapsed)
+    store_share = store_cpu / elapsed  # 0 without a store
+    figures["foreign_core0"] = max(0.0, core0 - (figures["cpu_utilisation"] if target.service else 0.0)
+                                   - store_share)
+    figures["foreign_core1"] = max(0.0, core1 - (upstream_cpu + ours) / elapsed - store_share)
     # the core that limits this run: the target's, or for "direct" the upstream's and wrk's
     figures["foreign"] = figures["foreign_core0"] if target.service else figures["foreign_core1"]
     return figures
@@ -440,15 +612,18 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
         rounds = []
         for round_no in range(args.slow_rounds):
             pids = measured_pids(target, upstream)
+            store = store_pids(target)
             rss_before = procs.rss_bytes(pids)
             sampler.reset_peak()
             cpu_before = procs.cpu_seconds(pids) if target.service else 0.0
+            store_before = procs.cpu_seconds(store)
             cores_before = procs.core_busy_seconds()
             started = time.monotonic()
             results = asyncio.run(streams.concurrent(HOST, target.port, PATH, target.headers, body, level,
                                                      timeout_s=expected_s + 30, ramp_s=args.slow_ramp_s))
             wall = time.monotonic() - started
             own = (procs.cpu_seconds(pids) - cpu_before) if target.service else 0.0
+            store_cpu = procs.cpu_seconds(store) - store_before
             core0 = procs.core_busy_seconds()[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]
             peak = sampler.peak
             time.sleep(1.0)
@@ -467,11 +642,13 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
                 "duration_max_ms": max(totals) if totals else None,
                 "wall_s": wall,
                 "target_cpu_s": own,
-                "foreign_core0": max(0.0, core0 - own) / wall,
+                "foreign_core0": max(0.0, core0 - own - store_cpu) / wall,
                 "rss_before_mb": rss_before / 2**20,
                 "rss_peak_mb": peak / 2**20,
                 "rss_after_mb": rss_after / 2**20,
             }
+            if target.store_pids:
+                round_result["store_cpu_s"] = store_cpu
             rounds.append(round_result)
             log(f"  {target.name} {level} slow streams #{round_no + 1}: peak open {round_result['peak_open']}, "
                 f"errors {len(failures)} "
@@ -500,7 +677,7 @@ def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, b
         result["rss_after_warmup_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
         log(f"{target.name}: load ({args.repeats} x {args.duration} s at {args.conns} connections)")
         result["load"] = load_runs(target, upstream, sampler, args, body_file)
-        if target.name == "gateway":
+        if target.name in ("gateway", "gateway-redis"):
             result["server_timing"] = server_timing(target, args)
             log(f"  server-timing: {result['server_timing']['summary']['gateway_ms']['median']} ms gateway, "
                 f"{result['server_timing']['summary']['upstream_ms']['median']} ms upstream")
@@ -564,7 +741,8 @@ def machine_info() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     parser = argparse.ArgumentParser(description="direct vs gateway (vs peers) benchmark")
-    parser.add_argument("--targets", default="direct,gateway", help="direct,gateway,litellm,portkey")
+    parser.add_argument("--targets", default="direct,gateway,gateway-redis",
+                        help="any of direct,gateway,gateway-redis,litellm,portkey")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each figure")
@@ -601,6 +779,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown targets {unknown}")
     wrkrun.wrk_path()
+    if "gateway-redis" in targets:
+        _redis("info")  # no Redis: stop now rather than after the targets before it
     choose_ports(args.port_base)
     machine = machine_info()  # before pinning this process: nproc reports the affinity mask
     # 1000 client sockets here, 2000 in the gateway (inherited by the services started below)
@@ -642,6 +822,10 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 if target.service is not None:
                     target.service.stop()
+                if target.cleanup is not None:  # after the stop: nothing writes to the store any more
+                    cleaned = target.cleanup()
+                    if name in report["targets"]:
+                        report["targets"][name]["store_cleanup"] = cleaned
     finally:
         upstream.stop()
     report["elapsed_s"] = round(time.time() - started, 1)
