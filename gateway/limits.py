@@ -173,6 +173,9 @@ class Quotas:
         self.health.failed()
         if self.fail_open:
             self.limiter._storage_dead = True  # flask-limiter's switch to its fallback strategy
+            # Not back before the next probe, even if the store answers a ping: it may
+            # answer PING and still fail our commands.
+            self._next_probe = time.monotonic() + self._probe_interval
 
     def applicable(self, endpoint: str) -> list[tuple[str, str, str]]:
         """(policy, limit string, scope) for the current caller at ``endpoint``."""

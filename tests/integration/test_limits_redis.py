@@ -176,3 +176,18 @@ def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
     time.sleep(0.3)  # a crashed worker never released "a"
     assert slots.acquire("key:x", "c", 1, ttl=0.2)
 
+
+
+def test_open_policy_serves_when_redis_answers_but_refuses_the_quota_commands(redis_app, upstream, capfd) -> None:
+    """A Redis that answers PING but fails the counting (here: the counters' keys hold
+    fixed-window strings, and the moving window needs lists) is an outage too: with
+    ``open`` the gateway counts in the process and serves; it does not flip back to the
+    store between the failure and the retry and answer 503."""
+    fixed = redis_app(rate_limit_strategy="fixed-window", rate_limit_on_storage_error="open").test_client()
+    assert fixed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 200
+    moving = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="open").test_client()
+    statuses = [moving.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert capfd.readouterr().err.count("rate limit storage unreachable") == 1
+    closed = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="closed").test_client()
+    assert closed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 503
