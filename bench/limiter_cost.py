@@ -95,8 +95,10 @@ def main() -> None:
             ("limiter off", {}, False),
             ("memory://, moving-window (default)", {}, True),
             ("memory://, fixed-window", {"rate_limit_strategy": "fixed-window"}, True),
-            ("redis, moving-window (default)", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": prefix}, True),
-            ("redis, fixed-window", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": prefix,
+            # each strategy its own prefix: the same key cannot hold a moving window's list and a fixed window's count
+            ("redis, moving-window (default)", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-mw"},
+             True),
+            ("redis, fixed-window", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-fw",
                                      "rate_limit_strategy": "fixed-window"}, True),
         ]
         for label, extra, on in configs:
@@ -109,7 +111,7 @@ def main() -> None:
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
-        for pattern in (f"LIMITS:LIMITER/{prefix}/*", f"{prefix}:*"):
+        for pattern in (f"LIMITS:LIMITER/{prefix}-*", f"{prefix}-*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 client.delete(*keys)
