@@ -3,7 +3,10 @@
 Worker class: gevent by default. A stream holds its worker slot for its whole
 life; gevent holds a thousand of them in one process where gthread needs a thread
 each and the sync worker one process each (and kills any request longer than
-``timeout``). See docs/benchmarks.md for the measurements behind this choice.
+``timeout``). Per non-streamed request gevent is also no dearer: the same Flask +
+urllib3 relay costs about the same CPU under gevent as under gthread with 32 threads
+(which could hold only 32 streams), and less than under gthread with the 1000
+threads a thousand streams would need (``make bench-floor``, bench/results/profile.md).
 
 Worker processes: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas live in the
 process, so there is one worker and the gateway refuses more (see

@@ -4,7 +4,9 @@
 
 Each app runs under the gateway's gunicorn with a gevent worker (1 worker, 1000
 connections), pinned to core 0 like the gateway, relaying to the bench upstream on
-core 1; wrk drives it at 16 connections. bench/profile.py shows the table in
+core 1; wrk drives it at 16 connections. The Flask relay also runs under gthread
+workers (32 and 1000 threads), the alternative for long streams: the figures behind
+gunicorn.conf.py's choice of gevent. bench/profile.py shows the table in
 bench/results/profile.md, next to the gateway's own figure.
 """
 
@@ -15,6 +17,15 @@ import json
 import os
 
 from bench import procs, run, wrkrun
+
+# The same Flask + urllib3 relay under the other worker classes gunicorn offers for a
+# gateway that must hold long streams: why gunicorn.conf.py picks gevent.
+WORKER_VARIANTS = {
+    "flask_urllib3@gthread-32": ("flask_urllib3", ["-k", "gthread", "--threads", "32"],
+                                 "Flask route + urllib3 relay, gthread worker, 32 threads"),
+    "flask_urllib3@gthread-1000": ("flask_urllib3", ["-k", "gthread", "--threads", "1000"],
+                                   "Flask route + urllib3 relay, gthread worker, 1000 threads"),
+}
 
 APPS = {
     "static": "raw WSGI, fixed answer (no upstream call)",
@@ -40,11 +51,13 @@ def main() -> None:
     results = {}
     upstream = run.start_upstream()
     try:
-        for app, label in APPS.items():
-            service = procs.Service(f"floor-{app}", [
-                str(run.GATEWAY_VENV / "bin" / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "1000",
+        gevent = ["-k", "gevent", "--worker-connections", "1000"]
+        variants = {app: (app, gevent, label) for app, label in APPS.items()} | WORKER_VARIANTS
+        for name, (app, worker, label) in variants.items():
+            service = procs.Service(f"floor-{name}", [
+                str(run.GATEWAY_VENV / "bin" / "gunicorn"), *worker, "-w", "1",
                 "-b", f"{run.HOST}:{port}", f"bench.floor_apps:{app}"],
-                cores=run.TARGET_CORE, log=run.RAW / f"floor-{app}.log", cwd=str(run.ROOT),
+                cores=run.TARGET_CORE, log=run.RAW / f"floor-{name}.log", cwd=str(run.ROOT),
                 env={"FLOOR_UPSTREAM": f"http://{run.HOST}:{run.PORTS['upstream']}"})
             try:
                 url = f"http://{run.HOST}:{port}{run.PATH}"
@@ -60,14 +73,15 @@ def main() -> None:
                     cpu = procs.cpu_seconds(pids) - before
                     runs.append({"rps": figures["rps"], "cpu_ms_per_request": cpu * 1000 / figures["requests"],
                                  "errors": figures["error_count"]})
-                results[app] = {
+                results[name] = {
                     "label": label,
+                    "worker": " ".join(worker),
                     "rps": run.spread([r["rps"] for r in runs]),
                     "cpu_ms_per_request": run.spread([r["cpu_ms_per_request"] for r in runs]),
                     "errors": sum(r["errors"] for r in runs),
                 }
-                run.log(f"floor {app}: {results[app]['rps']['median']:.0f} req/s, "
-                        f"{results[app]['cpu_ms_per_request']['median']:.3f} ms CPU/request")
+                run.log(f"floor {name}: {results[name]['rps']['median']:.0f} req/s, "
+                        f"{results[name]['cpu_ms_per_request']['median']:.3f} ms CPU/request")
             finally:
                 service.stop()
     finally:

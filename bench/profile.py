@@ -245,7 +245,8 @@ def floor_section(result: dict) -> list[str]:
     floor = json.loads(path.read_text())
     lines = ["", "## The floor: the serving stack without gateway logic", "",
              f"`make bench-floor` ({floor['generated']}): minimal apps (bench/floor_apps.py) under the same gunicorn "
-             f"gevent worker on core 0, relaying the same request to the same upstream, wrk at "
+             f"gevent worker on core 0 (the last rows: gthread workers instead), relaying the same request to the "
+             f"same upstream, wrk at "
              f"{floor['connections']} connections, {floor['repeats']} × {floor['duration_s']} s, median (min–max). "
              "No auth, quotas, security headers or logging.", "",
              "| app | req/s | CPU ms / request |", "|---|---|---|"]
