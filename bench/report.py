@@ -375,18 +375,20 @@ def slow_notes(data: dict) -> list[str]:
 PEER_NOTES = [
     "Reading the comparison:",
     "",
-    "- The gateways do different work per request. This gateway checks the API key, counts two quotas, adds "
-    "security and rate-limit headers and writes a JSON log line. LiteLLM checks its master key (no database) "
+    "- The gateways do different work per request. This gateway checks a managed API key, counts two quotas, "
+    "adds security and rate-limit headers, writes a JSON log line, updates its Prometheus metrics and queues a "
+    "usage row for SQLite. LiteLLM checks its master key (no database) "
     "and re-serialises every answer and event through its own types. Portkey's open-source gateway has no "
     "client authentication and no quotas.",
     "- Portkey's time to first event is about 30 ms whatever the upstream's pace: checked by hand at 20 and "
     "200 ms between events, its first event arrived 27–30 ms after the upstream wrote it and later ones "
     "within a few ms.",
     "- LiteLLM adds one empty event of its own to each stream; streams are counted complete by the upstream's "
-    "time-stamped events. At about 20 ms of CPU per request, a burst of 500 or 1000 streams takes it 10–30 s "
-    "to start; a stream counts as failed only if it has not ended within its length + 30 s.",
+    "time-stamped events. At 10–20 ms of CPU per request it cannot start 250–500 streams a second, so its "
+    "streams queue for seconds; a stream counts as failed only if it has not ended within its length + 30 s.",
     "- One run each on a shared virtual machine: differences under about 20 % are within run-to-run noise "
-    "(compare the ranges in the tables above).",
+    "(compare the ranges in the tables above). The machine's speed also drifts between runs: compare targets "
+    "within one run, not this table with the main tables above (taken in another run).",
 ]
 
 
