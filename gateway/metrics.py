@@ -223,8 +223,30 @@ def _write_values_to(settings: Settings) -> str:
     # imports this module while reading gunicorn.conf.py). Every metric made after this
     # line writes to the directory's files.
     if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
+        values.ValueClass = values.MultiProcessValue(process_identifier=process_id)
     return _directory
+
+
+class _ProcessId:
+    """``os.getpid()`` remembered, and looked up again in every forked child.
+
+    prometheus-client asks for the process id on every metric update, to notice a
+    fork; ``os.getpid`` is a system call each time (glibc caches nothing), about ten
+    per request here. Fork is the only way the answer changes, so it is refreshed there.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+process_id = _ProcessId()
 
 
 _instruments: Instruments | None = None
