@@ -119,6 +119,15 @@ def _items(text: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(text))
 
 
+def request_quotas(policy: quotas.CallerPolicy, ai: bool) -> list[tuple[str, str, str]]:
+    """(name in the headers, limit string, counter scope) of the request quotas a caller is
+    held to: the general one, and the AI one on AI endpoints."""
+    found = [(GENERAL_POLICY, policy.rate_limit_general, GENERAL_SCOPE)]
+    if ai:
+        found.append((AI_SCOPE, policy.rate_limit_ai, AI_SCOPE))
+    return found
+
+
 @dataclass(slots=True)
 class Counted:
     """One quota counter a request was held to, for the headers."""
@@ -169,21 +178,13 @@ class Quotas:
 
     def store_failed(self) -> None:
         """The store raised: log the outage once; with ``open``, count in the process
-        until flask-limiter's recovery probe (or ``/health/ready``) finds it back."""
+        until a timed probe (or ``/health/ready``) finds it back."""
         self.health.failed()
         if self.fail_open:
             self.limiter._storage_dead = True  # flask-limiter's switch to its fallback strategy
             # Not back before the next probe, even if the store answers a ping: it may
             # answer PING and still fail our commands.
             self._next_probe = time.monotonic() + self._probe_interval
-
-    def applicable(self, endpoint: str) -> list[tuple[str, str, str]]:
-        """(policy, limit string, scope) for the current caller at ``endpoint``."""
-        policy = quotas.caller_policy()
-        found = [(GENERAL_POLICY, policy.rate_limit_general, GENERAL_SCOPE)]
-        if endpoint.startswith(AI_ENDPOINT_PREFIX):
-            found.append((AI_SCOPE, policy.rate_limit_ai, AI_SCOPE))
-        return found
 
 
 AI_ENDPOINT_PREFIX = f"{ai_blueprint.name}."
@@ -195,7 +196,7 @@ def _state() -> Quotas:
 
 def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> list[Counted]:
     counted: list[Counted] = []
-    for name, text, scope in state.applicable(endpoint):
+    for name, text, scope in request_quotas(quotas.caller_policy(), endpoint.startswith(AI_ENDPOINT_PREFIX)):
         args = (*state.prefix, key, scope)
         for item in _items(text):
             counted.append(Counted(name, item, args, False))
@@ -230,6 +231,26 @@ def _hold_to_quotas() -> None:
         g.quota_breached = breached.policy
         raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
                           "Retry after the time in Retry-After.")
+
+
+def remaining_requests(policy: quotas.CallerPolicy) -> dict[str, dict[str, int] | None]:
+    """Per request quota (``general``, ``ai``) of the current caller: the limit, requests
+    remaining and seconds until the window frees one; ``None`` while the store is down.
+    With several limits in one string, the last one is shown."""
+    state = _state()
+    key = auth.caller_key()
+    now = time.time()
+    found: dict[str, dict[str, int] | None] = {}
+    for name, text, scope in request_quotas(policy, ai=True):
+        for item in _items(text):
+            try:
+                reset, left = state.strategy.get_window_stats(item, *state.prefix, key, scope)
+            except Exception:  # the store is down: say so rather than guess
+                found[name] = None
+                break
+            found[name] = {"limit": item.amount, "remaining": left,
+                           "resets_in": max(0, min(item.get_expiry(), int(reset - now) + 1))}
+    return found
 
 
 def breached_policy() -> str | None:

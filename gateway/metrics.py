@@ -339,7 +339,7 @@ def _observe(response: Response) -> Response:
         instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
     usage = ctx.get("usage")
     if usage is not None:
-        caller = ctx.get("caller")
+        caller = current_caller()
         instruments.count_tokens(caller.id if caller else "unknown", ctx.get("model"), usage)
     watch = ctx.get("metrics_stream")
     if watch is not None and response.is_streamed:

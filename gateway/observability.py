@@ -81,7 +81,7 @@ def _start() -> None:
 def _fields(status: int) -> dict[str, Any]:
     ctx = g._get_current_object()
     req = request._get_current_object()  # type: ignore[attr-defined]
-    caller = ctx.get("caller")
+    caller = auth.current_caller()
     upstream_ms = ctx.get("upstream_ms")
     return {
         "request_id": ctx.get("request_id"),

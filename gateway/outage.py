@@ -1,7 +1,8 @@
 """The quota store's outage policy (``RATE_LIMIT_ON_STORAGE_ERROR``) for our own counters.
 
-gateway.limits applies the policy to the request quotas (with flask-limiter's fallback); the concurrency slots
-(:mod:`gateway.inflight`) and token counters (:mod:`gateway.quotas`) apply it here:
+gateway.limits applies the policy to the request quotas (on flask-limiter's fallback
+strategy); the concurrency slots (:mod:`gateway.inflight`) and token counters
+(:mod:`gateway.quotas`) apply it here:
 try the shared store; if it fails, ``closed`` answers 503 and ``open`` uses the
 process's own counters instead.
 """

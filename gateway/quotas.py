@@ -289,14 +289,6 @@ def caller_policy() -> CallerPolicy:
     return policy
 
 
-def general_limit() -> str:
-    return caller_policy().rate_limit_general
-
-
-def ai_limit() -> str:
-    return caller_policy().rate_limit_ai
-
-
 def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, bool]:
     """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve and
     whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
@@ -337,23 +329,9 @@ def remaining_for_caller() -> dict[str, Any]:
     seconds until the window frees one; ``tokens``: per set token counter the limit,
     remaining tokens and seconds until it resets.
     """
-    from limits import parse_many
-
-    from gateway import auth
-    from gateway.limits import AI_SCOPE, GENERAL_SCOPE
+    from gateway import limits  # limits builds on this module
 
     policy = caller_policy()
-    state = current_app.extensions["gateway.quotas"]
-    now = time.time()
-    requests: dict[str, Any] = {}
-    for name, text, scope in (("general", policy.rate_limit_general, GENERAL_SCOPE), ("ai", policy.rate_limit_ai, AI_SCOPE)):
-        for item in parse_many(text):
-            try:
-                reset, left = state.strategy.get_window_stats(item, *state.prefix, auth.caller_key(), scope)
-            except Exception:  # the store is down: say so rather than guess
-                requests[name] = None
-                break
-            requests[name] = {"limit": item.amount, "remaining": left,
-                              "resets_in": max(0, min(item.get_expiry(), int(reset - now) + 1))}
+    requests = limits.remaining_requests(policy)
     ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
     return {"requests": requests, "tokens": ledger.remaining(policy)}

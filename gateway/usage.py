@@ -40,6 +40,7 @@ from flask import Flask, Response, current_app, g
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
+from gateway import auth
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
 from gateway.upstream.accounting import Usage
 
@@ -314,7 +315,7 @@ def _token_fields(usage: Usage | None) -> dict[str, object]:
 
 def _pending(status: int, duration_ms: float, upstream_ms: float | None) -> UsageRecord:
     ctx = g._get_current_object()  # one context lookup rather than one per attribute
-    caller = ctx.get("caller")
+    caller = auth.current_caller()
     return UsageRecord(
         ts=ctx.usage_ts,
         key_id=caller.id if caller else "unknown",
