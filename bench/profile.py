@@ -146,7 +146,7 @@ FOCUS: dict[str, tuple[str | None, str]] = {
     "flask-limiter: request check (_check_request_limit)": ("Limiter._check_request_limit", "flask_limiter/"),
     "flask-limiter / limits: all": (None, "flask_limiter/"),
     "limits: storage and windows": (None, "limits/"),
-    "our _rate_limit_headers (limiter.current_limits)": ("_rate_limit_headers", "gateway/limits.py"),
+    "our _rate_limit_headers (window reads)": ("_rate_limit_headers", "gateway/limits.py"),
     "flask-cors: all": (None, "flask_cors/"),
     "talisman: all": (None, "flask_talisman/"),
     "our auth hook (require_credentials)": ("require_credentials", "gateway/auth/__init__.py"),
