@@ -52,7 +52,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from bench import procs, streams, wrkrun
 
@@ -187,23 +186,12 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     out = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", code], env=full, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     settings = json.loads(out)
-    settings["rate_limit_storage_uri"] = _without_password(settings["rate_limit_storage_uri"])
     settings["master_api_key"] = f"<random, {len(env['MASTER_API_KEY'])} chars>"
     settings["jwt_secret"] = f"<random, {len(env['JWT_SECRET'])} chars>"
     settings["auth"] = "on (X-API-Key with the master key)"
     settings["logs"] = "one JSON line per request, INFO, to bench/results/raw/gateway.log"
     settings["server"] = "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config)"
     return settings
-
-
-def _without_password(uri: str) -> str:
-    """``uri`` with any password replaced, for the results file."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{netloc}"))
 
 
 def start_gateway(name: str = "gateway", label: str = "this gateway", extra_env: dict[str, str] | None = None,
@@ -305,18 +293,17 @@ client = redis.Redis.from_url(sys.argv[1], socket_timeout=5, socket_connect_time
 if sys.argv[2] == "info":
     print(json.dumps(client.info("server")))
 else:
-    patterns = [p.replace("PREFIX", sys.argv[3]) for p in ("LIMITS:LIMITER/PREFIX/*", "PREFIX:*", "*PREFIX[:/]*")]
+    pattern = f"*{sys.argv[3]}[:/]*"  # LIMITS:LIMITER/<prefix>/... and <prefix>:...
     deleted = 0
-    for pattern in patterns:
-        batch = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) == 500:
-                deleted += client.delete(*batch)
-                batch = []
-        if batch:
+    batch = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) == 500:
             deleted += client.delete(*batch)
-    left = len({k for p in patterns for k in client.scan_iter(match=p, count=1000)})
+            batch = []
+    if batch:
+        deleted += client.delete(*batch)
+    left = sum(1 for _ in client.scan_iter(match=pattern, count=1000))
     print(json.dumps({"deleted": deleted, "left": left}))
 """
 
