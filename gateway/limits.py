@@ -257,6 +257,8 @@ def breached_policy() -> str | None:
     """The quota that refused the current request (for metrics), if one did."""
     if "quota_breached" in g:
         return g.quota_breached
+    if request.blueprint != auth_blueprint.name:
+        return None
     for limit in current_app.extensions["gateway.limiter"].current_limits:
         if limit.breached:
             return AUTH_FAILURE_SCOPE
@@ -278,8 +280,9 @@ def _rate_limit_headers(response: Response) -> Response:
     elif state.health.down_since is not None and response.status_code != 503:
         state.health.recovered()
     counted: list[Counted] = list(g.get("quotas_counted", ()))
-    for limit in limiter.current_limits:  # the auth-failure limit, checked by flask-limiter
-        counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))
+    if request.blueprint == auth_blueprint.name:  # the auth-failure limit, checked by flask-limiter there
+        for limit in limiter.current_limits:
+            counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))
     if not counted:
         return response
     strategy = state.strategy
@@ -345,6 +348,22 @@ def exempt(app: Flask, view: Callable[..., Any], endpoint: str) -> None:
     app.extensions["gateway.quotas"].exempt.add(endpoint)
 
 
+def _scope_hooks_to_blueprint(app: Flask, limiter: Limiter, blueprint: str) -> None:
+    """Run the request hooks ``limiter.init_app`` registered for the whole app only for
+    ``blueprint``'s requests: the only limit flask-limiter checks is there, and its
+    hooks cost about 0.02 ms on every other request even with nothing to check.
+    Flask keeps hooks per blueprint in these public registries (``None``: the app)."""
+    def registered_by_limiter(hook: Any) -> bool:
+        return getattr(hook, "__self__", None) is limiter or limiter in getattr(hook, "args", ())
+
+    for registry in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
+        app_hooks = registry.get(None, [])
+        ours = [hook for hook in app_hooks if registered_by_limiter(hook)]
+        for hook in ours:
+            app_hooks.remove(hook)
+        registry.setdefault(blueprint, []).extend(ours)
+
+
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["GATEWAY"]
     limiter = Limiter(
@@ -359,7 +378,8 @@ def init_app(app: Flask) -> None:
     )
     limiter.init_app(app)
     # flask-limiter checks only the auth-failure limit; _hold_to_quotas does the rest.
-    limiter.request_filter(lambda: not (request.blueprint == auth_blueprint.name and not auth.is_preflight()))
+    _scope_hooks_to_blueprint(app, limiter, auth_blueprint.name)
+    limiter.request_filter(auth.is_preflight)
     app.extensions["gateway.limiter"] = limiter
     state = app.extensions["gateway.quotas"] = Quotas(limiter, settings)
     app.extensions["gateway.limits.health"] = state.health
