@@ -90,6 +90,11 @@ def test_hsts_only_on_https_in_production(make_app) -> None:
     assert "Strict-Transport-Security" not in client.get("/health").headers
     secure = client.get("/health", base_url="https://gw.example")
     assert secure.headers["Strict-Transport-Security"].startswith("max-age=")
+    # the headers are remembered per endpoint and scheme: each scheme keeps its own
+    forwarded = client.get("/", headers={"X-Forwarded-Proto": "https"})
+    assert forwarded.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert "Strict-Transport-Security" not in client.get("/").headers
+    assert "Strict-Transport-Security" not in client.get("/health").headers
 
 
 def test_plain_http_is_served_by_default(client) -> None:
