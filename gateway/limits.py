@@ -122,9 +122,13 @@ def _items(text: str) -> tuple[RateLimitItem, ...]:
 def request_quotas(policy: quotas.CallerPolicy, ai: bool) -> list[tuple[str, str, str]]:
     """(name in the headers, limit string, counter scope) of the request quotas a caller is
     held to: the general one, and the AI one on AI endpoints."""
-    found = [(GENERAL_POLICY, policy.rate_limit_general, GENERAL_SCOPE)]
-    if ai:
-        found.append((AI_SCOPE, policy.rate_limit_ai, AI_SCOPE))
+    return request_quotas_of(policy.rate_limit_general, policy.rate_limit_ai if ai else None)
+
+
+def request_quotas_of(general: str, ai: str | None) -> list[tuple[str, str, str]]:
+    found = [(GENERAL_POLICY, general, GENERAL_SCOPE)]
+    if ai is not None:
+        found.append((AI_SCOPE, ai, AI_SCOPE))
     return found
 
 
@@ -194,18 +198,27 @@ def _state() -> Quotas:
     return current_app.extensions["gateway.quotas"]
 
 
+@functools.lru_cache(maxsize=4096)
+def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -> tuple[tuple[str, RateLimitItem,
+                                                                                          tuple[str, ...]], ...]:
+    """(policy name, limit, counter key parts) of each counter a request is held to,
+    shortest window first (flask-limiter's order), worked out once per caller and limits."""
+    found = [(name, item, (*prefix, key, scope))
+             for name, text, scope in request_quotas_of(general, ai)
+             for item in _items(text)]
+    return tuple(sorted(found, key=lambda each: each[1]))
+
+
 def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> list[Counted]:
+    policy = quotas.caller_policy()
+    ai = policy.rate_limit_ai if endpoint.startswith(AI_ENDPOINT_PREFIX) else None
     counted: list[Counted] = []
-    for name, text, scope in request_quotas(quotas.caller_policy(), endpoint.startswith(AI_ENDPOINT_PREFIX)):
-        args = (*state.prefix, key, scope)
-        for item in _items(text):
-            counted.append(Counted(name, item, args, False))
-    # Like flask-limiter: the shortest window first, and no further counting after a breach.
-    counted.sort(key=lambda each: each.item)
-    for index, each in enumerate(counted):
-        if not strategy.hit(each.item, *each.args):
-            each.breached = True
-            return counted[: index + 1]
+    # No further counting after a breach, like flask-limiter.
+    for name, item, args in _counters(state.prefix, key, policy.rate_limit_general, ai):
+        breached = not strategy.hit(item, *args)
+        counted.append(Counted(name, item, args, breached))
+        if breached:
+            break
     return counted
 
 

@@ -284,8 +284,25 @@ def caller_policy() -> CallerPolicy:
         record = None
         if caller is not None and key_id != MASTER_KEY_ID:
             record = current_app.extensions["gateway.keys"].record(key_id)
-        policy = CallerPolicy.build(key_id, record, settings)
+        policy = _built_policy(key_id, record, settings)
         g.caller_policy = policy
+    return policy
+
+
+_POLICIES_KEPT = 10_000
+_policies: dict[str, tuple[KeyRecord | None, Settings, CallerPolicy]] = {}
+
+
+def _built_policy(key_id: str, record: KeyRecord | None, settings: Settings) -> CallerPolicy:
+    """:meth:`CallerPolicy.build`, reused while the key's record (re-read from the store
+    every ``KEY_CACHE_SECONDS``: a new object) and the settings are the same objects."""
+    kept = _policies.get(key_id)
+    if kept is not None and kept[0] is record and kept[1] is settings:
+        return kept[2]
+    if len(_policies) >= _POLICIES_KEPT:
+        _policies.clear()
+    policy = CallerPolicy.build(key_id, record, settings)
+    _policies[key_id] = (record, settings, policy)
     return policy
 
 

@@ -76,11 +76,10 @@ class _TtlCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> tuple[bool, KeyRecord | None]:
-        with self._lock:
-            entry = self._entries.get(name)
-            if entry is None or entry[0] <= self._clock():
-                return False, None
-            return True, entry[1]
+        entry = self._entries.get(name)  # one atomic read: no lock needed (writers hold it)
+        if entry is None or entry[0] <= self._clock():
+            return False, None
+        return True, entry[1]
 
     def put(self, name: str, record: KeyRecord | None) -> None:
         if self.ttl <= 0:
@@ -129,7 +128,7 @@ class KeyRing:
 
     # --- secrets -------------------------------------------------------------------
     def hash_secret(self, secret: str) -> str:
-        return hmac.new(self._pepper, secret.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        return hmac.digest(self._pepper, secret.encode("utf-8", "surrogateescape"), "sha256").hex()
 
     def issue_secret(self) -> tuple[str, str, str]:
         """A fresh secret with its shown prefix and its hash: ``(secret, prefix, hash)``."""

@@ -75,6 +75,8 @@ def read_body(upstream: UpstreamResponse, limits: RelayLimits) -> bytes:
             if size > limits.max_bytes:
                 raise UpstreamError("The AI backend's answer is too large.", error_code="upstream_response_too_large")
             chunks.append(data)
+            if upstream.raw.length_remaining == 0:  # all its Content-Length is in: no read for the end
+                return b"".join(chunks)
     except urllib3.exceptions.ReadTimeoutError:
         raise UpstreamTimeout("The AI backend stopped answering.") from None
     except _READ_ERRORS:
