@@ -22,6 +22,7 @@ from flask_talisman import Talisman
 from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from gateway import response_headers
 from gateway.errors import GatewayError
 from gateway.limits import EXPOSED_HEADERS
 from gateway.routes.meta import health, ready
@@ -71,8 +72,7 @@ class _Talisman(Talisman):
             scratch.headers = Headers()
             super()._set_response_headers(scratch)
             headers = self._remembered[key] = list(scratch.headers.items())
-        for name, value in headers:
-            response.headers[name] = value
+        response_headers.put(response.headers, headers)
         return response
 
 

@@ -45,7 +45,7 @@ from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.strategies import RateLimiter
 
-from gateway import auth, quotas
+from gateway import auth, quotas, response_headers
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -310,14 +310,17 @@ def _rate_limit_headers(response: Response) -> Response:
     window = tightest.item.get_expiry()
     seconds_left = max(0, min(window, reset_at - int(time.time())))
     headers = response.headers
-    headers["X-RateLimit-Limit"] = str(tightest.item.amount)
-    headers["X-RateLimit-Remaining"] = str(remaining)
-    headers["X-RateLimit-Reset"] = str(reset_at)
-    headers["RateLimit-Policy"] = ", ".join(
-        f'"{each.policy}";q={each.item.amount};w={each.item.get_expiry()}' for each in counted)
-    headers["RateLimit"] = f'"{tightest.policy}";r={remaining};t={seconds_left}'
+    fields = [
+        ("X-RateLimit-Limit", str(tightest.item.amount)),
+        ("X-RateLimit-Remaining", str(remaining)),
+        ("X-RateLimit-Reset", str(reset_at)),
+        ("RateLimit-Policy", ", ".join(
+            f'"{each.policy}";q={each.item.amount};w={each.item.get_expiry()}' for each in counted)),
+        ("RateLimit", f'"{tightest.policy}";r={remaining};t={seconds_left}'),
+    ]
     if response.status_code == 429 and "Retry-After" not in headers:
-        headers["Retry-After"] = str(max(1, seconds_left))
+        fields.append(("Retry-After", str(max(1, seconds_left))))
+    response_headers.put(headers, fields)
     return response
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from gateway import auth
+from gateway import auth, response_headers
 from gateway.upstream.accounting import Usage
 
 log = logging.getLogger("gateway.access")
@@ -105,14 +105,17 @@ def _usage_fields(usage: Usage | None) -> dict[str, Any]:
 
 
 def _finish(response: Response) -> Response:
-    headers = response.headers
-    headers["X-Request-ID"] = g.request_id
-    headers.setdefault("Cache-Control", "no-store")
     fields = _fields(response.status_code)
     timing = f"gateway;dur={fields['duration_ms']}"
     if fields["upstream_ms"] is not None:
         timing += f", upstream;dur={fields['upstream_ms']}"
-    headers["Server-Timing"] = timing
+    headers = response.headers
+    added = [("Server-Timing", timing)]
+    if fields["request_id"] is not None:
+        added.append(("X-Request-ID", fields["request_id"]))
+    if "Cache-Control" not in headers:
+        added.append(("Cache-Control", "no-store"))
+    response_headers.put(headers, added)
     pending = g.get("stream_fields")
     if response.is_streamed and pending is not None:
         pending.update(fields)  # logged when the stream ends

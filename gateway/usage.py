@@ -56,9 +56,12 @@ STOP_TIMEOUT_SECONDS = 5.0
 _INSERT_USAGE = insert(usage)
 
 
-@dataclass(frozen=True)
+@dataclass
 class UsageRecord:
-    """One AI request. Token counts are ``None`` until the upstream's usage is read."""
+    """One AI request. Token counts are ``None`` until the upstream's usage is read.
+
+    Treated as immutable once made (:func:`dataclasses.replace` makes changed copies);
+    not ``frozen``, whose ``__init__`` costs a ``object.__setattr__`` call per field."""
 
     ts: datetime  # when the request started, aware UTC
     key_id: str
