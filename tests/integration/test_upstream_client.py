@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from gateway.upstream.client import UpstreamClient, UpstreamConfig, _QuickLivenessCheck
+from gateway.upstream.client import UpstreamClient, UpstreamConfig, _QuickHeadResponse, _QuickLivenessCheck
 from tests.fakes.upstream import FakeUpstream
 
 BODY = b'{"model": "m", "prompt": "hi"}'
@@ -30,6 +30,21 @@ def test_a_kept_alive_connection_is_reused() -> None:
         assert [_call(client) for _ in range(3)] == [200, 200, 200]
         assert len(upstream.requests) == 3
         assert upstream.open_connections == 1
+        client.close()
+
+
+def test_answers_are_parsed_by_the_quick_head_response() -> None:
+    with FakeUpstream() as upstream:
+        client = _client(upstream)
+        assert client._current_route().pool.ConnectionCls.response_class is _QuickHeadResponse
+        answer = client.send("POST", "/completions", BODY, "req-1", stream=False)
+        try:
+            assert isinstance(answer.raw._original_response, _QuickHeadResponse)
+            assert answer.headers["content-type"].startswith("application/json")
+            assert int(answer.headers["Content-Length"]) == len(answer.raw.read())
+        finally:
+            answer.close()
+        assert _call(client) == 200 and upstream.open_connections == 1  # kept alive after it
         client.close()
 
 
