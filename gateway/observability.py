@@ -26,6 +26,10 @@ log = logging.getLogger("gateway.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# One encoder for every line: json.dumps(..., default=str) would build a new one per call.
+_encode = json.JSONEncoder(default=str).encode
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; fields given as ``extra={"fields": {...}}``."""
 
@@ -39,7 +43,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return _encode(line)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -57,10 +61,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(level: str) -> None:
     """Send the ``gateway`` loggers to stderr as JSON lines (once per process)."""
     # Work logging does for every record that our JSON lines never show: the calling
-    # function's file and line (a stack walk) and multiprocessing's process name
-    # (see the logging HOWTO, "Optimization"). gunicorn's own lines keep their pid.
+    # function's file and line (a stack walk), multiprocessing's process name and the
+    # thread's name, a greenlet lookup under gevent (see the logging HOWTO,
+    # "Optimization"). gunicorn's own lines show neither; they keep their pid.
     logging._srcfile = None
     logging.logMultiprocessing = False
+    logging.logThreads = False
     logger = logging.getLogger("gateway")
     logger.setLevel(level.upper())
     if not any(getattr(h, "_gateway", False) for h in logger.handlers):

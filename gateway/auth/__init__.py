@@ -58,11 +58,13 @@ class Caller:
 
 
 def is_preflight() -> bool:
-    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    return req.method == "OPTIONS" and "Access-Control-Request-Method" in req.headers
 
 
 def is_public() -> bool:
-    return is_preflight() or (request.endpoint, request.method) in PUBLIC_ENDPOINTS
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    return (req.endpoint, req.method) in PUBLIC_ENDPOINTS or is_preflight()
 
 
 def current_caller() -> Caller | None:
@@ -136,8 +138,9 @@ def authenticate() -> Caller:
 
     :raises Unauthorized: when none is presented or any presented one is invalid.
     """
-    api_key = request.headers.get("X-API-Key")
-    authorization = request.headers.get("Authorization")
+    headers = request.headers
+    api_key = headers.get("X-API-Key")
+    authorization = headers.get("Authorization")
     if api_key is None and authorization is None:
         raise Unauthorized(
             "No credentials. Send X-API-Key: <key> or Authorization: Bearer <token>.",
@@ -154,10 +157,11 @@ def authenticate() -> Caller:
 
 
 def require_credentials() -> None:
-    g.caller = None
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    ctx.caller = None
     if is_public():
         return
-    g.caller = _from_metrics_token() or authenticate()
+    ctx.caller = _from_metrics_token() or authenticate()
 
 
 def _explain_development_secrets(settings: Settings) -> None:

@@ -70,11 +70,13 @@ def _view_for(op: Operation) -> Callable[[], Response]:
     def relay_operation() -> Response:
         account_request(op.name)  # a usage row is written for this request, whatever its outcome
         call = read_request(op)
-        settings = current_app.config["GATEWAY"]
-        client: UpstreamClient = current_app.extensions["gateway.upstream"]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
+        ctx = g._get_current_object()
+        settings = app.config["GATEWAY"]
+        client: UpstreamClient = app.extensions["gateway.upstream"]
         reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess) if call.reserve else quotas.NO_RESERVATION
         try:
-            slot = current_app.extensions["gateway.inflight"].acquire(caller_key())
+            slot = app.extensions["gateway.inflight"].acquire(caller_key())
         except Exception:
             reservation.settle(0)
             raise
@@ -92,7 +94,7 @@ def _view_for(op: Operation) -> Callable[[], Response]:
 
         streaming = False
         try:
-            upstream = client.send(op.method, op.upstream_path, call.body, g.request_id, call.stream)
+            upstream = client.send(op.method, op.upstream_path, call.body, ctx.request_id, call.stream)
             limits = relay.RelayLimits(
                 deadline=time.monotonic() + settings.upstream_total_timeout,
                 max_bytes=settings.max_response_bytes,
@@ -101,13 +103,13 @@ def _view_for(op: Operation) -> Callable[[], Response]:
                                          on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
             if not streaming and response.status_code < 300:
-                g.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
+                ctx.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
             return response
         finally:
-            g.upstream_ms = (time.perf_counter() - started) * 1000
+            ctx.upstream_ms = (time.perf_counter() - started) * 1000
             if not streaming:
                 slot.release()
-                usage = g.get("usage")
+                usage = ctx.get("usage")
                 reservation.settle(usage.total_tokens if usage else 0)
 
     relay_operation.__name__ = f"relay_{op.name}"
