@@ -95,6 +95,18 @@ def on_starting(server) -> None:  # noqa: ANN001
     metrics.prepare_directory(_settings)
 
 
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    """Once the worker has loaded the app: move everything alive now (the app, its
+    modules, their caches) out of the garbage collector's sight. These objects live
+    as long as the worker, but a full collection would walk them all every time: with
+    them, one took 30-60 ms here, during which the worker serves nothing (a visible
+    latency tail); without them, about 1.5 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def worker_exit(server, worker) -> None:  # noqa: ANN001
     """Graceful stop or reload: write the worker's queued usage records before it exits."""
     from gateway import usage
