@@ -16,9 +16,10 @@ def request_body() -> bytes:
 
     :raises 413: the body is larger, whether it declared a length or came chunked.
     """
-    data = request.get_data(cache=False)
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup
+    data = req.get_data(cache=False)
     try:
-        return payload.read_limited(request.environ, data, current_app.config["MAX_CONTENT_LENGTH"])
+        return payload.read_limited(req.environ, data, current_app.config["MAX_CONTENT_LENGTH"])
     except payload.BodyTooLarge:
         raise RequestEntityTooLarge() from None
 

@@ -64,8 +64,9 @@ class _Talisman(Talisman):
         return None
 
     def _set_response_headers(self, response: Response) -> Response:
-        secure = request.is_secure or request.headers.get("X-Forwarded-Proto", "http") == "https"
-        key = (request.endpoint, secure)
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup
+        secure = req.is_secure or req.headers.get("X-Forwarded-Proto", "http") == "https"
+        key = (req.endpoint, secure)
         headers = self._remembered.get(key)
         if headers is None:
             scratch = Response()

@@ -292,7 +292,8 @@ def _rate_limit_headers(response: Response) -> Response:
         state.health.failed()
     elif state.health.down_since is not None and response.status_code != 503:
         state.health.recovered()
-    counted: list[Counted] = list(g.get("quotas_counted", ()))
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    counted: list[Counted] = list(ctx.get("quotas_counted", ()))
     if request.blueprint == auth_blueprint.name:  # the auth-failure limit, checked by flask-limiter there
         for limit in limiter.current_limits:
             counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))

@@ -274,18 +274,18 @@ class TokenLedger:
 
 def caller_policy() -> CallerPolicy:
     """The current caller's policy, worked out once per request."""
-    policy = g.get("caller_policy")
+    ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
+    policy = ctx.get("caller_policy")
     if policy is None:
-        from gateway import auth
-
-        caller = auth.current_caller()
-        settings: Settings = current_app.config["GATEWAY"]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        caller = ctx.get("caller")  # auth.current_caller()
+        settings: Settings = app.config["GATEWAY"]
         key_id = caller.id if caller else "anonymous"
         record = None
         if caller is not None and key_id != MASTER_KEY_ID:
-            record = current_app.extensions["gateway.keys"].record(key_id)
+            record = app.extensions["gateway.keys"].record(key_id)
         policy = _built_policy(key_id, record, settings)
-        g.caller_policy = policy
+        ctx.caller_policy = policy
     return policy
 
 

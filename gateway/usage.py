@@ -305,8 +305,9 @@ atexit.register(stop_all)
 def account_request(operation: str) -> None:
     """Mark the current request for accounting: one row is recorded when its response is
     made (errors included), or for a stream when the stream ends (:func:`on_stream_end`)."""
-    g.usage_operation = operation
-    g.usage_ts = datetime.now(UTC)
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    ctx.usage_operation = operation
+    ctx.usage_ts = datetime.now(UTC)
 
 
 def _token_fields(usage: Usage | None) -> dict[str, object]:
