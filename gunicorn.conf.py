@@ -7,6 +7,11 @@ each and the sync worker one process each (and kills any request longer than
 urllib3 relay costs about the same CPU under gevent as under gthread with 32 threads
 (which could hold only 32 streams), and less than under gthread with the 1000
 threads a thousand streams would need (``make bench-floor``, bench/results/profile.md).
+gunicorn's other gevent worker, ``gevent_pywsgi`` (gevent's own HTTP server), relayed
+the same Flask app for about 13 % less CPU here, but it has no keep-alive timeout (an
+idle client holds its slot for ever) and it bypasses gunicorn's request handling, so
+``max_requests`` and gunicorn's request line and header limits do not apply: not worth
+it for a gateway facing clients.
 
 Worker processes: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas live in the
 process, so there is one worker and the gateway refuses more (see
