@@ -120,13 +120,9 @@ def _items(text: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(text))
 
 
-def request_quotas(policy: quotas.CallerPolicy, ai: bool) -> list[tuple[str, str, str]]:
+def request_quotas(general: str, ai: str | None) -> list[tuple[str, str, str]]:
     """(name in the headers, limit string, counter scope) of the request quotas a caller is
-    held to: the general one, and the AI one on AI endpoints."""
-    return request_quotas_of(policy.rate_limit_general, policy.rate_limit_ai if ai else None)
-
-
-def request_quotas_of(general: str, ai: str | None) -> list[tuple[str, str, str]]:
+    held to: the ``general`` one, and the ``ai`` one when given (on AI endpoints)."""
     found = [(GENERAL_POLICY, general, GENERAL_SCOPE)]
     if ai is not None:
         found.append((AI_SCOPE, ai, AI_SCOPE))
@@ -205,7 +201,7 @@ def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -
     """(policy name, limit, counter key parts) of each counter a request is held to,
     shortest window first (flask-limiter's order), worked out once per caller and limits."""
     found = [(name, item, (*prefix, key, scope))
-             for name, text, scope in request_quotas_of(general, ai)
+             for name, text, scope in request_quotas(general, ai)
              for item in _items(text)]
     return tuple(sorted(found, key=lambda each: each[1]))
 
@@ -255,7 +251,7 @@ def remaining_requests(policy: quotas.CallerPolicy) -> dict[str, dict[str, int] 
     key = auth.caller_key()
     now = time.time()
     found: dict[str, dict[str, int] | None] = {}
-    for name, text, scope in request_quotas(policy, ai=True):
+    for name, text, scope in request_quotas(policy.rate_limit_general, policy.rate_limit_ai):
         for item in _items(text):
             try:
                 reset, left = state.strategy.get_window_stats(item, *state.prefix, key, scope)
@@ -293,8 +289,7 @@ def _rate_limit_headers(response: Response) -> Response:
         state.health.failed()
     elif state.health.down_since is not None and response.status_code != 503:
         state.health.recovered()
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    counted: list[Counted] = list(ctx.get("quotas_counted", ()))
+    counted: list[Counted] = list(g.get("quotas_counted", ()))
     if request.blueprint == auth_blueprint.name:  # the auth-failure limit, checked by flask-limiter there
         for limit in limiter.current_limits:
             counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))

@@ -277,32 +277,16 @@ def caller_policy() -> CallerPolicy:
     ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
     policy = ctx.get("caller_policy")
     if policy is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        caller = ctx.get("caller")  # auth.current_caller()
-        settings: Settings = app.config["GATEWAY"]
+        from gateway import auth
+
+        caller = auth.current_caller()
+        settings: Settings = current_app.config["GATEWAY"]
         key_id = caller.id if caller else "anonymous"
         record = None
         if caller is not None and key_id != MASTER_KEY_ID:
-            record = app.extensions["gateway.keys"].record(key_id)
-        policy = _built_policy(key_id, record, settings)
+            record = current_app.extensions["gateway.keys"].record(key_id)
+        policy = CallerPolicy.build(key_id, record, settings)
         ctx.caller_policy = policy
-    return policy
-
-
-_POLICIES_KEPT = 10_000
-_policies: dict[str, tuple[KeyRecord | None, Settings, CallerPolicy]] = {}
-
-
-def _built_policy(key_id: str, record: KeyRecord | None, settings: Settings) -> CallerPolicy:
-    """:meth:`CallerPolicy.build`, reused while the key's record (re-read from the store
-    every ``KEY_CACHE_SECONDS``: a new object) and the settings are the same objects."""
-    kept = _policies.get(key_id)
-    if kept is not None and kept[0] is record and kept[1] is settings:
-        return kept[2]
-    if len(_policies) >= _POLICIES_KEPT:
-        _policies.clear()
-    policy = CallerPolicy.build(key_id, record, settings)
-    _policies[key_id] = (record, settings, policy)
     return policy
 
 
