@@ -26,7 +26,9 @@ auth blueprint (:func:`_scope_hooks_to_blueprint`): its per-request work of find
 which limits apply (blueprints, exemption scopes, dynamic limit providers parsed
 again each time) cost about 0.3 ms per request, several times the counting itself,
 and its hooks still cost about 0.02 ms with nothing left to check.
-The counters, their keys and the strategies are the same. While the store is down
+The counters, their keys and the strategies are the same. On Redis with the moving
+window, :mod:`gateway.redis_windows` counts all of a request's quotas and reads their
+windows for the headers in one round trip instead of two per quota. While the store is down
 (``open``), :meth:`Quotas.strategy` probes it with a growing interval (0.5 s up to
 30 s; ``/health/ready`` probes at once) and moves counting back when it answers.
 """
@@ -51,6 +53,7 @@ from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.inflight import InFlight
+from gateway.redis_windows import RedisWindows, Window
 from gateway.routes.ai import blueprint as ai_blueprint
 from gateway.routes.meta import health, ready
 
@@ -137,6 +140,7 @@ class Counted:
     item: RateLimitItem
     args: tuple[str, ...]  # the counter's key parts (prefix, caller, scope)
     breached: bool
+    window: Window | None = None  # what RedisWindows read while counting; else read for the headers
 
 
 class Quotas:
@@ -148,6 +152,8 @@ class Quotas:
         self.fail_open = settings.rate_limit_on_storage_error == "open"
         self.prefix: tuple[str, ...] = (settings.rate_limit_key_prefix,) if settings.rate_limit_key_prefix else ()
         self.exempt: set[str] = set()
+        # Every request quota in one Redis round trip, where that is exact (moving window, not a cluster).
+        self.windows = RedisWindows.for_strategy(limiter.limiter)
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
 
@@ -195,23 +201,34 @@ def _state() -> Quotas:
     return current_app.extensions["gateway.quotas"]
 
 
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """The counters one caller's request is held to, shortest window first (flask-limiter's order)."""
+
+    named: tuple[tuple[str, RateLimitItem, tuple[str, ...]], ...]  # (policy name, limit, counter key parts)
+    keyed: tuple[tuple[RateLimitItem, str], ...]  # (limit, limits' own key) for RedisWindows
+
+
 @functools.lru_cache(maxsize=4096)
-def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -> tuple[tuple[str, RateLimitItem,
-                                                                                          tuple[str, ...]], ...]:
-    """(policy name, limit, counter key parts) of each counter a request is held to,
-    shortest window first (flask-limiter's order), worked out once per caller and limits."""
-    found = [(name, item, (*prefix, key, scope))
-             for name, text, scope in request_quotas(general, ai)
-             for item in _items(text)]
-    return tuple(sorted(found, key=lambda each: each[1]))
+def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -> Counters:
+    """The counters of a caller and its limits, worked out once, not per request."""
+    found = sorted(((name, item, (*prefix, key, scope))
+                    for name, text, scope in request_quotas(general, ai)
+                    for item in _items(text)), key=lambda each: each[1])
+    return Counters(tuple(found), tuple((item, item.key_for(*args)) for _, item, args in found))
 
 
 def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> list[Counted]:
     policy = quotas.caller_policy()
     ai = policy.rate_limit_ai if endpoint.startswith(AI_ENDPOINT_PREFIX) else None
+    counters = _counters(state.prefix, key, policy.rate_limit_general, ai)
+    windows = state.windows
+    if windows is not None and strategy.storage is windows.storage:  # not the outage fallback
+        return [Counted(name, item, args, window.breached, window)
+                for (name, item, args), window in zip(counters.named, windows.hit(counters.keyed), strict=False)]
     counted: list[Counted] = []
     # No further counting after a breach, like flask-limiter.
-    for name, item, args in _counters(state.prefix, key, policy.rate_limit_general, ai):
+    for name, item, args in counters.named:
         breached = not strategy.hit(item, *args)
         counted.append(Counted(name, item, args, breached))
         if breached:
@@ -277,6 +294,8 @@ def breached_policy() -> str | None:
 
 def _window(strategy: RateLimiter, each: Counted) -> tuple[int, int]:
     """(remaining, reset_at) of a counter."""
+    if each.window is not None:
+        return each.window.remaining, each.window.reset_at
     reset, remaining = strategy.get_window_stats(each.item, *each.args)
     return (0 if each.breached else remaining), int(reset + 1)
 

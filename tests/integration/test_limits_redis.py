@@ -191,3 +191,79 @@ def test_open_policy_serves_when_redis_answers_but_refuses_the_quota_commands(re
     assert capfd.readouterr().err.count("rate limit storage unreachable") == 1
     closed = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="closed").test_client()
     assert closed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 503
+
+
+def _commands_sent(app, call) -> list[str]:
+    """The Redis commands the quota store's client sends while ``call()`` runs."""
+    client = app.extensions["gateway.limiter"].storage.storage
+    sent: list[str] = []
+    send = client.execute_command
+
+    def counting(*args, **options):
+        sent.append(str(args[0]))
+        return send(*args, **options)
+
+    client.execute_command = counting
+    try:
+        call()
+    finally:
+        del client.execute_command
+    return sent
+
+
+def test_every_quota_of_a_request_and_its_headers_cost_one_round_trip(redis_app) -> None:
+    """Two quotas on an AI endpoint, counted and read for the headers in one script call
+    (the library's path takes four: a hit and a read per quota)."""
+    app = redis_app(rate_limit_general="10 per minute", rate_limit_ai="3 per minute")
+    client = app.test_client()
+    responses = []
+    sent = _commands_sent(app, lambda: responses.append(client.post("/api/ai/completion", json=BODY,
+                                                                    headers=KEY_HEADERS)))
+    assert sent == ["EVALSHA"]
+    assert responses[0].headers["RateLimit"].startswith('"ai";r=2;')
+    fixed = redis_app(rate_limit_strategy="fixed-window")
+    assert fixed.extensions["gateway.quotas"].windows is None  # the library's path, one counter per call
+
+
+def test_one_round_trip_counts_exactly_as_the_library_does(redis_prefix) -> None:
+    """The script keeps limits' own keys and lists: counts made either way add up, the
+    windows it reports are the library's, and counting stops at the first full counter."""
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import MovingWindowRateLimiter
+
+    from gateway.redis_windows import RedisWindows
+
+    strategy = MovingWindowRateLimiter(storage_from_string(REDIS_URL))
+    windows = RedisWindows.for_strategy(strategy)
+    assert windows is not None
+    tight, loose = parse("3 per minute"), parse("5 per minute")
+    parts = {tight: (redis_prefix, "key:a", "ai"), loose: (redis_prefix, "key:a", "global")}
+    counters = [(item, item.key_for(*parts[item])) for item in (tight, loose)]
+
+    first = windows.hit(counters)
+    assert [w.breached for w in first] == [False, False] and [w.remaining for w in first] == [2, 4]
+    assert strategy.hit(tight, *parts[tight]) and strategy.hit(loose, *parts[loose])  # the library's path
+    second = windows.hit(counters)
+    assert [w.remaining for w in second] == [0, 2]
+    for item, window in zip((tight, loose), second, strict=True):
+        reset, remaining = strategy.get_window_stats(item, *parts[item])
+        assert (window.remaining, window.reset_at) == (remaining, int(reset + 1))
+        assert time.time() + 59 <= window.reset_at <= time.time() + 61
+
+    refused = windows.hit(counters)
+    assert len(refused) == 1 and refused[0].breached and refused[0].remaining == 0
+    assert strategy.get_window_stats(loose, *parts[loose])[1] == 2  # not counted after the refusal
+    assert not strategy.hit(tight, *parts[tight])
+
+
+def test_one_round_trip_is_used_only_where_it_is_exact() -> None:
+    from limits.storage import MemoryStorage, storage_from_string
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+    from gateway.redis_windows import RedisWindows
+
+    shared = storage_from_string(REDIS_URL)
+    assert RedisWindows.for_strategy(MovingWindowRateLimiter(MemoryStorage())) is None
+    assert RedisWindows.for_strategy(FixedWindowRateLimiter(shared)) is None
+    assert RedisWindows.for_strategy(SlidingWindowCounterRateLimiter(shared)) is None
