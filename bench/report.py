@@ -313,7 +313,7 @@ def summary_section(data: dict) -> list[str]:
         workers = redis.get("settings", {}).get("worker_processes")
         errors = sum(redis["load"][c]["summary"]["errors"] for c in conns)
         lines.append(
-            f"- With its quotas in Redis (`gateway-redis`"
+            "- With its quotas in Redis (`gateway-redis`"
             + (f", {workers} workers" if workers else "") + "): "
             f"**{med(redis['load'][rbusiest]['summary']['rps']):,.0f} req/s** at {rbusiest} connections, "
             f"{_span(rcpu)} ms CPU per request in the gateway's processes"
@@ -418,8 +418,8 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "quotas on with limits no run can reach, one JSON log line per request written to a file.",
         *(["- **gateway-redis**: the same gateway with its quotas in the machine's Redis "
            "(`RATE_LIMIT_STORAGE_URI=redis://127.0.0.1:6379/12`, a key prefix of each run's own, its keys "
-           "deleted afterwards). With a shared store the shipped config starts one worker per core; all of "
-           "them run on core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
+           "deleted afterwards). With a shared store the shipped config starts one worker per core the "
+           "process may use: one here, pinned to core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
           if "gateway-redis" in data["targets"] else []),
         f"- **Load**: `wrk -t1 -c<N> -d{cfg['duration_s']}s --latency` with `bench/wrk/post.lua` "
         f"(`POST {cfg['request']['path']}` with `{json.dumps(cfg['request']['body'])}`), at "

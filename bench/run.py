@@ -11,7 +11,7 @@ For "direct" nothing runs on core 0: wrk and the upstream share core 1.
 "gateway-redis" is "gateway" with its quotas in the machine's own Redis
 (``redis://127.0.0.1:6379/12``, a key prefix of its own for each run, its keys deleted
 when the target stops; never FLUSHDB). With a shared store gunicorn.conf.py starts one
-worker per core (what users get), all on core 0 here. Redis is the machine's service,
+worker per core the process may use (what users get): pinned to core 0 here, one. Redis is the machine's service,
 not ours to pin: its CPU is measured on its own (``store_cpu_ms_per_request``) and is
 not counted as other processes' load on either core.
 
@@ -50,7 +50,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import procs, streams, wrkrun
@@ -183,7 +183,9 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     )
     full = dict(os.environ)
     full.update(env)
-    out = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", code], env=full, cwd=ROOT,
+    # pinned as the gateway will be: the worker count follows the cores the process may use
+    out = subprocess.run(["taskset", "-c", TARGET_CORE, str(GATEWAY_VENV / "bin" / "python"), "-c", code],
+                         env=full, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     settings = json.loads(out)
     settings["master_api_key"] = f"<random, {len(env['MASTER_API_KEY'])} chars>"
@@ -239,8 +241,8 @@ def start_gateway_redis() -> Target:
         "quota_store": (f"the machine's Redis {info.get('redis_version', '?')} on 127.0.0.1:6379, db 12 "
                         f"(pid {', '.join(map(str, pids))}, not pinned: cores "
                         f"{_affinity(pids[0])}); keys of this run deleted after it, never FLUSHDB"),
-        "server": "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config: one worker per core with a "
-                  "shared store), all workers pinned to core 0",
+        "server": "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config: with a shared store, one "
+                  "worker per core the process may use), pinned to core 0",
     })
     target.store_pids = lambda: [p for pid in pids for p in procs.tree(pid)]
     target.cleanup = lambda: _clean_redis(prefix)
@@ -534,7 +536,7 @@ def server_timing(target: Target, args: argparse.Namespace) -> dict:
             "samples": len(gateway),
             "gateway_ms": statistics.median(gateway) if gateway else None,
             "upstream_ms": statistics.median(upstream) if upstream else None,
-            "own_ms": statistics.median([g - u for g, u in zip(gateway, upstream)]) if upstream else None,
+            "own_ms": statistics.median([g - u for g, u in zip(gateway, upstream, strict=False)]) if upstream else None,
             "client_ms": statistics.median(client),
         })
     return {"rounds": rounds,
@@ -780,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.time()
     report: dict = {
-        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine,
         "config": {
             "targets": targets, "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,

@@ -145,7 +145,18 @@ class Settings:
     def worker_processes(self) -> int:
         if self.gateway_workers:
             return self.gateway_workers
-        return (os.cpu_count() or 1) if self.shared_limit_storage else 1
+        return usable_cores() if self.shared_limit_storage else 1
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity, which ``taskset``, systemd's
+    ``CPUAffinity=`` and a container's cpuset narrow (Python 3.13's
+    ``os.process_cpu_count()``); the machine's count where affinity is unknown. More
+    workers than that only take turns on the same cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 # Variables whose env name differs from the field name.

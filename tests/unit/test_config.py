@@ -164,9 +164,20 @@ def test_workers_default_to_one_on_memory_and_one_per_core_with_redis(tmp_path: 
     base = {"MASTER_API_KEY": "k", "JWT_SECRET": "j"}
     assert load(environ=base, env_file=str(tmp_path / "none")).worker_processes == 1
     shared = load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://localhost:6379/0"}, env_file=str(tmp_path / "none"))
-    assert shared.worker_processes == (os.cpu_count() or 1)
+    assert shared.worker_processes == len(os.sched_getaffinity(0))
     assert load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://h:1/0", "GATEWAY_WORKERS": "3"},
                 env_file=str(tmp_path / "none")).worker_processes == 3
+
+
+def test_workers_follow_the_cores_the_process_may_use() -> None:
+    """Pinned to one core (taskset, a cpuset), the default is one worker, not one per core of the machine."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from gateway.config import load; "
+            "print(load(environ={'RATE_LIMIT_STORAGE_URI': 'redis://h:1/0'}, env_file='/dev/null').worker_processes)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
 
 
 def test_quota_defaults(tmp_path: Path) -> None:
