@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs, run
+from bench import run
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 REQUESTS = 2000

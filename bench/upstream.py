@@ -148,7 +148,7 @@ class _Request:
 class HttpProtocol(asyncio.Protocol):
     """One connection: parse requests as they arrive, answer them in order."""
 
-    def __init__(self, server: "UpstreamServer") -> None:
+    def __init__(self, server: UpstreamServer) -> None:
         self.server = server
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None

@@ -68,7 +68,7 @@ def parse(output: str) -> dict:
             continue
         m = re.match(r"^Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", line)
         if m:
-            for key, value in zip(("connect", "read", "write", "timeout"), m.groups()):
+            for key, value in zip(("connect", "read", "write", "timeout"), m.groups(), strict=False):
                 result["errors"][key] = int(value)
     result.update(percentiles)
     missing = [k for k in ("rps", "requests", "p50_ms", "p90_ms", "p99_ms") if k not in result]
