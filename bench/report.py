@@ -67,11 +67,6 @@ def machine_section(data: dict) -> list[str]:
         ["gateway commit", f"`{m['commit']}`"],
         ["run", f"{data['generated']}, {data['elapsed_s'] / 60:.1f} min"],
     ]
-    probes = [f"{name} {' → '.join(f'{ns:.0f}' for ns in t['speed_probe_ns'])}"
-              for name, t in data["targets"].items() if t.get("speed_probe_ns")]
-    if probes:
-        rows.append(["speed probe on core 0, before → after each target (ns per pass of a fixed Python "
-                     "loop; lower is faster)", ", ".join(probes)])
     return table(["", ""], rows)
 
 
@@ -441,10 +436,6 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "(user+nice+system+steal) minus our own processes' CPU time gives what other processes took from each "
         "core during each run; runs above the limit are measured again, and the figure is kept in the JSON and "
         "below.",
-        "- **Machine speed**: this machine's host is shared and its speed drifts by tens of percent between "
-        "minutes, CPU per request with it. A fixed pure-Python loop is timed on core 0 before and after each "
-        "target (the speed probe under Machine): compare targets whose probes agree, and read absolute "
-        "figures with the probe beside them.",
         "- **CPU per request**: utime+stime from `/proc/<pid>/stat` of every gateway process, before and after "
         "each run, divided by wrk's request count. **RSS**: `VmRSS` summed over the processes, sampled every 100 ms.",
         "",

@@ -654,26 +654,10 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
     return out
 
 
-SPEED_PROBE = ("import timeit; print(min(timeit.repeat('sum(range(50))', number=100000, repeat=5)) "
-               "/ 100000 * 1e9)")
-
-
-def speed_probe() -> float:
-    """ns per pass of a fixed pure-Python loop on the gateway's core (lower is faster).
-
-    This machine's speed drifts by tens of percent between minutes (its host is shared),
-    and CPU ms per request drift with it; the probe, taken before and after each target,
-    tells which targets were measured at the same speed."""
-    out = subprocess.run(["taskset", "-c", TARGET_CORE, sys.executable, "-c", SPEED_PROBE],
-                         capture_output=True, text=True, check=True).stdout
-    return round(float(out), 1)
-
-
 def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, body_file: Path) -> dict:
     pids = measured_pids(target, upstream)
     result: dict = {"label": target.label, "settings": target.settings,
-                    "processes": len(pids), "rss_idle_mb": procs.rss_bytes(pids) / 2**20,
-                    "speed_probe_ns": [speed_probe()]}
+                    "processes": len(pids), "rss_idle_mb": procs.rss_bytes(pids) / 2**20}
     sampler = procs.RssSampler((target.service or upstream).pid)
     try:
         log(f"{target.name}: warm-up ({args.warmup} s)")
@@ -694,8 +678,6 @@ def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, b
                 f"each level's streams started over {args.slow_ramp_s:g} s")
             result["slow_streams"] = slow_streams(target, upstream, sampler, args)
         result["rss_end_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
-        result["speed_probe_ns"].append(speed_probe())
-        log(f"{target.name}: speed probe {result['speed_probe_ns'][0]} -> {result['speed_probe_ns'][1]} ns")
     finally:
         sampler.stop()
     return result
