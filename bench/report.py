@@ -314,7 +314,7 @@ def summary_section(data: dict) -> list[str]:
         errors = sum(redis["load"][c]["summary"]["errors"] for c in conns)
         lines.append(
             "- With its quotas in Redis (`gateway-redis`"
-            + (f", {workers} workers" if workers else "") + "): "
+            + (f", {workers} worker{'s' if workers != 1 else ''}" if workers else "") + "): "
             f"**{med(redis['load'][rbusiest]['summary']['rps']):,.0f} req/s** at {rbusiest} connections, "
             f"{_span(rcpu)} ms CPU per request in the gateway's processes"
             + (f" plus {_span(scpu)} ms in Redis" if scpu else "")
