@@ -17,7 +17,9 @@ def put(headers: Headers, pairs: Iterable[tuple[str, str]]) -> None:
     """Set each ``(name, value)``, replacing a header of that name if there is one."""
     present = {name.lower() for name in headers.keys()}
     for name, value in pairs:
-        if name.lower() in present:
+        folded = name.lower()
+        if folded in present:
             headers[name] = value
         else:
             headers.add(name, value)
+            present.add(folded)  # a later pair of the same name replaces this one

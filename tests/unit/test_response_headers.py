@@ -13,6 +13,12 @@ def test_put_appends_new_names_and_replaces_existing_ones_whatever_their_case() 
                                      ("X-Request-ID", "abc"), ("Server-Timing", "gateway;dur=1")]
 
 
+def test_put_of_one_name_twice_keeps_the_last_value_like_setting_it_twice() -> None:
+    headers = Headers([("Content-Type", "application/json")])
+    put(headers, [("Retry-After", "5"), ("retry-after", "7")])
+    assert headers.getlist("Retry-After") == ["7"]
+
+
 def test_put_refuses_header_injection_like_werkzeug() -> None:
     headers = Headers()
     with pytest.raises(ValueError):
