@@ -419,7 +419,8 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         *(["- **gateway-redis**: the same gateway with its quotas in the machine's Redis "
            "(`RATE_LIMIT_STORAGE_URI=redis://127.0.0.1:6379/12`, a key prefix of each run's own, its keys "
            "deleted afterwards). With a shared store the shipped config starts one worker per core the "
-           "process may use: one here, pinned to core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
+           f"process may use ({data['targets'].get('gateway-redis', {}).get('settings', {}).get('worker_processes', '?')} "
+           "here), pinned to core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
           if "gateway-redis" in data["targets"] else []),
         f"- **Load**: `wrk -t1 -c<N> -d{cfg['duration_s']}s --latency` with `bench/wrk/post.lua` "
         f"(`POST {cfg['request']['path']}` with `{json.dumps(cfg['request']['body'])}`), at "
