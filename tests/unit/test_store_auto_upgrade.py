@@ -3,11 +3,11 @@ deploying the original contract (set the variables, start gunicorn) must give a 
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
 import pytest
 
 from gateway import create_app
