@@ -1,15 +1,21 @@
 # Quick start:  make run   (the gateway on :8767)   |   make test   (the whole suite)
-PYTHON ?= python3.11
+# The interpreter: python3.11 when there is one, else python3 when it is 3.11 or later;
+# choose another with  make run PYTHON=/path/to/python3.12
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || { python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && command -v python3; })
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
+.PHONY: run test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
 
 $(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make: $(PYTHON) is older than 3.11; use make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || { echo "make: creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing the dependencies into $(VENV) (requirements-dev.txt; the first time takes a minute or two)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(STAMP)
+	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 ## Start the gateway under gunicorn with the shipped gunicorn.conf.py.
 run: $(STAMP)
@@ -19,13 +25,23 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+## A quick local run: everything that needs neither PostgreSQL nor Redis nor real gunicorn.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker"
+
 ## The gateway in front of the project's own fake OpenAI-compatible upstream (no LLM needed).
-## MASTER_API_KEY is the original README's example value: development only.
+## MASTER_API_KEY is the original README's example value, public: so development mode,
+## loopback only, its own instance folder (not make run's keys and usage), no .env read.
+DEMO_PORT          ?= 8767
+DEMO_UPSTREAM_PORT ?= 8768
+DEMO_INSTANCE      ?= $(CURDIR)/instance/demo
 demo: $(STAMP)
-	$(BIN)/python -m tests.fakes.upstream --host 127.0.0.1 --port 8768 --gap 0.2 & \
-	trap 'kill $$!' EXIT INT TERM; \
-	AI_API_URL=http://127.0.0.1:8768/v1/completions MASTER_API_KEY=your-master-key \
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@echo "make demo: gateway on http://127.0.0.1:$(DEMO_PORT) (key your-master-key, this host only), fake upstream on 127.0.0.1:$(DEMO_UPSTREAM_PORT); Ctrl-C stops both"
+	@$(BIN)/python -m tests.fakes.upstream --host 127.0.0.1 --port $(DEMO_UPSTREAM_PORT) --gap 0.2 & upstream=$$!; \
+	trap 'kill $$upstream 2>/dev/null; wait $$upstream 2>/dev/null' EXIT; trap 'exit 0' INT TERM; \
+	NODE_ENV=development AI_PROXY_ENV_FILE=/nonexistent AI_PROXY_HOST=127.0.0.1 AI_PROXY_PORT=$(DEMO_PORT) \
+	INSTANCE_PATH="$(DEMO_INSTANCE)" AI_API_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1/completions \
+	MASTER_API_KEY=your-master-key $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## Benchmark: the bench upstream direct vs through the gateway, memory:// and Redis quotas (~15 min); writes
 ## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png. See bench/run.py.

@@ -76,20 +76,22 @@ control_socket_disable = True
 
 
 def on_starting(server) -> None:  # noqa: ANN001
-    """Refuse to start, in one line, when the database schema is behind the code.
+    """Log the mode and the upstream, then refuse to start, in one line, when the
+    database schema is behind the code.
 
-    In development with the default SQLite file this applies the migrations instead,
-    once, before any worker starts (see gateway.store).
+    With the default SQLite file (or DATABASE_AUTO_UPGRADE=true) this applies the
+    migrations instead, once, before any worker starts (see gateway.store).
 
     Then give the workers one metrics directory without stale values from an earlier
     run (PROMETHEUS_MULTIPROC_DIR wiped, or a new one for this master, removed when it
     exits; see gateway.metrics).
     """
-    from gateway import metrics
+    from gateway import config, metrics
     from gateway.observability import configure_logging
     from gateway.store import SchemaError, Store
 
-    configure_logging(_settings.log_level)  # so an automatic development upgrade is logged
+    configure_logging(_settings.log_level)  # so an automatic upgrade is logged
+    config.log_startup(_settings)
     store = Store.from_settings(_settings)
     try:
         store.prepare()

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Mapping
@@ -102,6 +103,7 @@ class Settings:
 
     # --- managed keys and usage storage (gateway.store, gateway.auth.keys) ------------
     database_url: str = ""  # empty: the SQLite file <instance_path>/gateway.db
+    database_auto_upgrade: bool = False  # also upgrade a configured DATABASE_URL at start (one instance only)
     key_cache_seconds: float = 5.0  # how long a key lookup is trusted; revocation delay
     key_hash_pepper: str = ""  # empty: derived from JWT_SECRET
     usage_queue_size: int = 10_000  # usage records a worker holds while the database is slow or down
@@ -166,6 +168,16 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 # Variables never shown by value, even in debugging output.
 SECRET_FIELDS = frozenset({"master_api_key", "jwt_secret", "ai_api_key", "key_hash_pepper", "database_url",
                            "metrics_token"})
+# Read by load() itself, not a Settings field: which .env file to read.
+ENV_FILE_VARIABLE = "AI_PROXY_ENV_FILE"
+
+
+def variable_names() -> tuple[str, ...]:
+    """Every environment variable the gateway reads, in Settings order (the first
+    name where a field has aliases). .env.example and the README list them all."""
+    names = [_ALIASES.get(f.name, (_env_name(f.name),))[0]
+             for f in dataclasses.fields(Settings) if f.name != "generated"]
+    return (*names, ENV_FILE_VARIABLE)
 
 
 def _convert(name: str, raw: str, target: Any) -> Any:
@@ -202,7 +214,7 @@ def load(
     :raises ConfigError: on any invalid value, naming the variable.
     """
     environ = os.environ if environ is None else environ
-    env_file = env_file or environ.get("AI_PROXY_ENV_FILE") or ".env"
+    env_file = env_file or environ.get(ENV_FILE_VARIABLE) or ".env"
     source: dict[str, str] = {}
     if env_file and os.path.isfile(env_file):
         source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -270,6 +282,35 @@ def _read_or_create_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
+def describe_upstream(settings: Settings) -> str:
+    """The upstream as scheme://host:port/path, safe to log (URLs never carry
+    credentials: validate() refuses them; the key is AI_API_KEY, never shown)."""
+    parts = urlsplit(settings.upstream_base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname}:{port}{parts.path or '/'}"
+
+
+def log_startup(settings: Settings) -> None:
+    """Say once, at start, which mode this is and where AI requests go.
+
+    Development is a WARNING on purpose: a deployment that lost ``NODE_ENV=production``
+    (an env file that overrides it) runs with generated secrets and without the
+    production checks, and this line is the one place that says so.
+    """
+    if settings.production:
+        log.info("PRODUCTION mode (NODE_ENV=production): secrets required, production checks on")
+    else:
+        where = (f"generated {', '.join(_env_name(name) for name in settings.generated)} kept in "
+                 f"{Path(settings.instance_path) / 'secrets.json'}" if settings.generated else "secrets from the environment")
+        log.warning("DEVELOPMENT mode (NODE_ENV=%s): %s, production checks off; set NODE_ENV=production for "
+                    "any deployment", settings.node_env or "unset", where)
+    variable = "AI_API_BASE_URL" if settings.ai_api_base_url else "AI_API_URL"
+    log.info("upstream %s (from %s)", describe_upstream(settings), variable)
+    if not settings.ai_api_base_url and settings.ai_api_url == DEFAULT_AI_API_URL:
+        log.warning("AI_API_URL is the default %s: a local Ollama on this host "
+                    "(inside a container, the container itself)", DEFAULT_AI_API_URL)
+
+
 def _check_url(name: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -313,8 +354,23 @@ def _check_metrics(settings: Settings) -> None:
         raise ConfigError("PROMETHEUS_MULTIPROC_DIR must name a directory")
 
 
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
+def _check_no_inline_comment(settings: Settings) -> None:
+    """systemd's ``EnvironmentFile=`` and ``docker run --env-file`` keep ``KEY=abc  # note``
+    whole: the comment becomes part of the secret (and makes a short one look long
+    enough). python-dotenv strips it, so the same file would mean two different keys."""
+    for name in sorted(SECRET_FIELDS):
+        if _INLINE_COMMENT.search(getattr(settings, name)):
+            raise ConfigError(f"{_env_name(name)} contains ' #': an inline comment is kept as part of the value "
+                              "by systemd and Docker; put comments on their own line")
+
+
 def validate(settings: Settings) -> None:
     """:raises ConfigError: naming the first invalid variable."""
+    if settings.production:
+        _check_no_inline_comment(settings)  # first: it explains the length and space checks below
     _check_url("AI_API_URL", settings.ai_api_url)
     if settings.ai_api_base_url:
         _check_url("AI_API_BASE_URL", settings.ai_api_base_url)

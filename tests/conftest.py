@@ -137,8 +137,8 @@ def postgres_schema() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it or set "
-                    "GATEWAY_TEST_POSTGRES_URL", pytrace=False)
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it, set "
+                    "GATEWAY_TEST_POSTGRES_URL, or skip these tests: -m 'not postgres'", pytrace=False)
     with admin:
         admin.execute(f'CREATE SCHEMA "{name}"')
         try:
@@ -195,10 +195,46 @@ def redis_prefix() -> Iterator[str]:
     import redis
 
     prefix = "aiproxy-test-" + secrets.token_hex(6)
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        client.close()
+        pytest.fail(f"Redis at {REDIS_URL} does not answer ({type(error).__name__}); start it, "
+                    "or skip these tests: -m 'not redis'", pytrace=False)
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
     for pattern in (f"LIMITS:LIMITER/{prefix}/*", f"{prefix}:*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
     client.close()
+
+
+# Markers (pytest.ini) for the servers a test needs, so a quick local run can skip them:
+# `pytest -m "not postgres and not redis and not e2e"` (make test-fast).
+_SERVER_MARKERS = {"postgres": ("postgres_schema(",), "redis": ("REDIS_URL", "redis://127.0.0.1")}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    sources: dict[Any, str] = {}
+    for item in items:
+        if "/tests/e2e/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.e2e)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
+        if "redis_prefix" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+        function = getattr(item, "function", None)
+        if function is None:
+            continue
+        if function not in sources:
+            try:
+                sources[function] = inspect.getsource(function)
+            except (OSError, TypeError):
+                sources[function] = ""
+        for marker, needles in _SERVER_MARKERS.items():
+            if any(needle in sources[function] for needle in needles):
+                item.add_marker(getattr(pytest.mark, marker))

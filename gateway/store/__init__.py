@@ -7,10 +7,13 @@
   psycopg 3 (the URL is rewritten to SQLAlchemy's ``postgresql+psycopg://``);
 - ``sqlite:///path/to/file.db``: another SQLite file.
 
-The schema is versioned by Alembic (:mod:`gateway.store.schema`). At start-up the
-app refuses to run against a database that is behind the code, with one line that
-says to run ``flask --app wsgi db upgrade``; only in development with the default
-SQLite file is the upgrade applied automatically.
+The schema is versioned by Alembic (:mod:`gateway.store.schema`). The default
+SQLite file upgrades itself at start, in every mode (under a file lock, once, before
+gunicorn forks): deploying means setting variables and starting gunicorn, nothing
+more. A configured ``DATABASE_URL`` is upgraded by the operator on purpose (several
+instances may share it, and a migration is a release step): the app refuses to run
+against one that is behind, with one line that says to run
+``flask --app wsgi db upgrade``, unless ``DATABASE_AUTO_UPGRADE=true`` (one instance).
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ def database_url(settings: Settings) -> URL:
 
 def _sqlite_engine(url: URL) -> Engine:
     if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # Store.prepare says so, in one line (or the first connection fails)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
 
     # The sqlite3 driver's legacy transaction mode does not BEGIN before DDL or
@@ -100,9 +106,12 @@ class Store:
     app after the fork), so no connection is shared across a fork.
     """
 
-    def __init__(self, url: URL, *, auto_upgrade: bool) -> None:
+    def __init__(self, url: URL, *, auto_upgrade: bool, lock_file: Path | None = None) -> None:
+        """:param lock_file: serialises automatic upgrades on this host; by default the
+            SQLite file's own ``<file>.lock``."""
         self.url = url
         self.auto_upgrade = auto_upgrade
+        self.lock_file = lock_file or Path(url.database or DEFAULT_SQLITE_NAME)
         self.engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _postgresql_engine(url)
         self.keys = KeyStore(self.engine)
         self.usage = UsageReport(self.engine)
@@ -113,9 +122,11 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        # Only the zero-set-up development database upgrades itself; anything an
-        # operator configured is upgraded by the operator, on purpose.
-        return cls(database_url(settings), auto_upgrade=not settings.production and not settings.database_url)
+        # The zero-set-up default database upgrades itself; anything an operator
+        # configured is upgraded by the operator, unless they opt in.
+        url = database_url(settings)
+        lock_file = None if url.get_backend_name() == "sqlite" else Path(settings.instance_path) / "database-upgrade"
+        return cls(url, auto_upgrade=not settings.database_url or settings.database_auto_upgrade, lock_file=lock_file)
 
     @property
     def description(self) -> str:
@@ -123,16 +134,21 @@ class Store:
         return self.url.render_as_string(hide_password=True)
 
     def prepare(self) -> None:
-        """Make sure the schema is current: upgrade the development database, or refuse.
+        """Make sure the schema is current: upgrade it (``auto_upgrade``), or refuse.
 
-        :raises SchemaError: the database is behind (or ahead of) the code, or unreachable.
+        :raises SchemaError: the database is behind (or ahead of) the code, unreachable,
+            or (automatic upgrade) its folder cannot be written.
         """
         if self.auto_upgrade:
-            upgraded = schema.upgrade_locked(self.engine, Path(self.url.database or DEFAULT_SQLITE_NAME))
+            try:
+                upgraded = schema.upgrade_locked(self.engine, self.lock_file)
+            except OSError as error:
+                folder = self.lock_file.parent
+                raise SchemaError(f"cannot write to {folder} as uid {os.getuid()} ({error.strerror}): make it "
+                                  "writable by this user, or set INSTANCE_PATH or DATABASE_URL") from None
             if upgraded:
-                log.info("development database %s upgraded to schema %s (automatic with the default "
-                         "SQLite file; run `flask --app wsgi db upgrade` for any other database)",
-                         self.description, schema.head())
+                log.info("database %s upgraded to schema %s automatically at start (the default SQLite file, "
+                         "or DATABASE_AUTO_UPGRADE=true)", self.description, schema.head())
             return
         schema.require_current(self.engine)
 

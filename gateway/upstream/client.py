@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import functools
 import http.client
+import logging
 import os
 import select
 import threading
 import types
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -53,6 +55,8 @@ from urllib3.exceptions import (
 from gateway.config import Settings
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import head
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,14 @@ class _Route:
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, *, explain_unreachable: bool = False) -> None:
+        """:param explain_unreachable: (development) the 502 for an unreachable upstream
+            names the variable to check. Its address is only ever logged, never sent to clients."""
         self.config = config
+        parts = urlsplit(config.base_url)
+        self._address = f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        self._unreachable_message = ("The AI backend could not be reached: check the gateway's AI_API_URL "
+                                     "(a hint shown in development only)." if explain_unreachable else None)
         self._route: _Route | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -179,7 +189,8 @@ class UpstreamClient:
                 read_timeout=settings.upstream_read_timeout,
                 pool_size=settings.upstream_pool_size or max(10, settings.worker_concurrency),
                 trust_env=settings.upstream_trust_env,
-            )
+            ),
+            explain_unreachable=not settings.production,
         )
 
     @property
@@ -241,14 +252,19 @@ class UpstreamClient:
                 raise UpstreamTimeout() from None
             if isinstance(error.reason, ReadTimeoutError):
                 raise UpstreamTimeout() from None
-            raise UpstreamUnavailable() from None
+            raise self._unreachable(request_id) from None
         except ReadTimeoutError:
             raise UpstreamTimeout() from None
         except (ProtocolError, OSError):
-            raise UpstreamUnavailable() from None
+            raise self._unreachable(request_id) from None
         except HTTPError:
             raise UpstreamError() from None
         return UpstreamResponse(raw)
+
+    def _unreachable(self, request_id: str) -> UpstreamUnavailable:
+        log.warning("upstream %s unreachable: check AI_API_URL (or AI_API_BASE_URL)", self._address,
+                    extra={"fields": {"request_id": request_id}})
+        return UpstreamUnavailable(self._unreachable_message)
 
     def close(self) -> None:
         if self._route is not None:

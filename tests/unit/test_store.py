@@ -112,10 +112,10 @@ def test_the_app_refuses_to_start_on_a_database_that_is_behind(upstream, tmp_pat
         create_app(settings_for(upstream, tmp_path, database_url=database_url))
 
 
-def test_production_never_upgrades_the_default_database_itself(upstream, tmp_path) -> None:
+def test_production_never_upgrades_a_configured_database_itself(upstream, tmp_path) -> None:
     with pytest.raises(schema.SchemaError, match="db upgrade"):
         create_app(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40,
-                                jwt_secret="j" * 40))
+                                jwt_secret="j" * 40, database_url=f"sqlite:///{tmp_path}/configured.db"))
 
 
 def test_development_upgrades_the_default_sqlite_file_on_first_start(upstream, tmp_path, caplog) -> None:
