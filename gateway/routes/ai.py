@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, g
+from limits.errors import StorageError
 
 from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
 from gateway.body import json_object_body
 from gateway.errors import BadRequest
+from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
@@ -69,16 +71,31 @@ def read_request(op: Operation) -> ClientCall:
 def _view_for(op: Operation) -> Callable[[], Response]:
     def relay_operation() -> Response:
         account_request(op.name)  # a usage row is written for this request, whatever its outcome
-        call = read_request(op)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         ctx = g._get_current_object()
         settings = app.config["GATEWAY"]
         client: UpstreamClient = app.extensions["gateway.upstream"]
-        reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess) if call.reserve else quotas.NO_RESERVATION
+        request_quotas = app.extensions["gateway.quotas"]  # gateway.limits.Quotas
+        reservation = quotas.NO_RESERVATION
+        slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
+            call = read_request(op)
+            if call.reserve:
+                reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess)
             slot = app.extensions["gateway.inflight"].acquire(caller_key())
-        except Exception:
+            # Going upstream: the general and the AI quota, in one count.
+            request_quotas.hold(ai=True)
+        except Exception as error:
+            slot.release()
             reservation.settle(0)
+            try:
+                if "quotas_counted" not in ctx and not isinstance(error, StorageError):
+                    # Refused before the upstream call (malformed, too large, not allowed, over a
+                    # token quota, ...): the general quota only. A 429 if that one is full.
+                    request_quotas.hold(ai=False)
+            finally:
+                if "quota_breached" in ctx:  # refused by a request quota: no usage row, as for any endpoint
+                    ctx.pop("usage_operation", None)
             raise
         started = time.perf_counter()
         # Only a stream outlives the request: its log line, usage row and metrics are made when it ends.
