@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, current_app, g
+from flask import Blueprint, Response, current_app, g, jsonify
 from limits.errors import StorageError
 
 from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
 from gateway.body import json_object_body
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound, UpstreamError
 from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
@@ -68,8 +68,38 @@ def read_request(op: Operation) -> ClientCall:
     return call
 
 
-def _view_for(op: Operation) -> Callable[[], Response]:
-    def relay_operation() -> Response:
+def models_for_caller(response: Response, item_id: str | None) -> Response:
+    """A listing answer cut to the models the caller's key may use, or with ``item_id``
+    the one model of that id as an OpenAI model object (``id``, ``object``, ``created``,
+    ``owned_by``). A model the key may not use is answered as if it did not exist.
+
+    :raises 404: no model of that id the key may use (``model_not_found``).
+    :raises 502: the upstream's answer has no ``data`` list to look the id up in.
+    """
+    answer = getattr(response, "upstream_answer", None)
+    entries = answer.get("data") if answer is not None else None
+    if not isinstance(entries, list):
+        if item_id is None:
+            return response
+        raise UpstreamError("The AI backend's model list has no 'data' array.",
+                            error_code="upstream_invalid_response")
+    policy = quotas.caller_policy()
+    usable = [entry for entry in entries
+              if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])]
+    if item_id is None:
+        return response if len(usable) == len(entries) else jsonify({**answer, "data": usable})
+    for entry in usable:
+        if entry["id"] == item_id:
+            created = entry.get("created")
+            return jsonify({**entry, "object": "model",
+                            "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+                            "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream"})
+    raise NotFound(f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.",
+                   error_code="model_not_found", param="model")
+
+
+def _view_for(op: Operation) -> Callable[..., Response]:
+    def relay_operation(item_id: str | None = None) -> Response:
         account_request(op.name)  # a usage row is written for this request, whatever its outcome
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         ctx = g._get_current_object()
@@ -119,6 +149,8 @@ def _view_for(op: Operation) -> Callable[[], Response]:
             response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
                                          on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
+            if op.item_summary is not None and response.status_code == 200 and not streaming:
+                response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
                 ctx.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
             return response
@@ -137,5 +169,5 @@ def _view_for(op: Operation) -> Callable[[], Response]:
 
 for _op in OPERATIONS:
     _view = _view_for(_op)
-    for _path in _op.gateway_paths:
+    for _path in (*_op.gateway_paths, *_op.item_paths):
         blueprint.add_url_rule(_path, endpoint=_op.name, view_func=_view, methods=[_op.method])
