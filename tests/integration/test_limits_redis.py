@@ -338,3 +338,29 @@ def test_a_refused_request_costs_one_round_trip_too(redis_app) -> None:
         "/api/ai/completion", data="{", content_type="application/json", headers=KEY_HEADERS)))
     assert sent == ["EVALSHA"]
     assert responses[0].status_code == 400 and responses[0].headers["RateLimit"].startswith('"general";r=8;')
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_requests_refused_by_a_key_policy_or_the_concurrency_limit_use_no_ai_quota(make_app, redis_prefix, upstream,
+                                                                                    storage) -> None:
+    """Not sent upstream, so not on the AI quota: a model the key may not use (403) and a
+    request over the concurrency limit (429), which counts on the general quota only."""
+    app = make_app(rate_limit_ai="2 per minute", rate_limit_concurrent=1, key_cache_seconds=0,
+                   **_storage(storage, redis_prefix))
+    client = app.test_client()
+    created = client.post("/admin/keys", json={"name": "t", "allowed_models": ["m"]}, headers=KEY_HEADERS)
+    key = {"X-API-Key": created.get_json()["secret"]}
+    for _ in range(3):
+        refused = client.post("/v1/completions", json={"model": "other", "prompt": "hi"}, headers=key)
+        assert refused.status_code == 403
+    upstream.behavior = Behavior(chunks=20, gap=0.05)
+    stream = client.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=key, buffered=False)
+    events = iter(stream.response)
+    assert next(events)  # 1 of 2 on the AI quota
+    for _ in range(3):
+        blocked = client.post("/v1/completions", json=BODY, headers=key)
+        assert blocked.get_json()["error"]["code"] == "concurrency_limit_exceeded"
+    for _ in events:
+        pass
+    stream.close()
+    assert [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(2)] == [200, 429]
