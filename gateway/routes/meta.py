@@ -52,7 +52,6 @@ def ready() -> Response:
     return response
 
 
-_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")  # "<path:item_id>" is shown as "<item_id>"
 # Where a docstring's fields (":raises 404: ...", ":param x: ...") begin.
 _DOC_FIELD = re.compile(r"(?:^|\s):(?:param|type|raises?|returns?|rtype)\b")
 
@@ -86,7 +85,7 @@ def index() -> Response:
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             entry = {
                 "method": method,
-                "path": _CONVERTER.sub(r"<\1>", rule.rule),
+                "path": rule.rule,
                 "auth": _auth_of(rule.endpoint, method),
                 "rate_limits": limits.describe(rule.endpoint),
                 "description": _summary(rule.endpoint, rule),
