@@ -364,3 +364,17 @@ def test_requests_refused_by_a_key_policy_or_the_concurrency_limit_use_no_ai_quo
         pass
     stream.close()
     assert [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_requests_refused_by_a_token_quota_use_no_ai_quota(make_app, redis_prefix, upstream, storage) -> None:
+    app = make_app(rate_limit_ai="2 per minute", key_cache_seconds=0, **_storage(storage, redis_prefix))
+    client = app.test_client()
+    created = client.post("/admin/keys", json={"name": "t", "tokens_per_day": 1000}, headers=KEY_HEADERS)
+    key = {"X-API-Key": created.get_json()["secret"]}
+    for _ in range(3):
+        refused = client.post("/v1/completions", json={**BODY, "max_tokens": 5000}, headers=key)
+        assert refused.get_json()["error"]["type"] == "insufficient_quota"
+    statuses = [client.post("/v1/completions", json={**BODY, "max_tokens": 5}, headers=key).status_code
+                for _ in range(3)]
+    assert statuses == [200, 200, 429]
