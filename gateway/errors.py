@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, g, json
+from flask import Flask, Response, current_app, g, json, request
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
@@ -62,6 +62,13 @@ class Unauthorized(GatewayError):
 
     def get_headers(self, environ: Any = None, scope: Any = None) -> list[tuple[str, str]]:
         return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="ai-proxy"')]
+
+
+class TokenExpired(Unauthorized):
+    """A JWT that was valid and has expired: the message says when, so the caller knows to get a new one."""
+
+    error_code = "token_expired"
+    description = "The token has expired. Get a new one from POST /auth/token."
 
 
 class Forbidden(GatewayError):
@@ -180,6 +187,19 @@ def error_response(
     return response
 
 
+def _explained(status: int) -> str | None:
+    """Werkzeug's own messages for routing and size errors, said in the gateway's terms."""
+    if status == 404:
+        return f"No endpoint at {request.path[:200]}. GET / lists every endpoint with its method."
+    if status == 405:
+        return f"{request.method} is not allowed on {request.path[:200]}. GET / lists every endpoint with its method."
+    if status == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if limit:
+            return f"The request body is larger than {limit} bytes, the gateway's limit (MAX_REQUEST_BYTES)."
+    return None
+
+
 def _render_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     if isinstance(error, GatewayError):
@@ -189,7 +209,7 @@ def _render_http_exception(error: HTTPException) -> Response:
     else:
         error_type, code = _HTTP_TYPES.get(status, ("api_error" if status >= 500 else "invalid_request_error", None))
         param = None
-        message = error.description or error.name
+        message = _explained(status) or error.description or error.name
     return error_response(status, message, error_type, code, param=param, headers=error.get_response().headers)
 
 

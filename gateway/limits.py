@@ -3,7 +3,8 @@
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
   the probes and scrapes given to :func:`exempt` (``/health``, ``/health/ready``,
   ``/metrics``) and CORS preflights.
-- ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint.
+- ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint, counting
+  only the requests the gateway sends upstream (see :meth:`Quotas.hold`).
 - ``RATE_LIMIT_AUTH_FAILURES``: failed ``POST /auth/token`` attempts per client address.
 - ``RATE_LIMIT_CONCURRENT``: in-flight AI requests per caller (:mod:`gateway.inflight`).
 
@@ -26,7 +27,15 @@ auth blueprint (:func:`_scope_hooks_to_blueprint`): its per-request work of find
 which limits apply (blueprints, exemption scopes, dynamic limit providers parsed
 again each time) cost about 0.3 ms per request, several times the counting itself,
 and its hooks still cost about 0.02 ms with nothing left to check.
-The counters, their keys and the strategies are the same. On Redis with the moving
+The counters, their keys and the strategies are the same.
+
+The AI quota protects the backend, so it counts the requests sent to it, a failed
+upstream call included. On AI endpoints the relay view calls :meth:`Quotas.hold`
+itself, once it knows: with ``ai=True`` just before the upstream call (the body was
+read and validated, the token reservation and the concurrency slot were granted),
+or with ``ai=False`` when the request is refused before that (malformed, too large,
+not JSON, a model the key may not use, ...): such a request counts against the
+general quota only. Either way it is one count, one round trip. On Redis with the moving
 window, :mod:`gateway.redis_windows` counts all of a request's quotas and reads their
 windows for the headers in one round trip instead of two per quota. While the store is down
 (``open``), :meth:`Quotas.strategy` probes it with a growing interval (0.5 s up to
@@ -183,6 +192,31 @@ class Quotas:
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
 
+    def hold(self, ai: bool) -> None:
+        """Count the current request against the caller's general quota, and with ``ai``
+        against the AI quota too, in one step (one Redis round trip on the fast path).
+
+        :raises RateLimited: a quota is full (the request was not counted on it).
+        :raises StorageError: the store failed and the outage policy is ``closed``.
+        """
+        if not self.limiter.enabled:  # flask-limiter's switch (RATELIMIT_ENABLED)
+            return
+        key = auth.caller_key()
+        try:
+            counted = _hit_all(self, self.strategy, ai, key)
+        except StorageError:
+            self.store_failed()
+            if not self.fail_open:
+                raise  # errors.py answers 503
+            counted = _hit_all(self, self.strategy, ai, key)
+        ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup
+        ctx.quotas_counted = counted
+        if counted and counted[-1].breached:
+            breached = counted[-1]
+            ctx.quota_breached = breached.policy
+            raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
+                              "Retry after the time in Retry-After.")
+
     def store_failed(self) -> None:
         """The store raised: log the outage once; with ``open``, count in the process
         until a timed probe (or ``/health/ready``) finds it back."""
@@ -218,9 +252,9 @@ def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -
     return Counters(tuple(found), tuple((item, item.key_for(*args)) for _, item, args in found))
 
 
-def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> list[Counted]:
+def _hit_all(state: Quotas, strategy: RateLimiter, with_ai: bool, key: str) -> list[Counted]:
     policy = quotas.caller_policy()
-    ai = policy.rate_limit_ai if endpoint.startswith(AI_ENDPOINT_PREFIX) else None
+    ai = policy.rate_limit_ai if with_ai else None
     counters = _counters(state.prefix, key, policy.rate_limit_general, ai)
     windows = state.windows
     if windows is not None and strategy.storage is windows.storage:  # not the outage fallback
@@ -237,27 +271,16 @@ def _hit_all(state: Quotas, strategy: RateLimiter, endpoint: str, key: str) -> l
 
 
 def _hold_to_quotas() -> None:
-    """``before_request``: count the request against the caller's general (and AI) quota."""
+    """``before_request``: count the request against the caller's general quota. AI
+    endpoints are left to their view, which calls :meth:`Quotas.hold` once it knows
+    whether the request goes upstream."""
     endpoint = request.endpoint
-    if not endpoint or auth.is_preflight():
+    if not endpoint or auth.is_preflight() or endpoint.startswith(AI_ENDPOINT_PREFIX):
         return
     state = _state()
-    if endpoint in state.exempt or not state.limiter.enabled:  # flask-limiter's switch (RATELIMIT_ENABLED)
+    if endpoint in state.exempt:
         return
-    key = auth.caller_key()
-    try:
-        counted = _hit_all(state, state.strategy, endpoint, key)
-    except StorageError:
-        state.store_failed()
-        if not state.fail_open:
-            raise  # errors.py answers 503
-        counted = _hit_all(state, state.strategy, endpoint, key)
-    g.quotas_counted = counted
-    if counted and counted[-1].breached:
-        breached = counted[-1]
-        g.quota_breached = breached.policy
-        raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
-                          "Retry after the time in Retry-After.")
+    state.hold(ai=False)
 
 
 def remaining_requests(policy: quotas.CallerPolicy) -> dict[str, dict[str, int] | None]:
@@ -347,7 +370,8 @@ def describe(endpoint: str) -> list[str]:
         return []
     described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
     if endpoint.startswith(AI_ENDPOINT_PREFIX):
-        described.append(f"{settings.rate_limit_ai} per caller (all AI endpoints; a key may have its own)")
+        described.append(f"{settings.rate_limit_ai} per caller (all AI endpoints; requests sent upstream only; "
+                         "a key may have its own)")
         if settings.rate_limit_concurrent:
             described.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
     if endpoint.startswith(f"{auth_blueprint.name}."):

@@ -2,7 +2,8 @@
 
 Each operation is served at ``/api/ai/<name>`` and at its OpenAI-compatible
 ``/v1<upstream_path>``; its route, its ``GET /`` documentation and its quota
-follow from the entry.
+follow from the entry. A listing operation with an ``item_summary`` also answers
+``<path>/<id>``: one entry of the upstream's list, as OpenAI's retrieve calls do.
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ class Operation:
     upstream_path: str  # joined to the upstream's /v1 base; also served at /v1<upstream_path>
     streams: bool  # accepts "stream": true and relays server-sent events
     summary: str
+    # Also served at <each path>/<item_id> (one entry of the list answer, by its id) when set.
+    item_summary: str | None = None
 
     @property
     def gateway_paths(self) -> tuple[str, str]:
         return (f"/api/ai/{self.name}", f"/v1{self.upstream_path}")
+
+    @property
+    def item_paths(self) -> tuple[str, ...]:
+        """The paths of one listed item (``/v1/models/<item_id>``), if the operation has them."""
+        if self.item_summary is None:
+            return ()
+        return tuple(f"{path}/<path:item_id>" for path in self.gateway_paths)
 
     @property
     def has_body(self) -> bool:
@@ -32,7 +42,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("chat", "POST", "/chat/completions", True, "Chat completion (OpenAI /v1/chat/completions)"),
     Operation("embeddings", "POST", "/embeddings", False, "Embeddings (OpenAI /v1/embeddings)"),
     Operation("images", "POST", "/images/generations", False, "Image generation (OpenAI /v1/images/generations)"),
-    Operation("models", "GET", "/models", False, "List the upstream's models (OpenAI /v1/models)"),
+    Operation("models", "GET", "/models", False, "List the upstream's models (OpenAI /v1/models)",
+              item_summary="One model by id, from the upstream's list (OpenAI /v1/models/{model})"),
 )
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}

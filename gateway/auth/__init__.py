@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from flask import Flask, current_app, g, request
 
@@ -28,7 +29,7 @@ from gateway.auth.keys import KeyRing
 from gateway.auth.management import KeyAdmin
 from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
-from gateway.errors import Unauthorized
+from gateway.errors import TokenExpired, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ def _from_authorization(header: str) -> Caller:
         return _from_api_key(value)
     try:
         subject = tokens.verify(_token_config(), value)
-    except tokens.InvalidToken:
+    except tokens.InvalidToken as error:
+        if error.expired_at is not None:
+            when = datetime.fromtimestamp(error.expired_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise TokenExpired(f"The token expired at {when} (UTC). Get a new one from POST /auth/token.") from None
         raise Unauthorized() from None
     if not _keys().is_active(subject):
         raise Unauthorized()

@@ -27,7 +27,15 @@ class TokenConfig:
 
 
 class InvalidToken(Exception):
-    """The token is malformed, forged, expired or not meant for us."""
+    """The token is malformed, forged, expired or not meant for us.
+
+    ``expired_at`` (epoch seconds) is set only for a token that is ours and was valid in
+    every other way: it may be told to the caller without helping a forger.
+    """
+
+    def __init__(self, reason: str, expired_at: int | None = None) -> None:
+        super().__init__(reason)
+        self.expired_at = expired_at
 
 
 def mint(config: TokenConfig, subject: str, now: float | None = None) -> str:
@@ -50,15 +58,9 @@ def verify(config: TokenConfig, token: str) -> str:
     :raises InvalidToken: for any token that is not ours, valid and current.
     """
     try:
-        claims = jwt.decode(
-            token,
-            config.secret,
-            algorithms=[ALGORITHM],
-            audience=config.audience,
-            issuer=config.issuer,
-            leeway=config.leeway,
-            options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
-        )
+        claims = _decode(config, token, verify_exp=True)
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("ExpiredSignatureError", expired_at=_expiry(config, token)) from None
     except (jwt.PyJWTError, ValueError, TypeError) as error:
         raise InvalidToken(type(error).__name__) from None
     subject = claims.get("sub")
@@ -68,6 +70,30 @@ def verify(config: TokenConfig, token: str) -> str:
     if not isinstance(iat, (int, float)) or iat > time.time() + config.leeway:
         raise InvalidToken("iat")
     return subject
+
+
+def _decode(config: TokenConfig, token: str, verify_exp: bool) -> dict:
+    return jwt.decode(
+        token,
+        config.secret,
+        algorithms=[ALGORITHM],
+        audience=config.audience,
+        issuer=config.issuer,
+        leeway=config.leeway,
+        options={"require": list(REQUIRED_CLAIMS), "verify_signature": True, "verify_exp": verify_exp},
+    )
+
+
+def _expiry(config: TokenConfig, token: str) -> int | None:
+    """The ``exp`` of an expired token whose signature and other claims are valid, else ``None``."""
+    try:
+        claims = _decode(config, token, verify_exp=False)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    subject, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
+    if not isinstance(subject, str) or not subject or not isinstance(iat, (int, float)):
+        return None
+    return int(exp) if isinstance(exp, (int, float)) else None
 
 
 def looks_like_jwt(value: str) -> bool:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from gateway import payload
 from gateway.auth import tokens
-from gateway.body import request_body
+from gateway.body import json_object_body
 from gateway.errors import BadRequest, Unauthorized
 
 blueprint = Blueprint("auth", __name__)
@@ -16,13 +15,12 @@ blueprint = Blueprint("auth", __name__)
 def issue_token() -> Response:
     """Issue a JWT for an API key sent as ``{"apiKey": "<key>"}``.
 
+    :raises 415: the body is not declared as JSON (``Content-Type: application/json``),
+        the rule of every endpoint that takes a JSON body.
     :raises 400: the body is not a JSON object with a string ``apiKey``.
     :raises 401: the key is wrong (failed attempts are limited per client address).
     """
-    try:
-        body = payload.parse_object(request_body())
-    except payload.PayloadError as error:
-        raise BadRequest(str(error)) from None
+    _, body = json_object_body()
     api_key = body.get("apiKey")
     if not isinstance(api_key, str) or not api_key:
         raise BadRequest("Send {\"apiKey\": \"<your key>\"}.", param="apiKey", error_code="missing_api_key")

@@ -6,12 +6,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, current_app, g
+from flask import Blueprint, Response, current_app, g, jsonify
+from limits.errors import StorageError
 
 from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
 from gateway.body import json_object_body
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound, UpstreamError
+from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
@@ -66,19 +68,64 @@ def read_request(op: Operation) -> ClientCall:
     return call
 
 
-def _view_for(op: Operation) -> Callable[[], Response]:
-    def relay_operation() -> Response:
+def models_for_caller(response: Response, item_id: str | None) -> Response:
+    """A listing answer cut to the models the caller's key may use, or with ``item_id``
+    the one model of that id as an OpenAI model object (``id``, ``object``, ``created``,
+    ``owned_by``). A model the key may not use is answered as if it did not exist.
+
+    :raises 404: no model of that id the key may use (``model_not_found``).
+    :raises 502: the upstream's answer has no ``data`` list to look the id up in.
+    """
+    answer = getattr(response, "upstream_answer", None)
+    entries = answer.get("data") if answer is not None else None
+    if not isinstance(entries, list):
+        if item_id is None:
+            return response
+        raise UpstreamError("The AI backend's model list has no 'data' array.",
+                            error_code="upstream_invalid_response")
+    policy = quotas.caller_policy()
+    usable = [entry for entry in entries
+              if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])]
+    if item_id is None:
+        return response if len(usable) == len(entries) else jsonify({**answer, "data": usable})
+    for entry in usable:
+        if entry["id"] == item_id:
+            created = entry.get("created")
+            return jsonify({**entry, "object": "model",
+                            "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+                            "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream"})
+    raise NotFound(f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.",
+                   error_code="model_not_found", param="model")
+
+
+def _view_for(op: Operation) -> Callable[..., Response]:
+    def relay_operation(item_id: str | None = None) -> Response:
         account_request(op.name)  # a usage row is written for this request, whatever its outcome
-        call = read_request(op)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         ctx = g._get_current_object()
         settings = app.config["GATEWAY"]
         client: UpstreamClient = app.extensions["gateway.upstream"]
-        reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess) if call.reserve else quotas.NO_RESERVATION
+        request_quotas = app.extensions["gateway.quotas"]  # gateway.limits.Quotas
+        reservation = quotas.NO_RESERVATION
+        slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
+            call = read_request(op)
+            if call.reserve:
+                reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess)
             slot = app.extensions["gateway.inflight"].acquire(caller_key())
-        except Exception:
+            # Going upstream: the general and the AI quota, in one count.
+            request_quotas.hold(ai=True)
+        except Exception as error:
+            slot.release()
             reservation.settle(0)
+            try:
+                if "quotas_counted" not in ctx and not isinstance(error, StorageError):
+                    # Refused before the upstream call (malformed, too large, not allowed, over a
+                    # token quota, ...): the general quota only. A 429 if that one is full.
+                    request_quotas.hold(ai=False)
+            finally:
+                if "quota_breached" in ctx:  # refused by a request quota: no usage row, as for any endpoint
+                    ctx.pop("usage_operation", None)
             raise
         started = time.perf_counter()
         # Only a stream outlives the request: its log line, usage row and metrics are made when it ends.
@@ -102,6 +149,8 @@ def _view_for(op: Operation) -> Callable[[], Response]:
             response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
                                          on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
+            if op.item_summary is not None and response.status_code == 200 and not streaming:
+                response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
                 ctx.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
             return response
@@ -120,5 +169,5 @@ def _view_for(op: Operation) -> Callable[[], Response]:
 
 for _op in OPERATIONS:
     _view = _view_for(_op)
-    for _path in _op.gateway_paths:
+    for _path in (*_op.gateway_paths, *_op.item_paths):
         blueprint.add_url_rule(_path, endpoint=_op.name, view_func=_view, methods=[_op.method])

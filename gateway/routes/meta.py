@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 from flask import Blueprint, Response, current_app, json, jsonify
+from werkzeug.routing import Rule
 
 from gateway import operations
 from gateway.errors import error_response
@@ -48,10 +52,25 @@ def ready() -> Response:
     return response
 
 
-def _summary(endpoint: str) -> str:
-    view = current_app.view_functions[endpoint]
-    doc = (view.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+# Where a docstring's fields (":raises 404: ...", ":param x: ...") begin.
+_DOC_FIELD = re.compile(r"(?:^|\s):(?:param|type|raises?|returns?|rtype)\b")
+
+
+def plain_summary(doc: str | None) -> str:
+    """A docstring's first paragraph as plain text: no fields, no reST backquotes, one line."""
+    paragraph = inspect.cleandoc(doc or "").split("\n\n", 1)[0]
+    field = _DOC_FIELD.search(paragraph)
+    if field is not None:
+        paragraph = paragraph[:field.start()]
+    return " ".join(paragraph.replace("``", "").split())
+
+
+def _summary(endpoint: str, rule: Rule) -> str:
+    if endpoint.startswith("ai."):
+        op = operations.BY_NAME.get(endpoint.rpartition(".")[2])
+        if op is not None and op.item_summary is not None and "item_id" in rule.arguments:
+            return op.item_summary
+    return plain_summary(current_app.view_functions[endpoint].__doc__)
 
 
 @blueprint.get("/")
@@ -69,7 +88,7 @@ def index() -> Response:
                 "path": rule.rule,
                 "auth": _auth_of(rule.endpoint, method),
                 "rate_limits": limits.describe(rule.endpoint),
-                "description": _summary(rule.endpoint),
+                "description": _summary(rule.endpoint, rule),
             }
             op = operations.BY_NAME.get(rule.endpoint.rpartition(".")[2]) if rule.endpoint.startswith("ai.") else None
             if op is not None:

@@ -200,12 +200,14 @@ def test_gateway_errors_share_one_envelope(gateway_server, upstream) -> None:
     check(404, "not_found", "GET", "/no/such/path", None, AUTH)
     headers = check(405, "method_not_allowed", "GET", "/api/ai/completion", None, AUTH)
     assert "POST" in headers["Allow"]
-    # 413 and 415 are refused by the view, after the AI quota (2 per minute) was
-    # counted; so the third AI call is the 429.
+    # 413 and 415 are refused before the upstream call, so they leave the AI quota
+    # (2 per minute) alone: two calls go upstream, and the third is the 429.
     check(413, "request_too_large", "POST", "/api/ai/completion",
           json.dumps({"prompt": "x" * 3000}).encode(), JSON_AUTH)
     check(415, "unsupported_media_type", "POST", "/api/ai/completion", b'{"prompt": "hi"}',
           {**AUTH, "Content-Type": "text/plain"})
+    for _ in range(2):
+        assert request(server.url, "POST", "/api/ai/completion", {"prompt": "hi"}, headers=AUTH)[0] == 200
     headers = check(429, "gateway_rate_limited", "POST", "/api/ai/completion", {"prompt": "hi"}, AUTH)
     assert int(headers["Retry-After"]) >= 1
 
@@ -217,7 +219,7 @@ def test_gateway_errors_share_one_envelope(gateway_server, upstream) -> None:
         assert error["code"] == code, (expected, error)
         assert error["type"] == ("authentication_error" if expected == 401 else
                                  "rate_limit_error" if expected == 429 else "invalid_request_error"), error
-    assert upstream.requests == []
+    assert len(upstream.requests) == 2  # the two admitted calls only
 
 
 def _exchange(server: GatewayServer, method: str, path: str, body=None, headers=None) -> bytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import KEY, GatewayServer
+from tests.e2e.conftest import AUTH, KEY, GatewayServer, request
 from tests.fakes.upstream import Behavior
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -127,3 +128,52 @@ def test_exceeding_the_ai_quota_is_a_rate_limit_error(gateway_server, upstream) 
     assert caught.value.code == "gateway_rate_limited"
     assert int(caught.value.response.headers["Retry-After"]) >= 1
     assert len(upstream.requests) == 2
+
+
+@pytest.mark.timeout(30)
+def test_image_generation(sdk, upstream) -> None:
+    result = sdk.images.generate(model="fake-model", prompt="a cat")
+    assert result.data and (result.data[0].url or result.data[0].b64_json)
+    assert upstream.requests[-1].path == "/v1/images/generations"
+
+
+@pytest.mark.timeout(30)
+def test_models_retrieve(sdk, upstream) -> None:
+    model = sdk.models.retrieve("fake-model")
+    assert (model.id, model.object, model.owned_by) == ("fake-model", "model", "fake")
+    assert isinstance(model.created, int)
+    assert upstream.requests[-1].path == "/v1/models"  # looked up in the upstream's list
+
+
+@pytest.mark.timeout(30)
+def test_models_retrieve_of_an_unknown_model_is_not_found(sdk) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.models.retrieve("no-such-model")
+    assert caught.value.status_code == 404 and caught.value.code == "model_not_found"
+
+
+@pytest.mark.timeout(30)
+def test_a_model_the_key_may_not_use_is_neither_listed_nor_retrievable(server, upstream) -> None:
+    created = request(server.url, "POST", "/admin/keys", {"name": "sdk", "allowed_models": ["gpt-3.5-*"]},
+                      headers=AUTH)
+    assert created[0] == 201, created[2]
+    client = _client(server, api_key=json.loads(created[2])["secret"])
+    try:
+        assert [model.id for model in client.models.list()] == ["gpt-3.5-turbo"]
+        assert client.models.retrieve("gpt-3.5-turbo").id == "gpt-3.5-turbo"
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve("fake-model")  # exists upstream, but not for this key
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            client.chat.completions.create(model="fake-model", messages=MESSAGES)
+    finally:
+        client.close()
+    assert caught.value.code == "model_not_found" and "fake-model" in caught.value.message
+    assert denied.value.status_code == 403 and denied.value.code == "model_not_allowed"
+
+
+@pytest.mark.timeout(30)
+def test_calls_the_gateway_does_not_serve_are_not_found(sdk, upstream) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.files.list()
+    assert caught.value.code == "not_found" and "GET / lists every endpoint" in caught.value.message
+    assert upstream.requests == []

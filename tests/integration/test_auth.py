@@ -6,6 +6,7 @@ import time
 
 import jwt
 import pytest
+import time_machine
 from flask import Flask
 
 from tests.conftest import CANARY_JWT_SECRET, CANARY_MASTER_KEY, KEY_HEADERS
@@ -138,11 +139,13 @@ def test_token_flow(client, upstream) -> None:
         ({"json": {"apiKey": None}}, 400),
         ({"json": {"apiKey": ""}}, 400),
         ({"json": ["apiKey"]}, 400),
-        ({"data": "apiKey=x", "content_type": "application/x-www-form-urlencoded"}, 400),
+        ({"data": "apiKey=x", "content_type": "application/x-www-form-urlencoded"}, 415),
         ({"data": "{not json", "content_type": "application/json"}, 400),
-        ({}, 400),
+        ({}, 415),
+        ({"data": '{"apiKey": "%s"}' % CANARY_MASTER_KEY}, 415),
     ],
-    ids=["wrong-key", "missing", "number", "null", "empty", "array", "form", "broken-json", "no-body"],
+    ids=["wrong-key", "missing", "number", "null", "empty", "array", "form", "broken-json", "no-body",
+         "json-not-declared"],
 )
 def test_token_endpoint_rejects_bad_requests(client, kwargs, status) -> None:
     response = client.post("/auth/token", **kwargs)
@@ -193,3 +196,51 @@ def test_minted_token_and_its_key_share_one_identity(client) -> None:
     token = client.post("/auth/token", json={"apiKey": CANARY_MASTER_KEY}).get_json()["token"]
     both = client.get("/v1/models", headers={**KEY_HEADERS, "Authorization": f"Bearer {token}"})
     assert both.status_code == 200
+
+
+def test_token_endpoint_has_the_content_type_rule_of_every_json_endpoint(client) -> None:
+    """One rule: a JSON body is declared as JSON, on /auth/token as on the AI endpoints."""
+    body = '{"apiKey": "%s"}' % CANARY_MASTER_KEY
+    for path, headers in (("/auth/token", {}), ("/v1/completions", KEY_HEADERS)):
+        refused = client.post(path, data=body, headers=headers)
+        assert refused.status_code == 415, path
+        assert refused.get_json()["error"]["code"] == "unsupported_media_type"
+    # The original contract's curl example sends Content-Type: application/json.
+    accepted = client.post("/auth/token", data=body, headers={"Content-Type": "application/json"})
+    assert accepted.status_code == 200 and accepted.get_json()["token"]
+
+
+def test_expired_token_says_it_expired_and_when(client, upstream) -> None:
+    expired_at = int(time.time()) - 300
+    response = client.get("/v1/models", headers={"Authorization": f"Bearer {_signed(exp=expired_at)}"})
+    _assert_401(response)
+    error = response.get_json()["error"]
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expired_at))
+    assert error["code"] == "token_expired"
+    assert f"expired at {when} (UTC)" in error["message"] and "POST /auth/token" in error["message"]
+    assert upstream.requests == []
+
+
+def test_minted_token_expires_with_its_own_message(make_app) -> None:
+    client = make_app(jwt_expires_in=60, jwt_leeway=0).test_client()
+    token = client.post("/auth/token", json={"apiKey": CANARY_MASTER_KEY}).get_json()["token"]
+    with time_machine.travel(time.time() + 120, tick=False):
+        response = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "token_expired"
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        lambda: jwt.encode({"sub": "master", "iat": 1, "exp": 2, "jti": "j", "iss": "ai-proxy-gateway",
+                            "aud": "ai-proxy-gateway"}, "not-our-secret-" * 3, algorithm="HS256"),
+        lambda: _signed(exp=int(time.time()) - 300, aud="other"),
+        lambda: _signed(exp=int(time.time()) - 300, sub=None),
+    ],
+    ids=["forged", "wrong-audience", "no-subject"],
+)
+def test_only_our_own_otherwise_valid_tokens_are_told_they_expired(client, make_token) -> None:
+    response = client.get("/v1/models", headers={"Authorization": f"Bearer {make_token()}"})
+    _assert_401(response)
+    assert response.get_json()["error"]["code"] == "invalid_api_key"
+    assert "expired" not in response.get_json()["error"]["message"]

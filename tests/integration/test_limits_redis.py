@@ -268,3 +268,113 @@ def test_one_round_trip_is_used_only_where_it_is_exact() -> None:
     assert RedisWindows.for_strategy(MovingWindowRateLimiter(MemoryStorage())) is None
     assert RedisWindows.for_strategy(FixedWindowRateLimiter(shared)) is None
     assert RedisWindows.for_strategy(SlidingWindowCounterRateLimiter(shared)) is None
+
+
+# --- the AI quota counts what is sent upstream -------------------------------------------
+
+# Requests refused for their own input before any upstream call, with their status.
+MALFORMED = [
+    (400, {"data": "{not json", "content_type": "application/json"}),
+    (400, {"json": {"model": "m", "prompt": "hi", "stream": "yes"}}),
+    (413, {"json": {"model": "m", "prompt": "x" * 2000}}),
+    (415, {"data": "model=m", "content_type": "application/x-www-form-urlencoded"}),
+    (415, {"data": '{"model": "m"}'}),
+]
+
+
+def _storage(storage: str, redis_prefix: str) -> dict:
+    return {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": redis_prefix} if storage == "redis" else {}
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_requests_refused_for_their_own_input_use_the_general_quota_only(make_app, redis_prefix, upstream,
+                                                                         storage) -> None:
+    app = make_app(rate_limit_ai="3 per minute", rate_limit_general="30 per minute", max_request_bytes=1024,
+                   **_storage(storage, redis_prefix))
+    client = app.test_client()
+    for _ in range(2):  # twice the AI quota's worth of malformed requests
+        for status, kwargs in MALFORMED:
+            refused = client.post("/api/ai/completion", headers=KEY_HEADERS, **kwargs)
+            assert refused.status_code == status, refused.get_json()
+            assert refused.headers["RateLimit-Policy"] == '"general";q=30;w=60'
+    assert refused.headers["X-RateLimit-Remaining"] == str(30 - 2 * len(MALFORMED))
+    assert upstream.requests == []
+    statuses = [_ai(client) for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]  # the whole AI quota is still there
+    assert len(upstream.requests) == 3
+    limited = client.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS)
+    assert limited.get_json()["error"]["code"] == "gateway_rate_limited" and "(ai)" in limited.get_json()["error"]["message"]
+    remaining = client.get("/api/usage", headers=KEY_HEADERS).get_json()["remaining"]["requests"]
+    assert remaining["ai"]["remaining"] == 0
+    # 10 malformed + 5 well-formed (3 sent, 2 refused by the AI quota after counting on the general one) + this one
+    assert remaining["general"]["remaining"] == 30 - 2 * len(MALFORMED) - 5 - 1
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_a_failed_upstream_call_still_uses_the_ai_quota(make_app, redis_prefix, upstream, storage) -> None:
+    client = make_app(rate_limit_ai="2 per minute", **_storage(storage, redis_prefix)).test_client()
+    upstream.behavior = Behavior(mode="status", status=500)
+    assert [_ai(client) for _ in range(2)] == [502, 502]
+    upstream.reset()
+    assert _ai(client) == 429
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_malformed_requests_over_the_general_quota_get_429(make_app, redis_prefix, upstream, storage) -> None:
+    client = make_app(rate_limit_general="2 per minute", **_storage(storage, redis_prefix)).test_client()
+    statuses = [client.post("/api/ai/completion", data="{", content_type="application/json",
+                            headers=KEY_HEADERS).status_code for _ in range(3)]
+    assert statuses == [400, 400, 429]
+    assert _ai(client) == 429
+
+
+def test_a_refused_request_costs_one_round_trip_too(redis_app) -> None:
+    app = redis_app(rate_limit_general="10 per minute", rate_limit_ai="3 per minute")
+    client = app.test_client()
+    assert _ai(client) == 200
+    responses = []
+    sent = _commands_sent(app, lambda: responses.append(client.post(
+        "/api/ai/completion", data="{", content_type="application/json", headers=KEY_HEADERS)))
+    assert sent == ["EVALSHA"]
+    assert responses[0].status_code == 400 and responses[0].headers["RateLimit"].startswith('"general";r=8;')
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_requests_refused_by_a_key_policy_or_the_concurrency_limit_use_no_ai_quota(make_app, redis_prefix, upstream,
+                                                                                    storage) -> None:
+    """Not sent upstream, so not on the AI quota: a model the key may not use (403) and a
+    request over the concurrency limit (429), which counts on the general quota only."""
+    app = make_app(rate_limit_ai="2 per minute", rate_limit_concurrent=1, key_cache_seconds=0,
+                   **_storage(storage, redis_prefix))
+    client = app.test_client()
+    created = client.post("/admin/keys", json={"name": "t", "allowed_models": ["m"]}, headers=KEY_HEADERS)
+    key = {"X-API-Key": created.get_json()["secret"]}
+    for _ in range(3):
+        refused = client.post("/v1/completions", json={"model": "other", "prompt": "hi"}, headers=key)
+        assert refused.status_code == 403
+    upstream.behavior = Behavior(chunks=20, gap=0.05)
+    stream = client.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=key, buffered=False)
+    events = iter(stream.response)
+    assert next(events)  # 1 of 2 on the AI quota
+    for _ in range(3):
+        blocked = client.post("/v1/completions", json=BODY, headers=key)
+        assert blocked.get_json()["error"]["code"] == "concurrency_limit_exceeded"
+    for _ in events:
+        pass
+    stream.close()
+    assert [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_requests_refused_by_a_token_quota_use_no_ai_quota(make_app, redis_prefix, upstream, storage) -> None:
+    app = make_app(rate_limit_ai="2 per minute", key_cache_seconds=0, **_storage(storage, redis_prefix))
+    client = app.test_client()
+    created = client.post("/admin/keys", json={"name": "t", "tokens_per_day": 1000}, headers=KEY_HEADERS)
+    key = {"X-API-Key": created.get_json()["secret"]}
+    for _ in range(3):
+        refused = client.post("/v1/completions", json={**BODY, "max_tokens": 5000}, headers=key)
+        assert refused.get_json()["error"]["type"] == "insufficient_quota"
+    statuses = [client.post("/v1/completions", json={**BODY, "max_tokens": 5}, headers=key).status_code
+                for _ in range(3)]
+    assert statuses == [200, 200, 429]
