@@ -84,7 +84,7 @@ def test_readme_sdk_example_runs(gateway_server) -> None:
 OPERATOR_SECTIONS = {
     "admin-curl": ("### With curl\n", "The application then uses its secret"),
     "admin-cli": ("### From the command line\n", "Every option matches a field above"),
-    "database": ("## Database\n", "At start-up the gateway checks the version"),
+    "database": ("## Database\n", "The default SQLite file **upgrades itself at start**"),
     "usage": ("## Usage API\n", "`GET /admin/usage?group_by=model"),
 }
 BLOCK_END = "README-BLOCK-DONE"
