@@ -82,8 +82,10 @@ class Behavior:
     hang_seconds: float = 30.0
     content_type: str = "application/json"
     rst: bool = False
-    #: mode "no_event_boundary": bytes sent after ``data: `` without a blank line
+    #: mode "no_event_boundary": bytes of one event (``data: `` included) that never
+    #: ends, sent after ``events_before`` whole chat chunk events
     event_bytes: int = 4 * 1024 * 1024
+    events_before: int = 0
     #: mode "empty_200": "length" (Content-Length: 0) or "close" (no length, close at once)
     empty_framing: str = "length"
 
@@ -590,25 +592,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(b, kind, self._model_of(data), include_usage, drop_after=max(0, b.drop_after))
 
     def _mode_no_event_boundary(self, b: Behavior, rec: Recorded) -> None:
-        """200 ``text/event-stream``: ``data: `` then ``event_bytes`` bytes, fast, and
-        never a blank line; chunked, ended cleanly unless the client left first."""
+        """200 ``text/event-stream``: ``events_before`` whole events, then ``data: xxx...``
+        (``event_bytes`` bytes in all), fast, and never a blank line; chunked, ended cleanly
+        unless the client left first."""
         fake = self.server.fake
         fake._stream_started()
         try:
             self._write(self._head_bytes(
                 200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
+            for event in list(self._sse_events("chat", DEFAULT_MODEL, b.events_before, False))[: b.events_before]:
+                payload_bytes = b"data: " + event + b"\n\n"
+                self._write(b"%x\r\n%s\r\n" % (len(payload_bytes), payload_bytes))
             piece = b"x" * 65536
-            first = b"data: "
             left = max(0, b.event_bytes)
-            while True:
-                payload = first + piece[: min(left, len(piece))]
-                first = b""
-                left -= len(payload)
-                if not payload:
-                    break
+            payload = b"data: "[:left]
+            while payload:
                 self._write(b"%x\r\n%s\r\n" % (len(payload), payload))
-                if left <= 0:
-                    break
+                left -= len(payload)
+                payload = piece[: min(left, len(piece))]
             self._write(b"0\r\n\r\n")
         except _QUIET_ERRORS:
             self.close_connection = True

@@ -573,6 +573,14 @@ def test_no_event_boundary_sends_one_endless_event_fast(fake):
     assert b"\n" not in body and b"\r" not in body
 
 
+def test_no_event_boundary_after_whole_events(fake):
+    fake.behavior = Behavior(mode="no_event_boundary", event_bytes=1000, events_before=2)
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"stream": True}, timeout=5)
+    *events, endless = r.content.split(b"\n\n")
+    assert len(events) == 2 and all(json.loads(e[len(b"data: "):])["object"] == "chat.completion.chunk" for e in events)
+    assert endless == b"data: " + b"x" * 994
+
+
 def test_trickle_status_sends_the_status_line_a_byte_at_a_time(fake):
     fake.behavior = Behavior(mode="trickle_status", gap=0.05)
     raw, times = _raw_exchange(fake)
@@ -586,8 +594,9 @@ def test_trickle_status_sends_the_status_line_a_byte_at_a_time(fake):
 
 def test_trickle_status_stops_when_the_client_leaves(fake):
     fake.behavior = Behavior(mode="trickle_status", gap=0.5)
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.get(f"{fake.base_url}/models", timeout=(2, 0.2))
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100) == b"H"
     assert fake.wait_until_no_open_connections(3)
 
 
