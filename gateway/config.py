@@ -82,6 +82,7 @@ class Settings:
     upstream_stream_usage: bool = True  # ask streams for usage (stream_options.include_usage)
     max_request_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
+    max_stream_event_bytes: int = 1024 * 1024  # one SSE event from the upstream; a larger one ends the stream
 
     # --- HTTP edge ---------------------------------------------------------------
     trusted_proxy_count: int = 0
@@ -400,6 +401,8 @@ def validate(settings: Settings) -> None:
                  "gateway_max_requests", "gateway_max_requests_jitter"):
         if getattr(settings, name) < 0:
             raise ConfigError(f"{_env_name(name)} must not be negative")
+    if settings.max_stream_event_bytes <= 0:
+        raise ConfigError("MAX_STREAM_EVENT_BYTES must be positive")
     if settings.gateway_worker_class not in ("gevent", "gthread"):
         raise ConfigError("GATEWAY_WORKER_CLASS must be gevent or gthread (sync workers cannot hold streams)")
     if settings.worker_processes > 1 and not settings.shared_limit_storage:

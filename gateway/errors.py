@@ -11,6 +11,7 @@ handlers here render them. Headers of the original exception response
 
 from __future__ import annotations
 
+import http.client
 import logging
 from typing import Any
 
@@ -142,6 +143,13 @@ class UpstreamTimeout(UpstreamError):
     code = 504
     error_code = "upstream_timeout"
     description = "The AI backend did not answer in time."
+
+
+class UpstreamHeadCutOff(http.client.HTTPException):
+    """Raised while the upstream client reads an answer's head, when the connection ends
+    before the blank line that closes the header block. An ``http.client`` exception
+    (urllib3 reports it as a ``ProtocolError``); the client turns it into a 502
+    :class:`UpstreamError` with ``error_code="upstream_incomplete"``."""
 
 
 # How Werkzeug's own HTTP errors (routing, size limits, ...) map onto OpenAI's types.

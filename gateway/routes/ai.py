@@ -141,11 +141,13 @@ def _view_for(op: Operation) -> Callable[..., Response]:
 
         streaming = False
         try:
-            upstream = client.send(op.method, op.upstream_path, call.body, ctx.request_id, call.stream)
             limits = relay.RelayLimits(
                 deadline=time.monotonic() + settings.upstream_total_timeout,
                 max_bytes=settings.max_response_bytes,
+                max_event_bytes=settings.max_stream_event_bytes,
             )
+            upstream = client.send(op.method, op.upstream_path, call.body, ctx.request_id, call.stream,
+                                   deadline=limits.deadline)
             response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
                                          on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed

@@ -72,11 +72,22 @@ def estimate_prompt_tokens(document: dict[str, Any]) -> int:
 
 
 def estimate_completion_tokens(answer: dict[str, Any]) -> int:
-    """A rough completion size in tokens from the choices of a JSON answer."""
+    """A rough completion size in tokens from the choices of a JSON answer.
+
+    An answer off OpenAI's schema (``choices`` not a list, a ``message`` not an object)
+    counts what has the right shape, and nothing else: it is the upstream's answer,
+    relayed as sent, and must never fail the request that carries it.
+    """
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        return 0
     chars = 0
-    for choice in answer.get("choices") or ():
+    for choice in choices:
         if isinstance(choice, dict):
-            chars += _text_length(choice.get("text")) + _text_length((choice.get("message") or {}).get("content"))
+            message = choice.get("message")
+            chars += _text_length(choice.get("text"))
+            if isinstance(message, dict):
+                chars += _text_length(message.get("content"))
     return -(-chars // CHARS_PER_TOKEN)
 
 

@@ -25,16 +25,27 @@ it, with a zero-timeout poll. Under gevent that poll is gevent's cooperative one
 which sets up and tears down a watcher each time (about 4 % of a relayed request's
 CPU); a zero-timeout poll never blocks, so the pool's connections ask the operating
 system's poll directly (:class:`_QuickLivenessCheck`). Same answer, same rule.
+
+``UPSTREAM_TOTAL_TIMEOUT`` bounds the wait for the answer's head too, not only its
+body: a socket timeout bounds each read, and an upstream that sends its status line
+one byte a second never lets one run out. So the response class reads the head
+through :class:`_HeadDeadlineReader`, which gives each read only the time left before
+the deadline; past it, the read times out like any other (a 504). A header block that
+the upstream cuts off (the connection closes before its blank line) is a 502, not an
+answer with the headers that happened to arrive (:func:`parse_head`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import http.client
+import io
 import logging
 import os
 import select
 import threading
+import time
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +64,16 @@ from urllib3.exceptions import (
 )
 
 from gateway.config import Settings
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamError, UpstreamHeadCutOff, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import head
 
 log = logging.getLogger(__name__)
+
+# When the head of the answer now being awaited must be in (time.monotonic()); set by
+# UpstreamClient.send around the pool call, read by the response class it creates.
+# Context-local, so each thread (gthread) or greenlet (gevent) sees its own.
+_HEAD_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("upstream_head_deadline",
+                                                                               default=None)
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,7 @@ class UpstreamConfig:
     read_timeout: float
     pool_size: int
     trust_env: bool
+    total_timeout: float = 600.0  # connect + head (+ the relay's body reads) of one call
 
 
 class UpstreamResponse:
@@ -114,14 +132,22 @@ class _QuickLivenessCheck:
 
 def parse_head(fp: Any, _class: type[http.client.HTTPMessage] = http.client.HTTPMessage) -> http.client.HTTPMessage:
     """``http.client.parse_headers``, with :func:`gateway.upstream.head.parse_fields` in
-    place of the ``email`` parser; same limits, same errors, same message class."""
+    place of the ``email`` parser; same limits, same errors, same message class.
+
+    One difference: the end of the connection before the blank line that ends the
+    block raises :class:`~gateway.errors.UpstreamHeadCutOff` (an
+    ``http.client.HTTPException``, so urllib3 reports it as a ``ProtocolError``),
+    where ``http.client`` would take the fields read so far for the whole head.
+    """
     lines: list[bytes] = []
     while True:
         line = fp.readline(head.MAX_LINE + 1)
         if len(line) > head.MAX_LINE:
             raise http.client.LineTooLong("header line")
-        if line in (b"\r\n", b"\n", b""):
+        if line in (b"\r\n", b"\n"):
             break
+        if not line:  # the connection closed inside the header block
+            raise UpstreamHeadCutOff("the upstream closed the connection before the end of its header block")
         lines.append(line)
         if len(lines) > head.MAX_FIELDS:
             raise http.client.HTTPException(f"got more than {head.MAX_FIELDS} headers")
@@ -131,17 +157,89 @@ def parse_head(fp: Any, _class: type[http.client.HTTPMessage] = http.client.HTTP
     return message
 
 
+class _HeadDeadlineReader(io.RawIOBase):
+    """The raw reader under an answer's buffered ``fp``: the socket's own
+    (``makefile("rb", buffering=0)``), with each read given no more time than is
+    left before ``deadline`` while the head is read. Once the head is in,
+    :meth:`head_done` puts the socket's timeout back, and reads go straight through."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # holds a reference on the socket, as makefile("rb") would
+        self._read_timeout = sock.gettimeout()
+        self._deadline: float | None = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the upstream's answer did not begin before UPSTREAM_TOTAL_TIMEOUT")
+            self._sock.settimeout(left if self._read_timeout is None else min(left, self._read_timeout))
+        return self._raw.readinto(buffer)
+
+    def head_done(self) -> None:
+        if self._deadline is not None:
+            self._deadline = None
+            self._sock.settimeout(self._read_timeout)
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _HeadDeadlineSocket:
+    """What ``http.client.HTTPResponse`` is given as its socket: it only calls
+    ``makefile("rb")``, and gets a buffered :class:`_HeadDeadlineReader`."""
+
+    __slots__ = ("sock", "deadline", "reader")
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.reader: _HeadDeadlineReader | None = None
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        self.reader = _HeadDeadlineReader(self.sock, self.deadline)
+        return io.BufferedReader(self.reader)
+
+
+_stdlib_begin = types.FunctionType(
+    http.client.HTTPResponse.begin.__code__,
+    {**vars(http.client), "parse_headers": parse_head},
+    "begin",
+)
+
+
 class _QuickHeadResponse(http.client.HTTPResponse):
     """``http.client.HTTPResponse`` whose ``begin()`` (status line, 1xx answers, framing,
     keep-alive) is the standard library's own code, run with :func:`parse_head` as its
     ``parse_headers``: a copy of the function with that one global replaced, rather than
-    a copy of its source or a change to ``http.client`` for everyone."""
+    a copy of its source or a change to ``http.client`` for everyone.
 
-    begin = types.FunctionType(
-        http.client.HTTPResponse.begin.__code__,
-        {**vars(http.client), "parse_headers": parse_head},
-        "begin",
-    )
+    Made inside :meth:`UpstreamClient.send`, it reads the head within that call's
+    deadline (:class:`_HeadDeadlineReader`)."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        deadline = _HEAD_DEADLINE.get()
+        self.head_reader: _HeadDeadlineSocket | None = None
+        if deadline is not None and sock is not None:
+            sock = self.head_reader = _HeadDeadlineSocket(sock, deadline)
+        super().__init__(sock, *args, **kwargs)
+
+    def begin(self) -> None:
+        try:
+            _stdlib_begin(self)
+        finally:
+            if self.head_reader is not None and self.head_reader.reader is not None:
+                self.head_reader.reader.head_done()
 
 
 def _pool_connection_class(connection_class: type) -> type:
@@ -171,7 +269,8 @@ class UpstreamClient:
         self._route: _Route | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
+        self._timeout = urllib3.Timeout(connect=min(config.connect_timeout, config.total_timeout),
+                                        read=config.read_timeout)
         self._static_headers = {
             "User-Agent": "ai-proxy-gateway",
             "Accept-Encoding": "identity",
@@ -189,6 +288,7 @@ class UpstreamClient:
                 read_timeout=settings.upstream_read_timeout,
                 pool_size=settings.upstream_pool_size or max(10, settings.worker_concurrency),
                 trust_env=settings.upstream_trust_env,
+                total_timeout=settings.upstream_total_timeout,
             ),
             explain_unreachable=not settings.production,
         )
@@ -222,11 +322,16 @@ class UpstreamClient:
         url_prefix = mounted.request_url(probe, env["proxies"])[: -len("/_")]
         return _Route(session=session, pool=pool, url_prefix=url_prefix, retries=mounted.max_retries)
 
-    def send(self, method: str, path: str, body: bytes | None, request_id: str, stream: bool) -> UpstreamResponse:
+    def send(self, method: str, path: str, body: bytes | None, request_id: str, stream: bool,
+             deadline: float | None = None) -> UpstreamResponse:
         """Send one request upstream; the body is read later by :mod:`gateway.upstream.relay`.
 
+        :param deadline: ``time.monotonic()`` by which the answer's head must be in;
+            default: ``total_timeout`` from now.
         :raises UpstreamUnavailable: connection refused or reset before an answer (502).
-        :raises UpstreamTimeout: no connection or no answer within the timeouts (504).
+        :raises UpstreamError: the upstream closed the connection inside its header block (502).
+        :raises UpstreamTimeout: no connection or no answer within the timeouts, or no
+            whole head by the deadline (504).
         """
         route = self._current_route()
         headers = dict(self._static_headers)
@@ -234,6 +339,7 @@ class UpstreamClient:
         headers["Accept"] = "text/event-stream" if stream else "application/json"
         if body is not None:
             headers["Content-Type"] = "application/json"
+        token = _HEAD_DEADLINE.set(time.monotonic() + self.config.total_timeout if deadline is None else deadline)
         try:
             raw = route.pool.urlopen(
                 method,
@@ -255,10 +361,15 @@ class UpstreamClient:
             raise self._unreachable(request_id) from None
         except ReadTimeoutError:
             raise UpstreamTimeout() from None
-        except (ProtocolError, OSError):
+        except (ProtocolError, OSError) as error:
+            if any(isinstance(arg, UpstreamHeadCutOff) for arg in error.args):
+                log.warning("upstream answer cut off inside its header block request_id=%s", request_id)
+                raise UpstreamError("The AI backend's answer was cut off.", error_code="upstream_incomplete") from None
             raise self._unreachable(request_id) from None
         except HTTPError:
             raise UpstreamError() from None
+        finally:
+            _HEAD_DEADLINE.reset(token)
         return UpstreamResponse(raw)
 
     def _unreachable(self, request_id: str) -> UpstreamUnavailable:

@@ -3,18 +3,26 @@
 - 2xx JSON and 4xx JSON pass through byte for byte with the upstream's status;
   an upstream 429 keeps its ``Retry-After`` and always carries an ``error.code``
   other than the gateway's own ``gateway_rate_limited``.
-- Upstream 401/403 (a bad ``AI_API_KEY``), 3xx, 5xx and non-JSON answers become a
-  502 in the gateway's envelope: never the client's fault, never the upstream's
-  internals.
+- Upstream 401/403 (a bad ``AI_API_KEY``), 3xx, 5xx, non-JSON answers and a 2xx
+  other than 204 with an empty body become a 502 in the gateway's envelope: never
+  the client's fault, never the upstream's internals, never a bodiless 200.
+- Valid JSON that does not follow OpenAI's schema (``{"choices": 5}``, no ``usage``)
+  is relayed as the upstream sent it, and its usage is recorded as an estimate
+  (:func:`gateway.upstream.accounting.usage_of_answer` reads only what has the right
+  shape). The gateway is a relay: checking every answer against the schema would cost
+  every request and turn a backend's harmless extension into an outage, while the
+  client, who reads the answer, is the one that can judge it.
 - ``text/event-stream`` answers are relayed event by event as they arrive
-  (:func:`stream_events`); an upstream that breaks off ends with an error event,
-  never with a made-up ``[DONE]``.
+  (:func:`stream_events`); an upstream that breaks off, or sends one event larger
+  than ``MAX_STREAM_EVENT_BYTES``, ends with an error event, never with a made-up
+  ``[DONE]``.
 
 Only the headers named in :data:`PASSED_HEADERS` come back from the upstream.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -41,13 +49,30 @@ STREAM_ERROR_CODES = {
     "deadline_exceeded": "upstream_timeout",
     "upstream_idle_timeout": "upstream_timeout",
     "upstream_broke_off": "upstream_stream_error",
+    "event_too_large": "upstream_event_too_large",
 }
+# A stream whose bytes keep arriving never waits on its socket, so under gevent it
+# would never let the worker's other greenlets (``/health``, other requests, the
+# heartbeat) run: it gives them a turn after this long without one.
+YIELD_EVERY = 0.005
 
 
 @dataclass(frozen=True)
 class RelayLimits:
     deadline: float  # time.monotonic() by which the whole answer must be in
     max_bytes: int  # largest non-streamed body accepted from the upstream
+    max_event_bytes: int = 1024 * 1024  # largest single streamed event (MAX_STREAM_EVENT_BYTES)
+
+
+@functools.cache
+def _cooperative_yield() -> Callable[[], None] | None:
+    """``gevent.sleep(0)`` where gevent runs the worker (it has patched ``socket``), else None:
+    with threads, the OS already shares the processor between requests."""
+    try:
+        from gevent import monkey, sleep
+    except ImportError:  # gevent is not installed
+        return None
+    return functools.partial(sleep, 0) if monkey.is_module_patched("socket") else None
 
 
 def _read_chunk(upstream: UpstreamResponse) -> bytes:
@@ -155,8 +180,11 @@ def to_response(
         body = read_body(upstream, limits)
         if upstream.status_code >= 400:
             return _client_error(upstream, body)
-        if upstream.status_code == 204 or not body:
-            return Response(status=upstream.status_code)
+        if upstream.status_code == 204:
+            return Response(status=204)
+        if not body:
+            log.warning("upstream answered HTTP %d with an empty body", upstream.status_code)
+            raise UpstreamError("The AI backend returned an empty answer.", error_code="upstream_empty_response")
         try:
             answer = json.loads(body)
         except ValueError:
@@ -211,16 +239,26 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
                   tap: StreamUsageTap | None = None) -> Iterator[bytes]:
     """Yield whole SSE events as the upstream sends them.
 
-    Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off,
-    stalls beyond the read timeout, or runs past the deadline (:data:`STREAM_ERROR_CODES`).
-    Closing the generator (the client went away) closes the upstream connection at once.
-    ``on_end`` gets the outcome either way.
+    Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off or
+    sends nothing at all, stalls beyond the read timeout, runs past the deadline, or holds more than
+    ``limits.max_event_bytes`` of one event (:data:`STREAM_ERROR_CODES`); the events
+    complete before that are relayed first. Closing the generator (the client went
+    away) closes the upstream connection at once. ``on_end`` gets the outcome either way.
+
+    Under gevent the loop gives the worker's other greenlets a turn at least every
+    :data:`YIELD_EVERY` seconds, however fast the upstream sends.
     """
     framer = EventFramer()
     outcome = "completed"
+    pause = _cooperative_yield()
+    turn_ends = time.monotonic() + YIELD_EVERY
     try:
         while True:
-            if time.monotonic() > limits.deadline:
+            now = time.monotonic()
+            if pause is not None and now > turn_ends:
+                pause()
+                turn_ends = time.monotonic() + YIELD_EVERY
+            if now > limits.deadline:
                 outcome = "deadline_exceeded"
                 yield error_event("The stream exceeded the gateway's maximum duration.", code=STREAM_ERROR_CODES[outcome])
                 return
@@ -235,12 +273,22 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
                 yield error_event("The AI backend ended the stream early.", code=STREAM_ERROR_CODES[outcome])
                 return
             if not data:
+                if upstream.raw.tell() == 0:  # an event stream with no byte in it
+                    outcome = "upstream_broke_off"
+                    log.warning("upstream answered a stream with an empty body")
+                    yield error_event("The AI backend returned an empty stream.", code=STREAM_ERROR_CODES[outcome])
+                    return
                 break
             events = framer.feed(data)
             if events and tap is not None:
                 events = tap.feed(events)
             if events:
                 yield events
+            if framer.pending > limits.max_event_bytes:
+                outcome = "event_too_large"
+                yield error_event("The AI backend sent an event larger than the gateway accepts.",
+                                  code=STREAM_ERROR_CODES[outcome])
+                return
         rest = framer.flush()
         if rest and tap is not None:
             rest = tap.feed(rest)

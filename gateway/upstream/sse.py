@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# Bytes of the previous read that a boundary ending in the next read can start in.
+_OVERLAP = max(len(boundary) for boundary in _BOUNDARIES) - 1
 
 
 def _last_boundary_end(buffer: bytes) -> int:
@@ -41,25 +43,68 @@ def split_events(events: bytes) -> list[bytes]:
 
 
 class EventFramer:
-    """Feed raw upstream bytes; get back the complete events among them."""
+    """Feed raw upstream bytes; get back the complete events among them.
+
+    Linear in the bytes fed: each call searches only its own bytes, plus the last
+    :data:`_OVERLAP` bytes of the pending (incomplete) event for a boundary split
+    across two reads, and the pending event is kept as a list of pieces, joined once
+    when its boundary arrives. So an upstream that never ends an event costs one pass
+    over its bytes, not one pass over all of them per read. The framer does not bound
+    the pending event itself: the caller reads :attr:`pending` after each call and
+    gives up past its own limit (:func:`gateway.upstream.relay.stream_events`).
+    """
+
+    __slots__ = ("_first", "_more", "_size")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._first = b""  # the pending (incomplete) event's first piece ...
+        self._more: list[bytes] = []  # ... and the pieces after it, if it spans reads
+        self._size = 0
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._pending + data if self._pending else data
-        end = _last_boundary_end(buffer)
-        self._pending = buffer[end:]
-        return buffer[:end]
+        end = _last_boundary_end(data)
+        size = self._size
+        if not size:
+            if end == len(data):  # the usual read: whole events only
+                return data
+            self._first = data[end:] if end else data
+            self._size = len(data) - end
+            return data[:end]
+        more = self._more
+        if end <= _OVERLAP:  # else no boundary split across the reads can end later than ``end``
+            if not data:
+                return b""
+            if (more[-1] if more else self._first)[-1] in b"\r\n":
+                # A boundary may start in the pending bytes and end in these.
+                tail = b"".join([self._first, *more][-_OVERLAP:])[-_OVERLAP:]
+                split = _last_boundary_end(tail + data[:_OVERLAP]) - len(tail)
+                if split > end:
+                    end = split
+            if not end:
+                more.append(data)
+                self._size = size + len(data)
+                return b""
+        if more:
+            complete = b"".join([self._first, *more, data[:end]])
+            more.clear()
+        else:
+            complete = self._first + data[:end]
+        self._first = data[end:]
+        self._size = len(data) - end
+        return complete
 
     def flush(self) -> bytes:
         """What remains at a clean end of stream (an upstream that omits the final blank line)."""
-        rest, self._pending = self._pending, b""
+        rest = b"".join([self._first, *self._more])
+        self._first = b""
+        self._more.clear()
+        self._size = 0
         return rest
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Bytes of the incomplete event held back so far."""
+        return self._size
 
 
 def error_event(message: str, error_type: str = "api_error", code: str = "upstream_stream_error") -> bytes:

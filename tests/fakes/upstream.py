@@ -36,7 +36,11 @@ from urllib.parse import urlsplit
 
 __all__ = ["Behavior", "Recorded", "FakeUpstream", "MODELS", "main"]
 
-MODES = ("ok", "status", "raw", "hang", "redirect", "drop", "drip", "close_after_request")
+MODES = (
+    "ok", "status", "raw", "hang", "redirect", "drop", "drip", "close_after_request",
+    # hostile upstreams (issue 11): see the _mode_* methods of the same names
+    "no_event_boundary", "trickle_status", "truncated_head", "empty_200", "surrogates",
+)
 
 MODELS: list[dict[str, Any]] = [
     {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"},
@@ -78,6 +82,12 @@ class Behavior:
     hang_seconds: float = 30.0
     content_type: str = "application/json"
     rst: bool = False
+    #: mode "no_event_boundary": bytes of one event (``data: `` included) that never
+    #: ends, sent after ``events_before`` whole chat chunk events
+    event_bytes: int = 4 * 1024 * 1024
+    events_before: int = 0
+    #: mode "empty_200": "length" (Content-Length: 0) or "close" (no length, close at once)
+    empty_framing: str = "length"
 
 
 @dataclass
@@ -580,6 +590,96 @@ class _Handler(BaseHTTPRequestHandler):
         opts = (data or {}).get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         self._stream(b, kind, self._model_of(data), include_usage, drop_after=max(0, b.drop_after))
+
+    def _mode_no_event_boundary(self, b: Behavior, rec: Recorded) -> None:
+        """200 ``text/event-stream``: ``events_before`` whole events, then ``data: xxx...``
+        (``event_bytes`` bytes in all), fast, and never a blank line; chunked, ended cleanly
+        unless the client left first."""
+        fake = self.server.fake
+        fake._stream_started()
+        try:
+            self._write(self._head_bytes(
+                200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
+            for event in list(self._sse_events("chat", DEFAULT_MODEL, b.events_before, False))[: b.events_before]:
+                payload_bytes = b"data: " + event + b"\n\n"
+                self._write(b"%x\r\n%s\r\n" % (len(payload_bytes), payload_bytes))
+            piece = b"x" * 65536
+            left = max(0, b.event_bytes)
+            payload = b"data: "[:left]
+            while payload:
+                self._write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                left -= len(payload)
+                payload = piece[: min(left, len(piece))]
+            self._write(b"0\r\n\r\n")
+        except _QUIET_ERRORS:
+            self.close_connection = True
+        finally:
+            fake._stream_ended()
+
+    def _mode_trickle_status(self, b: Behavior, rec: Recorded) -> None:
+        """The status line one byte per ``gap`` seconds (then a normal answer, if the
+        client is still there)."""
+        self.close_connection = True
+        status, payload, _ = self._route(rec)
+        body = _dumps(payload)
+        head = self._head_bytes(status, [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(body)))], b.headers)
+        line_end = head.index(b"\r\n") + 2
+        for i in range(line_end):
+            if i and not self._pause(b.gap):
+                self._abort(False)
+                return
+            self._write(head[i : i + 1])
+        self._write(head[line_end:] + body)
+
+    def _mode_truncated_head(self, b: Behavior, rec: Recorded) -> None:
+        """The status line and part of the header block, then the connection closes
+        (no blank line ever ends the head)."""
+        head = self._head_bytes(b.status, [("Content-Type", "application/json")], b.headers)
+        self._write(head[: head.index(b"\r\n\r\n")] + b"\r\nX-Cut-Mid")
+        self._abort(b.rst)
+
+    def _mode_empty_200(self, b: Behavior, rec: Recorded) -> None:
+        """A 200 JSON answer with no body: ``Content-Length: 0``, or (``empty_framing``
+        "close") no length at all and the connection closed at once."""
+        if b.empty_framing == "close":
+            self.close_connection = True
+            self._write(self._head_bytes(200, [("Content-Type", b.content_type), ("Connection", "close")], b.headers))
+            self._abort(False)
+            return
+        self._send_bytes(200, b"", b.content_type, b.headers)
+
+    def _mode_surrogates(self, b: Behavior, rec: Recorded) -> None:
+        """Mode "ok" with lone-surrogate (``\\ud800``) and NUL (``\\u0000``) escapes in
+        the answer's ``model``, and in a key and the ``model`` beside its ``usage``: valid
+        JSON text that does not encode as UTF-8 once parsed, nor fits a text column."""
+        status, payload, stream = self._route(rec)
+        model = "fake\ud800model\u0000"
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12, "\udfff\u0000": "\ud800"}
+        if stream is None:
+            if isinstance(payload, dict) and status == 200:
+                payload = {**payload, "model": model, "usage": {**payload.get("usage", {}), **usage}}
+            self._send_json(status, payload, b.headers)
+            return
+        fake = self.server.fake
+        fake._stream_started()
+        try:
+            self._write(self._head_bytes(
+                200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
+            chunks = [
+                {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+                 "choices": [{"index": 0, "delta": {"content": "tok\u0000 "}, "finish_reason": None}]},
+                {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+                 "choices": [], "usage": usage},
+            ]
+            for event in [*map(_dumps, chunks), b"[DONE]"]:
+                payload_bytes = b"data: " + event + b"\n\n"
+                self._write(b"%x\r\n%s\r\n" % (len(payload_bytes), payload_bytes))
+            self._write(b"0\r\n\r\n")
+        except _QUIET_ERRORS:
+            self.close_connection = True
+        finally:
+            fake._stream_ended()
 
     def _mode_drip(self, b: Behavior, rec: Recorded) -> None:
         status, payload, stream = self._route(rec)

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.operations import OPERATIONS
 from tests.conftest import CANARY_AI_API_KEY, CANARY_MASTER_KEY, KEY_HEADERS
-from tests.fakes.upstream import Behavior
+from tests.fakes.upstream import Behavior, FakeUpstream
 
 BODIES = {
     "completion": {"model": "gpt-3.5-turbo", "prompt": "Once upon a time...", "max_tokens": 100},
@@ -258,3 +258,88 @@ def test_environment_proxies_are_ignored(make_app, upstream, monkeypatch) -> Non
     monkeypatch.delenv("no_proxy", raising=False)
     client = make_app().test_client()
     assert client.get("/v1/models", headers=KEY_HEADERS).status_code == 200
+
+
+# --- hostile upstreams (issue 11) -----------------------------------------------------
+
+
+def _usage_rows(app) -> list[dict]:
+    from sqlalchemy import select
+
+    from gateway.store.tables import usage
+
+    assert app.extensions["gateway.usage"].flush(timeout=5)
+    with app.extensions["gateway.store"].engine.connect() as connection:
+        return [row._asdict() for row in connection.execute(select(usage).order_by(usage.c.id))]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_trickled_status_line_is_cut_at_the_total_deadline(make_app, stream) -> None:
+    # One byte every 0.3 s never trips the 5 s read timeout; the 1.5 s total must still hold.
+    with FakeUpstream() as own:  # its own, so its connection count is this test's alone
+        own.behavior = Behavior(mode="trickle_status", gap=0.3)
+        client = make_app(ai_api_url=own.base_url + "/completions", upstream_read_timeout=5.0,
+                          upstream_total_timeout=1.5).test_client()
+        started = time.monotonic()
+        response = client.post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream}, headers=KEY_HEADERS)
+        _assert_gateway_error(response, 504, "upstream_timeout")
+        assert time.monotonic() - started < 3.5
+        assert own.wait_until_no_open_connections(3)  # the connection was dropped, not kept
+
+
+def test_the_deadline_does_not_shorten_a_kept_alive_connection(make_app) -> None:
+    # After a head read within the deadline, the connection's own read timeout is back:
+    # the next calls on the same pooled connection work as before.
+    with FakeUpstream() as own:
+        client = make_app(ai_api_url=own.base_url + "/completions", upstream_total_timeout=2.0).test_client()
+        for _ in range(3):
+            assert client.post("/v1/chat/completions", json=BODIES["chat"], headers=KEY_HEADERS).status_code == 200
+        assert len(own.requests) == 3 and own.open_connections == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+def test_a_header_block_cut_off_is_502_not_an_empty_200(client, upstream, capfd, stream, rst) -> None:
+    upstream.behavior = Behavior(mode="truncated_head", rst=rst)
+    response = client.post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream}, headers=KEY_HEADERS)
+    assert response.status_code == 502, response.get_data(as_text=True)
+    if rst:  # the reset may arrive before the head is read at all: then it is an upstream that went away
+        assert response.get_json()["error"]["code"] in ("upstream_incomplete", "upstream_unavailable")
+    else:
+        _assert_gateway_error(response, 502, "upstream_incomplete")
+        assert "header block" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_an_empty_200_is_502_not_an_empty_200(client, upstream, capfd, stream, framing) -> None:
+    upstream.behavior = Behavior(mode="empty_200", empty_framing=framing)
+    response = client.post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream}, headers=KEY_HEADERS)
+    _assert_gateway_error(response, 502, "upstream_empty_response")
+    assert "empty body" in capfd.readouterr().err
+
+
+def test_a_204_is_still_relayed_as_a_204(client, upstream) -> None:
+    upstream.behavior = Behavior(mode="raw", status=204)
+    assert client.post("/v1/chat/completions", json=BODIES["chat"], headers=KEY_HEADERS).status_code == 204
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("body", [b'{"choices": 5}', b'{"choices": [{"message": "hi"}, 3], "usage": "lots"}'])
+def test_json_off_the_schema_is_relayed_with_estimated_usage(app, upstream, stream, body) -> None:
+    # Relayed as the upstream sent it (see gateway.upstream.relay): no 500, usage an estimate.
+    upstream.behavior = Behavior(mode="raw", body=body)
+    response = app.test_client().post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream},
+                                      headers=KEY_HEADERS)
+    assert response.status_code == 200 and response.get_data() == body
+    (row,) = _usage_rows(app)
+    assert row["status"] == 200 and row["tokens_estimated"] is True and row["completion_tokens"] == 0
+
+
+def test_surrogates_and_nul_in_an_answer_are_relayed_byte_for_byte(app, upstream) -> None:
+    upstream.behavior = Behavior(mode="surrogates")
+    response = app.test_client().post("/v1/chat/completions", json=BODIES["chat"], headers=KEY_HEADERS)
+    assert response.status_code == 200
+    assert b'"model":"fake\\ud800model\\u0000"' in response.get_data()
+    (row,) = _usage_rows(app)
+    assert (row["status"], row["prompt_tokens"], row["total_tokens"], row["tokens_estimated"]) == (200, 5, 12, False)

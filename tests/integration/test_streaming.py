@@ -126,3 +126,71 @@ def test_non_streamed_usage_is_logged(client, upstream, capfd) -> None:
     client.post("/v1/chat/completions", json={"model": "m", "messages": []}, headers=KEY_HEADERS)
     line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"path": "/v1/chat/completions"' in x][-1]
     assert (line["prompt_tokens"], line["completion_tokens"], line["tokens_estimated"]) == (9, 6, False)
+
+
+# --- hostile upstreams (issue 11) -----------------------------------------------------
+
+
+def test_an_event_that_never_ends_is_cut_at_the_event_limit(make_app, upstream, capfd) -> None:
+    from sqlalchemy import select
+
+    from gateway.store.tables import usage
+
+    app = make_app()  # MAX_STREAM_EVENT_BYTES: 1 MiB by default
+    upstream.behavior = Behavior(mode="no_event_boundary", event_bytes=6 * 1024 * 1024)
+    response = app.test_client().post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
+    body = response.get_data()
+    assert response.status_code == 200
+    events = _events(body)
+    assert len(events) == 1 and len(body) < 4096  # nothing of the endless event reached the client
+    assert events[0].startswith("event: error\ndata: ")
+    error = json.loads(events[0].split("data: ", 1)[1])["error"]
+    assert error["code"] == "upstream_event_too_large" and set(error) == {"message", "type", "code", "param"}
+    assert upstream.wait_for_active_streams(0, timeout=3)  # the upstream connection was closed
+    line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"stream":' in x][-1]
+    assert line["stream"] == "event_too_large" and line["tokens_estimated"] is True
+    assert app.extensions["gateway.usage"].flush(timeout=5)
+    with app.extensions["gateway.store"].engine.connect() as connection:
+        rows = [row._asdict() for row in connection.execute(select(usage))]
+    assert len(rows) == 1 and rows[0]["status"] == 200 and rows[0]["tokens_estimated"] is True
+    assert rows[0]["completion_tokens"] == 0
+
+
+def test_events_before_an_endless_one_are_relayed_first(make_app, upstream) -> None:
+    upstream.behavior = Behavior(mode="no_event_boundary", events_before=3, event_bytes=2 * 1024 * 1024)
+    client = make_app(max_stream_event_bytes=64 * 1024).test_client()
+    events = _events(client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data())
+    assert len(events) == 3 + 1
+    assert all(json.loads(e[len("data: "):])["object"] == "chat.completion.chunk" for e in events[:3])
+    assert events[-1].startswith("event: error") and "upstream_event_too_large" in events[-1]
+
+
+def test_the_event_limit_is_on_one_event_not_the_stream(make_app, upstream) -> None:
+    # Each event is ~200 bytes, the stream ~1.3 KiB: a 512-byte limit changes nothing.
+    upstream.behavior = Behavior(chunks=5)
+    client = make_app(max_stream_event_bytes=512).test_client()
+    events = _events(client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data())
+    assert events[-1] == "data: [DONE]" and len(events) == 5 + 2
+
+
+def test_surrogates_and_nul_in_a_stream_are_relayed_and_counted(client, upstream, capfd) -> None:
+    upstream.behavior = Behavior(mode="surrogates")
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    response = client.post("/v1/chat/completions", json=body, headers=KEY_HEADERS)
+    assert response.status_code == 200
+    events = _events(response.get_data())
+    assert events[-1] == "data: [DONE]" and len(events) == 3
+    assert '"model":"fake\\ud800model\\u0000"' in events[0]
+    line = [json.loads(x) for x in capfd.readouterr().err.splitlines() if '"stream":' in x][-1]
+    assert line["stream"] == "completed" and (line["prompt_tokens"], line["completion_tokens"]) == (5, 7)
+
+
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_an_empty_event_stream_ends_with_an_error_event(client, upstream, capfd, framing) -> None:
+    upstream.behavior = Behavior(mode="empty_200", empty_framing=framing, content_type="text/event-stream")
+    response = client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS)
+    assert response.status_code == 200  # the status went out with the stream's head
+    events = _events(response.get_data())
+    assert len(events) == 1 and events[0].startswith("event: error\ndata: ")
+    assert json.loads(events[0].split("data: ", 1)[1])["error"]["code"] == "upstream_stream_error"
+    assert "empty body" in capfd.readouterr().err

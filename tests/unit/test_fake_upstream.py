@@ -540,3 +540,106 @@ def test_cli_runs_and_exits_cleanly_on_sigterm():
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+# --------------------------------------------------------------------------- #
+# hostile modes (issue 11)
+# --------------------------------------------------------------------------- #
+
+
+def _raw_exchange(fake, path: str = "/v1/chat/completions", body: bytes = b'{"model": "m"}',
+                  timeout: float = 5.0) -> tuple[bytes, list[float]]:
+    """Send one request on a plain socket; return every byte until the fake closes,
+    and when each piece arrived (the fake's framing is what is under test here)."""
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=timeout) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body))
+        pieces: list[bytes] = []
+        times: list[float] = []
+        while piece := sock.recv(65536):
+            pieces.append(piece)
+            times.append(time.monotonic())
+    return b"".join(pieces), times
+
+
+def test_no_event_boundary_sends_one_endless_event_fast(fake):
+    fake.behavior = Behavior(mode="no_event_boundary", event_bytes=3 * 1024 * 1024 + 5)
+    t0 = time.monotonic()
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"stream": True}, stream=True, timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+    body = r.raw.read()
+    assert time.monotonic() - t0 < 5
+    assert body.startswith(b"data: x") and len(body) == 3 * 1024 * 1024 + 5
+    assert b"\n" not in body and b"\r" not in body
+
+
+def test_no_event_boundary_after_whole_events(fake):
+    fake.behavior = Behavior(mode="no_event_boundary", event_bytes=1000, events_before=2)
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"stream": True}, timeout=5)
+    *events, endless = r.content.split(b"\n\n")
+    assert len(events) == 2 and all(json.loads(e[len(b"data: "):])["object"] == "chat.completion.chunk" for e in events)
+    assert endless == b"data: " + b"x" * 994
+
+
+def test_trickle_status_sends_the_status_line_a_byte_at_a_time(fake):
+    fake.behavior = Behavior(mode="trickle_status", gap=0.05)
+    raw, times = _raw_exchange(fake)
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert len(times) >= len(status_line)  # one piece per byte of the status line at least
+    assert times[len(status_line) - 1] - times[0] >= (len(status_line) - 1) * 0.05 * 0.8
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert json.loads(body)["object"] == "chat.completion"
+
+
+def test_trickle_status_stops_when_the_client_leaves(fake):
+    fake.behavior = Behavior(mode="trickle_status", gap=0.5)
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100) == b"H"
+    assert fake.wait_until_no_open_connections(3)
+
+
+@pytest.mark.parametrize("rst", [False, True])
+def test_truncated_head_closes_inside_the_header_block(fake, rst):
+    fake.behavior = Behavior(mode="truncated_head", rst=rst)
+    try:
+        raw, _ = _raw_exchange(fake)
+    except ConnectionResetError:
+        assert rst
+        return
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\n\r\n" not in raw and raw.endswith(b"X-Cut-Mid")
+
+
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_empty_200(fake, framing):
+    fake.behavior = Behavior(mode="empty_200", empty_framing=framing)
+    raw, _ = _raw_exchange(fake)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    assert sep and body == b""
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Type: application/json" in head
+    assert (b"Content-Length: 0" in head) == (framing == "length")
+
+
+def test_surrogates_in_a_json_answer(fake):
+    fake.behavior = Behavior(mode="surrogates")
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"model": "m"}, timeout=5)
+    assert r.status_code == 200
+    assert b'"model":"fake\\ud800model\\u0000"' in r.content
+    answer = r.json()  # valid JSON ...
+    assert answer["usage"]["total_tokens"] == 12 and answer["choices"]
+    with pytest.raises(UnicodeEncodeError):  # ... whose text is not valid UTF-8
+        answer["model"].encode()
+    assert "\x00" in answer["model"] and "\x00" in next(k for k in answer["usage"] if k.startswith("\udfff"))
+
+
+def test_surrogates_in_a_stream(fake):
+    fake.behavior = Behavior(mode="surrogates")
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"model": "m", "stream": True}, timeout=5)
+    assert r.headers["Content-Type"] == "text/event-stream"
+    events = [block for block in r.content.split(b"\n\n") if block]
+    assert events[-1] == b"data: [DONE]"
+    usage_chunk = json.loads(events[-2][len(b"data: "):])
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["prompt_tokens"] == 5
+    assert usage_chunk["model"] == "fake\ud800model\x00"
