@@ -121,3 +121,47 @@ def test_keep_alive_connections_are_closed_cleanly_on_sigterm(gateway_server, up
         busy.close()
         idle.close()
     assert server.proc.wait(timeout=GRACEFUL + 5) == 0, server.log()
+
+
+@pytest.mark.timeout(90)
+def test_stop_right_after_a_reload_ends_within_the_measured_bound(gateway_server, upstream) -> None:
+    """SIGHUP then SIGTERM with streams on the old worker: gunicorn's master handles the
+    reload first, so the stop takes longer than one graceful timeout. The bound below
+    is what deploy/ai-proxy.service's TimeoutStopSec is derived from."""
+    server: GatewayServer = gateway_server(GATEWAY_GRACEFUL_TIMEOUT=str(GRACEFUL), **HIGH_LIMITS)
+    upstream.behavior = Behavior(chunks=60, gap=0.5)  # 30 s streams
+    streams = [EventStream(server.url, "/v1/chat/completions", CHAT, timeout=40) for _ in range(3)]
+    try:
+        for stream in streams:
+            assert stream.next_events()
+        started = time.monotonic()
+        server.signal(signal.SIGHUP)
+        assert server.wait_for_log(lambda text: text.count("Booting worker with pid") >= 2, timeout=10), server.log()
+        time.sleep(2)  # the old worker notices its SIGTERM within 1 s and stops accepting
+        late = [EventStream(server.url, "/v1/chat/completions", CHAT, timeout=40) for _ in range(2)]
+        streams += late
+        for stream in late:
+            assert stream.next_events()
+        server.signal(signal.SIGTERM)
+        readers = [threading.Thread(target=s.read_all) for s in streams]
+        for reader in readers:
+            reader.start()
+        try:
+            returncode = server.proc.wait(timeout=3 * GRACEFUL + 10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gunicorn did not exit:\n{server.log()}")
+        took = time.monotonic() - started
+        for reader in readers:
+            reader.join(5)
+    finally:
+        for stream in streams:
+            stream.close()
+    log = server.log()
+    print(f"stop right after a reload took {took:.1f} s with GATEWAY_GRACEFUL_TIMEOUT={GRACEFUL}")
+    assert returncode == 0, log
+    # The worst case: the old worker drains inside the master's reload, then the new one.
+    new_worker = log.splitlines()[[i for i, line in enumerate(log.splitlines()) if "Hang up" in line][0] + 1]
+    assert "Booting worker" in new_worker, log
+    assert 2 * drain_seconds(GRACEFUL) < took < 2 * GRACEFUL + 2, (took, log)
+    for stream in streams:
+        assert stream.events[-1][1].startswith("event: error"), stream.events[-2:]
