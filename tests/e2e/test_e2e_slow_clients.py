@@ -135,3 +135,33 @@ def test_connections_per_address_are_capped_and_health_answers(gateway_server) -
     status, _, body = request(server.url, "POST", "/auth/token", {"apiKey": "wrong"}, timeout=5)
     assert status == 401, body
     assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.timeout(60)
+def test_trickled_headers_are_cut_by_the_keep_alive_timeout(gateway_server) -> None:
+    """What the README says of slow clients: headers get gunicorn's keep-alive timeout (5 s)."""
+    server: GatewayServer = gateway_server()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.settimeout(0.5)
+    started = time.monotonic()
+    answer = b""
+    closed = False
+    try:
+        for byte in b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            answer += data
+    finally:
+        sock.close()
+    took = time.monotonic() - started
+    assert closed and answer == b"", answer
+    assert 4 < took < 9, took
