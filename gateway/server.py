@@ -48,6 +48,7 @@ from typing import Any
 
 import gevent
 from gevent.monkey import get_original
+from gunicorn import util as gunicorn_util
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
@@ -136,7 +137,7 @@ class EnvelopeErrors:
             self.log.warning("Invalid request from ip=%s: %s (%s)", ip, type(exc).__name__, status)
             data = raw_error(status, reason, code, message)
         try:
-            client.sendall(data)
+            gunicorn_util.write_nonblock(client, data)  # as gunicorn does: never wait on this client
         except OSError:
             self.log.debug("Failed to send error message.")
 
@@ -262,6 +263,20 @@ class _BodyWithDeadline:
             yield line
 
 
+def _linger(client: Any) -> None:
+    """End a connection whose answer is sent but whose request was not read whole: stop
+    writing, then read (and drop) what the client still sends for up to a second, so
+    closing with unread bytes does not reset the connection before the client has read
+    the answer."""
+    try:
+        client.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(1.0, False):
+            while client.recv(65536):
+                pass
+    except OSError:
+        pass
+
+
 class _KeepAliveWait:
     """The wait for a kept-alive connection's next request (gunicorn's keep-alive
     timeout), registered so a draining worker can end it."""
@@ -295,6 +310,7 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
         self._requests: dict[Any, Any] = {}  # greenlet -> the gunicorn request it is serving
         self._idle: dict[Any, _KeepAliveWait] = {}
         self._streams: set[CuttableStream] = set()
+        self._lingering: set[Any] = set()  # requests whose unread body is dropped after the answer
         self._draining = False
         self._body_timeout = 30.0
         self._address_cap = 0
@@ -311,14 +327,9 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
     def _wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         streams = self._streams
 
-        def close_after() -> None:
-            req = self._requests.get(gevent.getcurrent())
-            if req is not None:
-                req.must_close = True  # gunicorn: "Connection: close", then close
-
         def gateway_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             environ["wsgi.input"] = _BodyWithDeadline(environ["wsgi.input"],
-                                                      time.monotonic() + self._body_timeout, close_after)
+                                                      time.monotonic() + self._body_timeout, self._body_expired)
             streamed = False
 
             def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -331,6 +342,13 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
             return CuttableStream(body, streams) if streamed else body
 
         return gateway_app
+
+    def _body_expired(self) -> None:
+        """The current request's body ran out of time: its answer closes the connection."""
+        req = self._requests.get(gevent.getcurrent())
+        if req is not None:
+            req.must_close = True  # gunicorn: "Connection: close", then close
+            self._lingering.add(req)
 
     # --- connections ----------------------------------------------------------------------
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -362,11 +380,7 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
             client.sendall(raw_error(429, "Too Many Requests", "too_many_connections",
                                      "Too many open connections from this address; close some and retry.",
                                      "rate_limit_error", headers=[("Retry-After", "1")]))
-            client.shutdown(socket.SHUT_WR)  # the answer is complete
-            # Read what the client sent (briefly), so closing does not reset the answer away.
-            with gevent.Timeout(1.0, False):
-                while client.recv(65536):
-                    pass
+            _linger(client)
         except OSError:
             pass
         finally:
@@ -381,6 +395,9 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             self._requests.pop(me, None)
+            if req in self._lingering:
+                self._lingering.discard(req)
+                _linger(sock)
 
     def timeout_ctx(self) -> _KeepAliveWait:
         # Draining: serve a request already waiting on the connection, else close it now.

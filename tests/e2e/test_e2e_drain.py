@@ -165,3 +165,29 @@ def test_stop_right_after_a_reload_ends_within_the_measured_bound(gateway_server
     assert 2 * drain_seconds(GRACEFUL) < took < 2 * GRACEFUL + 2, (took, log)
     for stream in streams:
         assert stream.events[-1][1].startswith("event: error"), stream.events[-2:]
+
+
+@pytest.mark.timeout(60)
+def test_a_non_streamed_request_past_the_drain_deadline_gets_its_error(gateway_server, upstream) -> None:
+    server: GatewayServer = gateway_server(GATEWAY_GRACEFUL_TIMEOUT=str(GRACEFUL), **HIGH_LIMITS)
+    upstream.behavior = Behavior(mode="drip", gap=0.5)  # a JSON answer one byte every 0.5 s: minutes
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=GRACEFUL + 5)
+    try:
+        conn.request("POST", "/api/ai/completion", body=json.dumps({"model": "m", "prompt": "hi"}),
+                     headers={**AUTH, "Content-Type": "application/json"})
+        time.sleep(1.0)
+        server.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        response = conn.getresponse()
+        body = response.read()
+        answered = time.monotonic() - signalled
+    finally:
+        conn.close()
+    assert response.status == 502, body
+    assert json.loads(body)["error"]["type"] == "api_error"
+    assert response.getheader("Connection") == "close"
+    assert drain_seconds(GRACEFUL) - 0.5 < answered < GRACEFUL, answered
+    assert server.proc.wait(timeout=GRACEFUL + 5) == 0, server.log()
+    cut = [line for line in _log_lines(server) if line.get("requests_cut") is not None]
+    assert len(cut) == 1 and (cut[0]["streams_cut"], cut[0]["requests_cut"]) == (0, 1), cut
+    assert _usage_rows(server) == 1

@@ -75,3 +75,14 @@ def test_refusals_do_not_echo_the_request(server: GatewayServer) -> None:
     assert secret not in response.decode("latin-1")
     assert secret not in server.log()
     assert request(server.url, "GET", "/health", timeout=2)[0] == 200
+
+
+@pytest.mark.parametrize("case", ["invalid header name", "too many headers", "unknown transfer coding"])
+def test_the_gthread_worker_refuses_in_the_envelope_too(module_gateway_server, case: str) -> None:
+    server = module_gateway_server(GATEWAY_WORKER_CLASS="gthread")
+    data, expected_status, expected_code = REFUSED[case]
+    response = raw_exchange(server, data)
+    assert b"<html" not in response.lower(), response[:400]
+    status, headers, body = _split(response)
+    assert (status, error_envelope(body)["code"]) == (expected_status, expected_code), response[:400]
+    assert request(server.url, "GET", "/health", timeout=2)[0] == 200
