@@ -54,7 +54,7 @@ from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 
 from gateway import config, inflight, usage
-from gateway.errors import envelope
+from gateway.errors import RequestBodyTimeout, envelope
 from gateway.upstream.sse import error_event
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class RequestCut(ConnectionResetError):
         super().__init__(errno.ECONNRESET, "the worker is stopping")
 
 
-SHUTDOWN_EVENT = error_event("The gateway is restarting; this stream was cut before its end. Retry the request.",
+SHUTDOWN_EVENT = error_event("The gateway is stopping or restarting; this stream was cut before its end. Retry the request.",
                              code="server_shutting_down")
 
 
@@ -234,8 +234,6 @@ class _BodyWithDeadline:
         self._expired = expired
 
     def _within_deadline(self, read: Callable[..., Any], *args: Any) -> Any:
-        from gateway.errors import RequestBodyTimeout
-
         remaining = self._deadline - time.monotonic()
         if remaining > 0:
             timer = gevent.Timeout.start_new(remaining)
