@@ -13,6 +13,12 @@ idle client holds its slot for ever) and it bypasses gunicorn's request handling
 ``max_requests`` and gunicorn's request line and header limits do not apply: not worth
 it for a gateway facing clients.
 
+Worker class: the gateway's own subclasses of gunicorn's (gateway.server): gunicorn's
+refusals of malformed requests answer in the gateway's JSON envelope; with gevent
+also a deadline on request bodies (``REQUEST_BODY_TIMEOUT``), a cap on connections
+per client address (``MAX_CONNECTIONS_PER_ADDRESS``) and a drain that cuts what is
+still running shortly before the master's SIGKILL (gthread has none of these three).
+
 Worker processes: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas live in the
 process, so there is one worker and the gateway refuses more (see
 gateway.config.validate). With a shared store (Redis) the default is one worker
@@ -51,14 +57,16 @@ except ConfigError as error:
 gunicorn.http.wsgi.SERVER = "ai-proxy"
 
 bind = f"{_settings.ai_proxy_host}:{_settings.ai_proxy_port}"
-worker_class = _settings.gateway_worker_class
+worker_class = {"gevent": "gateway.server.GeventWorker",
+                "gthread": "gateway.server.ThreadWorker"}[_settings.gateway_worker_class]
 workers = _settings.worker_processes
 threads = _settings.gateway_threads
 worker_connections = _settings.gateway_worker_connections
 
 # For gevent/gthread the timeout is a heartbeat: long streams are not killed by it.
 timeout = _settings.gateway_timeout
-# On SIGTERM/SIGHUP, in-flight requests and streams get this long to finish.
+# On SIGTERM/SIGHUP, in-flight requests and streams get this long to finish (less the
+# worker's margin: gateway.server.drain_seconds), then the master kills the worker.
 graceful_timeout = _settings.gateway_graceful_timeout
 keepalive = 5
 max_requests = _settings.gateway_max_requests

@@ -87,6 +87,8 @@ class Settings:
     # --- HTTP edge ---------------------------------------------------------------
     trusted_proxy_count: int = 0
     force_https: bool = False
+    request_body_timeout: float = 30.0  # seconds a request body may take to arrive (gevent worker)
+    max_connections_per_address: int = 64  # per client address and worker; 0 = no cap (gevent worker)
     log_level: str = "INFO"
 
     # --- gunicorn (read by gunicorn.conf.py) -------------------------------------
@@ -403,6 +405,10 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{_env_name(name)} must not be negative")
     if settings.max_stream_event_bytes <= 0:
         raise ConfigError("MAX_STREAM_EVENT_BYTES must be positive")
+    if not 0 < settings.request_body_timeout <= 3600:
+        raise ConfigError("REQUEST_BODY_TIMEOUT must be more than 0 and at most 3600 seconds")
+    if settings.max_connections_per_address < 0:
+        raise ConfigError("MAX_CONNECTIONS_PER_ADDRESS must not be negative")
     if settings.gateway_worker_class not in ("gevent", "gthread"):
         raise ConfigError("GATEWAY_WORKER_CLASS must be gevent or gthread (sync workers cannot hold streams)")
     if settings.worker_processes > 1 and not settings.shared_limit_storage:

@@ -111,6 +111,15 @@ class UnsupportedMediaType(GatewayError):
     description = "The request body must be JSON (Content-Type: application/json)."
 
 
+class RequestBodyTimeout(GatewayError):
+    """The request body did not arrive within ``REQUEST_BODY_TIMEOUT``; the connection is closed."""
+
+    code = 408
+    error_type = "invalid_request_error"
+    error_code = "request_timeout"
+    description = "The request body did not arrive in time."
+
+
 class ConcurrencyLimited(GatewayError):
     code = 429
     error_type = "rate_limit_error"

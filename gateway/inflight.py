@@ -6,6 +6,9 @@ it when the stream ends, fails, or the client goes away (the relay's ``finally``
 Every slot also carries an expiry (``UPSTREAM_TOTAL_TIMEOUT`` + a margin) as a
 safety net, so a crashed worker can never leave a caller stuck at its limit.
 
+At a graceful stop, a stream still running at the drain deadline is cut by the
+worker (:mod:`gateway.server`); :data:`stream_cut` tells the stream's end callbacks so.
+
 Slots live in Redis (a sorted set per caller, scored by expiry, changed by one Lua
 script so concurrent gateways cannot both take the last slot) when the quota store
 is Redis, otherwise in the process.
@@ -17,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from gateway.config import Settings
@@ -26,6 +30,9 @@ from gateway.outage import on_store
 log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 30.0
+
+# True while a stream cut by a stopping worker ends (set in the greenlet that serves it).
+stream_cut: ContextVar[bool] = ContextVar("stream_cut", default=False)
 
 # KEYS[1]: the caller's slot set. ARGV: limit, token, ttl in ms. Time comes from the
 # Redis server, so gateways with skewed clocks agree on what has expired.

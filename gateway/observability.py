@@ -2,7 +2,8 @@
 
 A log line carries the request id, method, path, status, durations, the caller's
 key id and the model: never a key, a token, a header value or prompt text.
-Streamed responses are logged when the stream ends, with how it ended.
+Streamed responses are logged when the stream ends, with how it ended
+(``server_shutdown``: cut by a stopping worker, see :mod:`gateway.server`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from gateway import auth, response_headers
+from gateway import auth, inflight, response_headers
 from gateway.upstream.accounting import Usage
 
 log = logging.getLogger("gateway.access")
@@ -137,6 +138,8 @@ def stream_logger() -> Callable[[str, Usage | None], None]:
     g.stream_fields = fields
 
     def finished(outcome: str, usage: Usage | None = None) -> None:
+        if inflight.stream_cut.get():
+            outcome = "server_shutdown"  # the relay saw its upstream read fail; the worker cut it
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
         fields["stream"] = outcome
         fields.update(_usage_fields(usage))
