@@ -164,6 +164,8 @@ def gateway_env(name: str = "gateway") -> dict[str, str]:
         "RATE_LIMIT_GENERAL": HIGH_LIMIT,
         "RATE_LIMIT_AI": HIGH_LIMIT,
         "LOG_LEVEL": "INFO",
+        # Every benchmark client connects from 127.0.0.1, as clients behind one proxy would.
+        "MAX_CONNECTIONS_PER_ADDRESS": "0",
         # Managed keys and usage accounting on: a fresh SQLite file, migrated before start.
         "DATABASE_URL": f"sqlite:///{RAW / f'{name}.db'}",
         # never pick up a developer's .env: /dev/null is not a regular file, so it is skipped
