@@ -54,3 +54,17 @@ def json_object_body() -> tuple[bytes, dict[str, Any]]:
         return raw, payload.parse_object(raw)
     except payload.PayloadError as error:
         raise BadRequest(str(error)) from None
+
+
+def ai_request_body() -> tuple[bytes, dict[str, Any]]:
+    """:func:`json_object_body`, for an AI operation: the fields the gateway reads are checked too.
+
+    :raises 400: as :func:`json_object_body`, or a bad ``model`` or ``messages``
+        (:func:`gateway.payload.check_ai_fields`; ``param`` names the field).
+    """
+    raw, document = json_object_body()
+    try:
+        payload.check_ai_fields(document)
+    except payload.InvalidField as error:
+        raise BadRequest(str(error), param=error.param, error_code=error.code) from None
+    return raw, document

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g
 
 from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
-from gateway.body import json_object_body
+from gateway.body import ai_request_body
 from gateway.errors import BadRequest
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
@@ -41,11 +41,11 @@ def read_request(op: Operation) -> ClientCall:
 
     :raises 415: the body is not declared as JSON.
     :raises 413: the body is larger than ``MAX_REQUEST_BYTES``.
-    :raises 400: not a JSON object, or ``stream`` is not a boolean.
+    :raises 400: not a JSON object, ``stream`` is not a boolean, or a bad ``model`` or ``messages``.
     """
     if not op.has_body:
         return ClientCall()
-    raw, document = json_object_body()
+    raw, document = ai_request_body()
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream", error_code="invalid_type")
