@@ -31,6 +31,14 @@ window, :mod:`gateway.redis_windows` counts all of a request's quotas and reads 
 windows for the headers in one round trip instead of two per quota. While the store is down
 (``open``), :meth:`Quotas.strategy` probes it with a growing interval (0.5 s up to
 30 s; ``/health/ready`` probes at once) and moves counting back when it answers.
+
+Only an outage (:func:`gateway.outage.is_outage`: connection, timeout, a server that
+cannot serve anyone) moves every caller's counting to the process. A command the store
+refuses for one caller's counters (``WRONGTYPE``, an expiry out of range from a limit
+stored before limits had bounds) gets the policy for that request alone: ``closed``
+answers it 503, ``open`` counts it in the process (:attr:`Quotas.refused_fallback`);
+every other caller keeps its exact count in the store. Such refusals are logged at most
+once per :data:`REFUSAL_LOG_INTERVAL_SECONDS`, with their count.
 """
 
 from __future__ import annotations
@@ -46,13 +54,15 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
-from limits.strategies import RateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import STRATEGIES, RateLimiter
 
 from gateway import auth, quotas, response_headers
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, LimitStorageUnavailable
 from gateway.inflight import InFlight
+from gateway.outage import is_outage
 from gateway.redis_windows import RedisWindows, Window
 from gateway.routes.ai import blueprint as ai_blueprint
 from gateway.routes.meta import health, ready
@@ -65,6 +75,7 @@ AUTH_FAILURE_SCOPE = "auth-failures"
 GENERAL_POLICY = "general"
 PROBE_MIN_SECONDS = 0.5
 PROBE_MAX_SECONDS = 30.0
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
                    "RateLimit", "RateLimit-Policy")
 
@@ -156,6 +167,11 @@ class Quotas:
         self.windows = RedisWindows.for_strategy(limiter.limiter)
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
+        # Counts in the process the requests whose own command the store refused (open policy),
+        # apart from flask-limiter's fallback, which would move every caller.
+        self.refused_fallback: RateLimiter = STRATEGIES[settings.rate_limit_strategy](MemoryStorage())
+        self._refusals = 0
+        self._next_refusal_log = 0.0
 
     @property
     def strategy(self) -> RateLimiter:
@@ -182,6 +198,20 @@ class Quotas:
         self.limiter._storage_dead = False
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
+
+    def command_refused(self, error: StorageError) -> None:
+        """The store refused one caller's command (not an outage): log it, at most once per
+        :data:`REFUSAL_LOG_INTERVAL_SECONDS` with how many there were; the store's state is unchanged."""
+        self._refusals += 1
+        now = time.monotonic()
+        if now < self._next_refusal_log:
+            return
+        caller = auth.current_caller()
+        log.error("rate limit storage refused a command (%s); the outage policy applied to that request only",
+                  type(error.storage_error).__name__,
+                  extra={"fields": {"refused": self._refusals, "key_id": caller.id if caller else None}})
+        self._refusals = 0
+        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_SECONDS
 
     def store_failed(self) -> None:
         """The store raised: log the outage once; with ``open``, count in the process
@@ -247,11 +277,17 @@ def _hold_to_quotas() -> None:
     key = auth.caller_key()
     try:
         counted = _hit_all(state, state.strategy, endpoint, key)
-    except StorageError:
-        state.store_failed()
-        if not state.fail_open:
-            raise  # errors.py answers 503
-        counted = _hit_all(state, state.strategy, endpoint, key)
+    except StorageError as error:
+        if not is_outage(error):  # this caller's command only: the store stays in use for everyone
+            state.command_refused(error)
+            if not state.fail_open:
+                raise LimitStorageUnavailable(headers={"Retry-After": "1"}) from None
+            counted = _hit_all(state, state.refused_fallback, endpoint, key)
+        else:
+            state.store_failed()
+            if not state.fail_open:
+                raise  # errors.py answers 503
+            counted = _hit_all(state, state.strategy, endpoint, key)
     g.quotas_counted = counted
     if counted and counted[-1].breached:
         breached = counted[-1]
