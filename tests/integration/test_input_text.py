@@ -111,3 +111,11 @@ def test_usage_filters_holding_a_nul_are_a_400_not_a_store_outage(db_client: Fla
     response = db_client.get(f"{path}?{query}", headers=KEY_HEADERS)
     assert response.status_code == 400, response.get_json()
     assert _error(response)["param"] == query.split("=")[0]
+
+
+@pytest.mark.parametrize("key_id", ["key_%00", "%00"])
+def test_a_key_id_holding_a_nul_is_unknown_not_a_store_outage(db_client: FlaskClient, key_id: str) -> None:
+    path = f"/admin/keys/{key_id}"
+    answers = [db_client.get(path, headers=KEY_HEADERS), db_client.patch(path, json={"name": "x"}, headers=KEY_HEADERS),
+               db_client.delete(path, headers=KEY_HEADERS), db_client.post(f"{path}/rotate", headers=KEY_HEADERS)]
+    assert [(a.status_code, _error(a)["code"]) for a in answers] == [(404, "key_not_found")] * 4
