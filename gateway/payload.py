@@ -57,8 +57,10 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF); a pair decodes to one character,
-# so only bodies holding such an escape need their strings searched for a lone one.
+# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF). Only such an escape can put a
+# surrogate in a parsed string (UTF-8 cannot encode one), so only a body that holds one
+# has its strings searched. Telling pairs from lone escapes in the text instead would
+# have to get escaped backslashes right ("\\ud800\udc00" ends in a lone one): not worth it.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

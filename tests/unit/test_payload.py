@@ -100,3 +100,9 @@ def test_ai_fields_the_gateway_reads_are_checked(document: dict, param: str) -> 
 def test_ai_fields_left_to_the_upstream_pass() -> None:
     check_ai_fields({"model": "m", "messages": [{"role": "user", "content": "a\x00b"}]})
     check_ai_fields({"model": 5, "messages": None, "prompt": ["x", 1]})
+
+
+def test_an_escaped_backslash_cannot_hide_a_lone_surrogate() -> None:
+    # the text \\ud800 (a backslash, then "ud800") followed by a real, lone \udc00
+    with pytest.raises(PayloadError, match="surrogate"):
+        parse_object(b'{"apiKey": "\\\\ud800\\udc00"}')
