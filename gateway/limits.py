@@ -167,9 +167,8 @@ class Quotas:
         self.windows = RedisWindows.for_strategy(limiter.limiter)
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
-        # Counts in the process the requests whose own command the store refused (open policy),
-        # apart from flask-limiter's fallback, which would move every caller.
-        self.refused_fallback: RateLimiter = STRATEGIES[settings.rate_limit_strategy](MemoryStorage())
+        self._strategy_name = settings.rate_limit_strategy
+        self._refused_fallback: RateLimiter | None = None
         self._refusals = 0
         self._next_refusal_log = 0.0
 
@@ -198,6 +197,14 @@ class Quotas:
         self.limiter._storage_dead = False
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
+
+    @property
+    def refused_fallback(self) -> RateLimiter:
+        """Counts in the process the requests whose own command the store refused (``open``),
+        apart from flask-limiter's fallback, which would move every caller. Made when first needed."""
+        if self._refused_fallback is None:
+            self._refused_fallback = STRATEGIES[self._strategy_name](MemoryStorage())
+        return self._refused_fallback
 
     def command_refused(self, error: StorageError) -> None:
         """The store refused one caller's command (not an outage): log it, at most once per

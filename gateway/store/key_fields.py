@@ -75,10 +75,10 @@ def _metadata(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise FieldError("metadata", "'metadata' must be a JSON object.")
-    for text in _strings_of(value):
-        _storable("metadata", text)
     if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
         raise FieldError("metadata", f"'metadata' must be at most {METADATA_MAX_BYTES} bytes of JSON.")
+    for text in _strings_of(value):
+        _storable("metadata", text)
     return value
 
 
