@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ STRATEGIES = ("moving-window", "sliding-window-counter", "fixed-window")
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster",
                    "valkey", "valkeys", "valkey+unix", "valkey+sentinel", "valkey+cluster")
 DEFAULT_AI_API_URL = "http://localhost:11434/v1/completions"
+# Bounds of every rate limit (RATE_LIMIT_* and a key's own): see parse_rate_limit.
+RATE_LIMIT_MAX_AMOUNT = 1_000_000_000
+RATE_LIMIT_MAX_WINDOW_SECONDS = 366 * 24 * 3600
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -324,12 +327,36 @@ def _check_url(name: str, value: str) -> None:
         raise ConfigError(f"{name} must not have a query or fragment")
 
 
+RATE_LIMIT_BOUNDS = (f"each amount 1 to {RATE_LIMIT_MAX_AMOUNT:,} per window of at most "
+                     f"{RATE_LIMIT_MAX_WINDOW_SECONDS // 86400} days")
+
+
+def parse_rate_limit(text: str) -> tuple[RateLimitItem, ...]:
+    """A rate limit in flask-limiter notation (``"100 per 15 minutes; 5 per second"``), within bounds.
+
+    The one check for every rate limit: ``RATE_LIMIT_*`` here, and a key's own
+    (``/admin/keys`` and ``flask keys``, through :mod:`gateway.store.key_fields`).
+    Each amount is 1 to :data:`RATE_LIMIT_MAX_AMOUNT` per window, and each window at
+    most :data:`RATE_LIMIT_MAX_WINDOW_SECONDS` (366 days, so ``1 per year`` fits): a
+    window beyond what the store can expire (``5 per 99999999999999 years``) made
+    every call of that key fail in Redis, and an amount of 0 cannot be counted.
+
+    :raises ValueError: not the notation, or out of bounds (:data:`RATE_LIMIT_BOUNDS`).
+    """
+    items = tuple(parse_many(text))  # ValueError when not the notation
+    if not items:
+        raise ValueError("no rate limit")
+    for item in items:
+        if not 1 <= item.amount <= RATE_LIMIT_MAX_AMOUNT or not 1 <= item.get_expiry() <= RATE_LIMIT_MAX_WINDOW_SECONDS:
+            raise ValueError(f"out of bounds: {RATE_LIMIT_BOUNDS}")
+    return items
+
+
 def _check_limit(name: str, value: str) -> None:
     try:
-        if not parse_many(value):
-            raise ValueError
+        parse_rate_limit(value)
     except ValueError:
-        raise ConfigError(f"{name} is not a valid rate limit (e.g. '100 per 15 minutes')") from None
+        raise ConfigError(f"{name} is not a valid rate limit (e.g. '100 per 15 minutes'; {RATE_LIMIT_BOUNDS})") from None
 
 
 def _check_database(settings: Settings) -> None:

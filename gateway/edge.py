@@ -89,7 +89,7 @@ def _allow_origins(app: Flask, origins: tuple[str, ...]) -> None:
         origins=list(origins),
         allow_headers=list(ALLOWED_REQUEST_HEADERS),
         expose_headers=list(EXPOSED_RESPONSE_HEADERS),
-        methods=["GET", "POST", "OPTIONS"],
+        methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],  # PATCH, DELETE: /admin/keys/<id>
         supports_credentials=False,
         max_age=600,
         allow_private_network=False,

@@ -55,6 +55,13 @@ class BadRequest(GatewayError):
     description = "The request is invalid."
 
 
+class MalformedBody(BadRequest):
+    """The request body could not be read: its framing is broken (e.g. a bad chunk), or it ended early."""
+
+    error_code = "malformed_body"
+    description = "The request body is malformed (bad chunked framing, or it ended early)."
+
+
 class Unauthorized(GatewayError):
     code = 401
     error_type = "authentication_error"

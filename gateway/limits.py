@@ -40,6 +40,14 @@ window, :mod:`gateway.redis_windows` counts all of a request's quotas and reads 
 windows for the headers in one round trip instead of two per quota. While the store is down
 (``open``), :meth:`Quotas.strategy` probes it with a growing interval (0.5 s up to
 30 s; ``/health/ready`` probes at once) and moves counting back when it answers.
+
+Only an outage (:func:`gateway.outage.is_outage`: connection, timeout, a server that
+cannot serve anyone) moves every caller's counting to the process. A command the store
+refuses for one caller's counters (``WRONGTYPE``, an expiry out of range from a limit
+stored before limits had bounds) gets the policy for that request alone: ``closed``
+answers it 503, ``open`` counts it in the process (:attr:`Quotas.refused_fallback`);
+every other caller keeps its exact count in the store. Such refusals are logged at most
+once per :data:`REFUSAL_LOG_INTERVAL_SECONDS`, with their count.
 """
 
 from __future__ import annotations
@@ -55,13 +63,15 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
-from limits.strategies import RateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import STRATEGIES, RateLimiter
 
 from gateway import auth, quotas, response_headers
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, LimitStorageUnavailable
 from gateway.inflight import InFlight
+from gateway.outage import is_outage
 from gateway.redis_windows import RedisWindows, Window
 from gateway.routes.ai import blueprint as ai_blueprint
 from gateway.routes.meta import health, ready
@@ -74,6 +84,7 @@ AUTH_FAILURE_SCOPE = "auth-failures"
 GENERAL_POLICY = "general"
 PROBE_MIN_SECONDS = 0.5
 PROBE_MAX_SECONDS = 30.0
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
                    "RateLimit", "RateLimit-Policy")
 
@@ -165,6 +176,10 @@ class Quotas:
         self.windows = RedisWindows.for_strategy(limiter.limiter)
         self._probe_interval = PROBE_MIN_SECONDS
         self._next_probe = 0.0
+        self._strategy_name = settings.rate_limit_strategy
+        self._refused_fallback: RateLimiter | None = None
+        self._refusals = 0
+        self._next_refusal_log = 0.0
 
     @property
     def strategy(self) -> RateLimiter:
@@ -204,11 +219,17 @@ class Quotas:
         key = auth.caller_key()
         try:
             counted = _hit_all(self, self.strategy, ai, key)
-        except StorageError:
-            self.store_failed()
-            if not self.fail_open:
-                raise  # errors.py answers 503
-            counted = _hit_all(self, self.strategy, ai, key)
+        except StorageError as error:
+            if not is_outage(error):  # this caller's command only: the store stays in use for everyone
+                self.command_refused(error)
+                if not self.fail_open:
+                    raise LimitStorageUnavailable(headers={"Retry-After": "1"}) from None
+                counted = _hit_all(self, self.refused_fallback, ai, key)
+            else:
+                self.store_failed()
+                if not self.fail_open:
+                    raise  # errors.py answers 503
+                counted = _hit_all(self, self.strategy, ai, key)
         ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup
         ctx.quotas_counted = counted
         if counted and counted[-1].breached:
@@ -216,6 +237,28 @@ class Quotas:
             ctx.quota_breached = breached.policy
             raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
                               "Retry after the time in Retry-After.")
+
+    @property
+    def refused_fallback(self) -> RateLimiter:
+        """Counts in the process the requests whose own command the store refused (``open``),
+        apart from flask-limiter's fallback, which would move every caller. Made when first needed."""
+        if self._refused_fallback is None:
+            self._refused_fallback = STRATEGIES[self._strategy_name](MemoryStorage())
+        return self._refused_fallback
+
+    def command_refused(self, error: StorageError) -> None:
+        """The store refused one caller's command (not an outage): log it, at most once per
+        :data:`REFUSAL_LOG_INTERVAL_SECONDS` with how many there were; the store's state is unchanged."""
+        self._refusals += 1
+        now = time.monotonic()
+        if now < self._next_refusal_log:
+            return
+        caller = auth.current_caller()
+        log.error("rate limit storage refused a command (%s); the outage policy applied to that request only",
+                  type(error.storage_error).__name__,
+                  extra={"fields": {"refused": self._refusals, "key_id": caller.id if caller else None}})
+        self._refusals = 0
+        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_SECONDS
 
     def store_failed(self) -> None:
         """The store raised: log the outage once; with ``open``, count in the process

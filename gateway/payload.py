@@ -1,14 +1,26 @@
-"""Request bodies: strict JSON objects. Pure code, no Flask.
+"""Request bodies: strict JSON objects, and the one rule for text the gateway keeps. Pure code, no Flask.
 
 Python's ``json`` accepts things an API must not: ``NaN``/``Infinity``, duplicate
-keys (a parser differential with the upstream), and it turns deep nesting into a
-``RecursionError``. :func:`parse_object` refuses all of them with a
-:class:`PayloadError` whose message is safe to show the client.
+keys (a parser differential with the upstream), lone UTF-16 surrogates (``"\\ud800"``
+is valid JSON but not Unicode text: it cannot be encoded as UTF-8, so hashing,
+storing or logging it fails), and it turns deep nesting into a ``RecursionError``.
+:func:`parse_object` refuses all of them with a :class:`PayloadError` whose message
+is safe to show the client.
+
+**Text the gateway stores or uses as a key** (a request's ``model``, a managed key's
+name, metadata, model patterns and limits, usage report filters) must also be free of
+NUL: PostgreSQL refuses NUL in text, and one such value used to fail a whole batch
+of usage rows. Such fields are checked with :func:`is_storable_text` where they are
+read, and refused with a 400 naming the field. Text the gateway did not get from the
+client (the upstream's answer) is made storable with :func:`storable_text` instead:
+the client did nothing wrong. Prompt text is neither stored nor keyed on, so a NUL
+in it is the upstream's business.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_DEPTH = 64
@@ -45,11 +57,46 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF). Only such an escape can put a
+# surrogate in a parsed string (UTF-8 cannot encode one), so only a body that holds one
+# has its strings searched. Telling pairs from lone escapes in the text instead would
+# have to get escaped backslashes right ("\\ud800\udc00" ends in a lone one): not worth it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_HINT = "must not contain NUL characters or lone UTF-16 surrogates"
+
+
+def is_storable_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text that any database can store: no NUL, no lone surrogate."""
+    return _UNSTORABLE.search(value) is None
+
+
+def storable_text(value: str) -> str:
+    """``value`` with each NUL and lone surrogate replaced by U+FFFD (for text not from the client)."""
+    return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)  # the keys
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_object(raw: bytes) -> dict[str, Any]:
     """Parse ``raw`` as one JSON object.
 
-    :raises PayloadError: empty, not UTF-8, not JSON, not an object, or nested
-        deeper than :data:`MAX_DEPTH`.
+    :raises PayloadError: empty, not UTF-8, not JSON, not an object, nested deeper
+        than :data:`MAX_DEPTH`, or holding a lone UTF-16 surrogate anywhere.
     """
     if not raw.strip():
         raise PayloadError("The request body is empty; send a JSON object.")
@@ -69,7 +116,36 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise PayloadError("The request body must be a JSON object.")
     if _depth_exceeds(value, MAX_DEPTH):
         raise PayloadError(f"Invalid JSON: nested deeper than {MAX_DEPTH} levels.")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise PayloadError("Invalid JSON: a string holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+                           "without its pair); send valid Unicode text.")
     return value
+
+
+class InvalidField(PayloadError):
+    """One field of a body is unacceptable: ``param`` names it, ``code`` is the error code."""
+
+    def __init__(self, param: str, message: str, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def check_ai_fields(document: dict[str, Any]) -> None:
+    """Check the fields of an AI request that the gateway itself reads (the rest is the upstream's).
+
+    - ``model`` is stored in usage rows and matched against a key's models: a string
+      must be storable text (:func:`is_storable_text`).
+    - ``messages`` is walked for the prompt-size estimate: when present, an array.
+
+    :raises InvalidField: naming the field.
+    """
+    model = document.get("model")
+    if isinstance(model, str) and not is_storable_text(model):
+        raise InvalidField("model", f"'model' {UNSTORABLE_HINT}.")
+    messages = document.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise InvalidField("messages", "'messages' must be an array of message objects.", "invalid_type")
 
 
 class BodyTooLarge(PayloadError):

@@ -12,6 +12,12 @@ or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The q
   logs the count at most once per :data:`DROP_LOG_INTERVAL_SECONDS`: never silently.
 - A database outage keeps the batch and retries with exponential backoff (up to
   :data:`MAX_BACKOFF_SECONDS`); meanwhile the queue holds what arrives, up to its bound.
+- A batch the database refuses (a row it cannot take: a number out of range, a value
+  the driver cannot encode) is written again row by row, so one bad row never takes
+  the others with it; a row refused again is dropped, counted and logged (its key,
+  operation, status and request id: never its text). Text fields are made storable
+  first (:func:`gateway.payload.storable_text`), so a NUL or lone surrogate that
+  reached a record is replaced rather than refused.
 - :meth:`UsageWriter.flush` writes everything queued (graceful stop: gunicorn's
   ``worker_exit`` hook and ``atexit`` call :func:`stop_all`); what cannot be written
   before its timeout is logged with its count.
@@ -41,6 +47,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from gateway import auth
+from gateway.payload import storable_text
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
 from gateway.upstream.accounting import Usage
 
@@ -78,11 +85,21 @@ class UsageRecord:
 
     def row(self) -> dict[str, object]:
         values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
-        # Column widths are enforced here, so a long model name cannot fail a whole batch.
-        values["operation"] = self.operation[:OPERATION_LENGTH]
-        values["model"] = self.model[:MODEL_LENGTH] if self.model is not None else None
-        values["request_id"] = self.request_id[:REQUEST_ID_LENGTH] if self.request_id is not None else None
+        # Column widths and storable text (no NUL, no lone surrogate) are enforced here, so a
+        # long or odd model name cannot fail a batch.
+        values["key_id"] = storable_text(self.key_id)
+        values["operation"] = storable_text(self.operation[:OPERATION_LENGTH])
+        values["model"] = storable_text(self.model[:MODEL_LENGTH]) if self.model is not None else None
+        values["request_id"] = storable_text(self.request_id[:REQUEST_ID_LENGTH]) if self.request_id is not None else None
         return values
+
+
+def _is_outage(error: Exception) -> bool:
+    """Whether the database could not take a batch at all (unreachable, locked, restarting,
+    missing a table), so it is retried as it is later. Anything else is about its rows:
+    the database refused one (``IntegrityError``, ``DataError``) or the driver could not
+    send one (a ``ValueError`` such as an ``OverflowError`` or ``UnicodeEncodeError``)."""
+    return isinstance(error, DBAPIError) and not isinstance(error, IntegrityError | DataError)
 
 
 class UsageWriter:
@@ -199,32 +216,61 @@ class UsageWriter:
             connection.execute(_INSERT_USAGE, [item.row() for item in batch])
 
     def _write(self, batch: list[UsageRecord]) -> None:
-        """Insert a batch, retrying through outages until it is written or the writer stops."""
+        """Insert a batch, retrying through outages until it is written or the writer stops.
+
+        A batch refused for its rows is written row by row (:meth:`_write_each`).
+        """
         backoff = min(0.1, self.max_backoff)
         failures = 0
+        pending = batch
         while True:
             try:
-                self._insert(batch)
-            except (IntegrityError, DataError) as error:
-                # Retrying cannot fix the data itself: give this batch up, loudly.
-                log.error("usage batch refused by the database (%s); its records are dropped", type(error).__name__,
-                          extra={"fields": {"dropped": len(batch)}})
-                self._settle(len(batch), dropped=True)
-                return
-            except DBAPIError as error:  # the database is unreachable, locked, restarting, or missing a table
+                self._insert(pending)
+            except Exception as error:
+                outage: Exception | None = error
+                if not _is_outage(error):
+                    pending, outage = self._write_each(pending, error)
+                if outage is None:
+                    break  # every row written or dropped
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
-                    log.warning("usage write failed (%s); retrying with backoff", type(error).__name__,
+                    log.warning("usage write failed (%s); retrying with backoff", type(outage).__name__,
                                 extra={"fields": {"attempt": failures, "queued": self._unwritten}})
                 if self._stopping:
                     return  # stop() accounts for what is left
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            if failures:
-                log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
-            self._settle(len(batch), dropped=False)
-            return
+            self._settle(len(pending), dropped=False)
+            break
+        if failures:
+            log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
+
+    def _write_each(self, rows: list[UsageRecord], refused: Exception) -> tuple[list[UsageRecord], Exception | None]:
+        """Insert ``rows`` one at a time after the database refused them as one batch.
+
+        A row refused again is dropped, counted and logged without its text; the others
+        are written. An outage stops it.
+
+        :returns: the rows not yet written when an outage stopped it, and its error;
+            else no rows and ``None``.
+        """
+        log.warning("usage batch refused by the database (%s); writing its rows one by one", type(refused).__name__,
+                    extra={"fields": {"rows": len(rows)}})
+        for index, item in enumerate(rows):
+            try:
+                self._insert([item])
+            except Exception as error:
+                if _is_outage(error):
+                    return rows[index:], error
+                log.error("usage record refused by the database (%s); it is dropped", type(error).__name__,
+                          extra={"fields": {"key_id": storable_text(item.key_id),
+                                            "operation": storable_text(item.operation), "status": item.status,
+                                            "request_id": storable_text(item.request_id or "")}})
+                self._settle(1, dropped=True)
+            else:
+                self._settle(1, dropped=False)
+        return [], None
 
     def _settle(self, count: int, *, dropped: bool) -> None:
         with self._lock:

@@ -1,7 +1,8 @@
 """``/admin``: manage API keys, read everyone's usage. Master key only (or a JWT minted from it).
 
 The app-level auth hook has already refused callers without valid credentials
-(401); here any caller other than ``master`` gets a 403. Secrets appear only in the
+(401); here any caller other than ``master`` gets a 403. CORS preflights pass
+without credentials, as everywhere (flask-cors answers them from ``ALLOWED_ORIGINS``). Secrets appear only in the
 answers to create and rotate, once; listings show the key's ``prefix``.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.auth import current_caller
+from gateway.auth import current_caller, is_preflight
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.body import json_object_body
@@ -37,7 +38,9 @@ def _actor() -> str:
 
 @blueprint.before_request
 def require_master() -> None:
-    """:raises 403: the caller is a managed key, not the master key."""
+    """:raises 403: the caller is a managed key, not the master key (CORS preflights carry no credentials)."""
+    if is_preflight():
+        return
     caller = current_caller()
     if caller is None or caller.id != MASTER_KEY_ID:
         raise Forbidden("Only the master key (or a token minted from it) can use /admin.", error_code="admin_only")

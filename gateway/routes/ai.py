@@ -11,8 +11,8 @@ from limits.errors import StorageError
 
 from gateway import metrics, observability, quotas
 from gateway.auth import caller_key
-from gateway.body import json_object_body
-from gateway.errors import BadRequest, NotFound, UpstreamError
+from gateway.body import ai_request_body
+from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
 from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
@@ -43,11 +43,11 @@ def read_request(op: Operation) -> ClientCall:
 
     :raises 415: the body is not declared as JSON.
     :raises 413: the body is larger than ``MAX_REQUEST_BYTES``.
-    :raises 400: not a JSON object, or ``stream`` is not a boolean.
+    :raises 400: not a JSON object, ``stream`` is not a boolean, or a bad ``model`` or ``messages``.
     """
     if not op.has_body:
         return ClientCall()
-    raw, document = json_object_body()
+    raw, document = ai_request_body()
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", param="stream", error_code="invalid_type")
@@ -119,7 +119,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             slot.release()
             reservation.settle(0)
             try:
-                if "quotas_counted" not in ctx and not isinstance(error, StorageError):
+                if "quotas_counted" not in ctx and not isinstance(error, (StorageError, LimitStorageUnavailable)):
                     # Refused before the upstream call (malformed, too large, not allowed, over a
                     # token quota, ...): the general quota only. A 429 if that one is full.
                     request_quotas.hold(ai=False)

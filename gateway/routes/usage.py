@@ -3,7 +3,8 @@
 Both read the ``usage`` table through :class:`gateway.store.usage_report.UsageReport`
 and answer JSON with ``Cache-Control: no-store``. Query parameters are checked
 strictly: an unknown, repeated, empty or malformed one is a 400 whose ``param``
-names it, so a typo never silently widens a report.
+names it, so a typo never silently widens a report. So is one holding a NUL
+(``?model=%00``), which PostgreSQL would refuse, not a database outage.
 
 Times are ISO 8601 (``2026-11-01``, ``2026-11-01T08:00:00Z``, ``...+02:00``); one
 without an offset is UTC. ``from`` is inclusive, ``to`` exclusive. Days are UTC days.
@@ -21,7 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 
-from gateway import operations, quotas
+from gateway import operations, payload, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
@@ -53,7 +54,7 @@ def _invalid(param: str, message: str) -> BadRequest:
 
 # --- query parameters -------------------------------------------------------------------
 def _only(args: MultiDict[str, str], allowed: Iterable[str]) -> dict[str, str]:
-    """Each parameter at most once, none empty, none unknown. :raises 400: otherwise."""
+    """Each parameter at most once, none empty, none unknown, each storable text. :raises 400: otherwise."""
     allowed = tuple(allowed)
     values: dict[str, str] = {}
     for name in args:
@@ -64,6 +65,8 @@ def _only(args: MultiDict[str, str], allowed: Iterable[str]) -> dict[str, str]:
             raise _invalid(name, f"'{name}' may be given once.")
         if not given[0].strip():
             raise _invalid(name, f"'{name}' must not be empty.")
+        if not payload.is_storable_text(given[0]):
+            raise _invalid(name, f"'{name}' {payload.UNSTORABLE_HINT}.")
         values[name] = given[0].strip()
     return values
 

@@ -3,6 +3,11 @@
 The admin API (``POST``/``PATCH /admin/keys``) and the ``flask keys`` commands both
 pass what they were given through :func:`parse_changes`, so both accept and refuse
 exactly the same things. Messages are safe to show the caller.
+
+Every string stored (name, metadata keys and values, model patterns, limits) must be
+storable text (:func:`gateway.payload.is_storable_text`: no NUL, no lone surrogate;
+a command-line argument that is not valid UTF-8 arrives with lone surrogates), and
+rate limits are held to :func:`gateway.config.parse_rate_limit`'s bounds.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from limits import parse_many
+from gateway.config import RATE_LIMIT_BOUNDS, parse_rate_limit
+from gateway.payload import UNSTORABLE_HINT, is_storable_text
 
 NAME_MAX = 200
 METADATA_MAX_BYTES = 4096
@@ -33,13 +39,35 @@ class FieldError(ValueError):
         self.param = param
 
 
+def _storable(param: str, value: str) -> str:
+    if not is_storable_text(value):
+        raise FieldError(param, f"'{param}' {UNSTORABLE_HINT}.")
+    return value
+
+
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise FieldError("name", "'name' must be a non-empty string.")
-    value = value.strip()
+    value = _storable("name", value.strip())
     if len(value) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise FieldError("name", f"'name' must be at most {NAME_MAX} printable characters.")
     return value
+
+
+def _strings_of(value: Any) -> list[str]:
+    """Every string in a JSON value: object keys included."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _metadata(value: Any) -> dict[str, Any]:
@@ -49,18 +77,24 @@ def _metadata(value: Any) -> dict[str, Any]:
         raise FieldError("metadata", "'metadata' must be a JSON object.")
     if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
         raise FieldError("metadata", f"'metadata' must be at most {METADATA_MAX_BYTES} bytes of JSON.")
+    for text in _strings_of(value):
+        _storable("metadata", text)
     return value
 
 
 def parse_timestamp(value: str) -> datetime:
     """An ISO 8601 timestamp with a timezone, as aware UTC.
 
-    :raises ValueError: not ISO 8601, or without a timezone.
+    :raises ValueError: not ISO 8601, without a timezone, or outside the years 1 to 9999
+        in UTC (``9999-12-31T23:59:59-14:00``, ``0001-01-01T00:00:00+01:00``).
     """
     parsed = datetime.fromisoformat(value.strip())
     if parsed.tzinfo is None:
         raise ValueError("no timezone")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("outside the years 1 to 9999 in UTC") from None
 
 
 def _expires_at(value: Any, now: datetime) -> datetime | None:
@@ -89,19 +123,19 @@ def _allowed_models(value: Any) -> list[str] | None:
     for item in value:
         if not isinstance(item, str) or not item.strip() or len(item) > MODEL_PATTERN_MAX:
             raise FieldError("allowed_models", message)
-        patterns.append(item.strip())
+        patterns.append(_storable("allowed_models", item.strip()))
     return list(dict.fromkeys(patterns))
 
 
 def _rate_limit(param: str, value: Any) -> str | None:
     if value is None:
         return None
-    message = f"'{param}' must be null (the gateway's default) or a rate limit such as \"50 per 15 minutes\"."
-    if not isinstance(value, str) or len(value) > LIMIT_STRING_MAX:
+    message = (f"'{param}' must be null (the gateway's default) or a rate limit such as \"50 per 15 minutes\" "
+               f"({RATE_LIMIT_BOUNDS}).")
+    if not isinstance(value, str) or len(value) > LIMIT_STRING_MAX or not is_storable_text(value):
         raise FieldError(param, message)
     try:
-        if not parse_many(value):
-            raise ValueError
+        parse_rate_limit(value)
     except ValueError:
         raise FieldError(param, message) from None
     return value.strip()

@@ -3,6 +3,10 @@
 Only the HMAC of a secret is ever stored (:mod:`gateway.auth.keys` computes it);
 this module never sees a secret. Keys are never deleted: revoking sets
 ``revoked_at`` and keeps the row, so usage stays attributable.
+
+A key id that is not storable text (``/admin/keys/key_%00``) names no key: it is
+answered as unknown without a query, which PostgreSQL would refuse with an error
+that looks like a database outage.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, insert, select, update
 
+from gateway.payload import is_storable_text
 from gateway.store.tables import api_keys
 
 KEY_ID_PREFIX = "key_"
@@ -101,6 +106,8 @@ class KeyStore:
         return KeyRecord.from_row(row) if row is not None else None
 
     def get(self, key_id: str) -> KeyRecord | None:
+        if not is_storable_text(key_id):
+            return None
         return self._one(select(api_keys).where(api_keys.c.id == key_id))
 
     def find_by_hash(self, secret_hash: str) -> KeyRecord | None:
@@ -124,6 +131,8 @@ class KeyStore:
 
     def update(self, key_id: str, fields: dict[str, Any]) -> KeyRecord | None:
         """Change settable fields; ``None`` when there is no such key."""
+        if not is_storable_text(key_id):
+            return None
         if fields:
             with self.engine.begin() as connection:
                 connection.execute(update(api_keys).where(api_keys.c.id == key_id).values(fields))
@@ -131,6 +140,8 @@ class KeyStore:
 
     def revoke(self, key_id: str, now: datetime) -> KeyRecord | None:
         """Set ``revoked_at`` once (revoking again keeps the first time); ``None`` if unknown."""
+        if not is_storable_text(key_id):
+            return None
         with self.engine.begin() as connection:
             connection.execute(
                 update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
@@ -139,6 +150,8 @@ class KeyStore:
 
     def replace_secret(self, key_id: str, *, prefix: str, secret_hash: str) -> bool:
         """Give a key that is not revoked a new secret; ``False`` if unknown or revoked."""
+        if not is_storable_text(key_id):
+            return False
         with self.engine.begin() as connection:
             result = connection.execute(
                 update(api_keys)

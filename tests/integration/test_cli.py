@@ -85,6 +85,12 @@ def test_rotate_prints_a_new_secret_that_works(db_app: Flask) -> None:
         (["keys", "create", "--name", "a", "--tokens-per-day", "0"], 2, "--tokens-per-day"),
         (["keys", "create", "--name", "a", "--metadata", "{not json"], 2, "--metadata"),
         (["keys", "create", "--name", "a", "--expires-at", "2001-01-01T00:00:00Z"], 2, "--expires-at"),
+        (["keys", "create", "--name", "a", "--expires-at", "9999-12-31T23:59:59-14:00"], 2, "--expires-at"),
+        (["keys", "create", "--name", "a", "--expires-at", "0001-01-01T00:00:00+01:00"], 2, "--expires-at"),
+        (["keys", "create", "--name", "a", "--ai-limit", "5 per 99999999999999 years"], 2, "--ai-limit"),
+        (["keys", "create", "--name", "a", "--general-limit", "2000000000 per minute"], 2, "--general-limit"),
+        (["keys", "create", "--name", "a\udcff"], 2, "--name"),  # argv that is not UTF-8 decodes to lone surrogates
+        (["keys", "create", "--name", "a", "--metadata", '{"team": "a\\u0000b"}'], 2, "--metadata"),
         (["keys", "create"], 2, "--name"),
         (["keys", "show", "key_nope"], 1, "no API key has the id key_nope"),
         (["keys", "revoke", "key_nope"], 1, "no API key"),

@@ -152,3 +152,29 @@ def test_health_is_fast_json_and_uncached(client, upstream) -> None:
     assert response.get_json() == {"status": "ok"}
     assert response.headers["Cache-Control"] == "no-store"
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("path", "method"), [("/admin/keys", "POST"), ("/admin/keys", "GET"),
+                                              ("/admin/keys/key_0123456789abcdef", "PATCH"),
+                                              ("/admin/keys/key_0123456789abcdef", "DELETE"),
+                                              ("/admin/keys/key_0123456789abcdef/rotate", "POST"),
+                                              ("/admin/usage", "GET")])
+def test_admin_preflight_from_an_allowed_origin_gets_the_cors_answer(cors_client, path, method) -> None:
+    response = cors_client.options(path, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "x-api-key, content-type"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert method in response.headers["Access-Control-Allow-Methods"]
+    assert "x-api-key" in response.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_admin_preflight_from_another_origin_gets_no_cors_headers(cors_client) -> None:
+    response = cors_client.options("/admin/keys", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert response.status_code < 500
+    assert not [name for name in response.headers.keys() if name.lower().startswith("access-control-allow")]
+
+
+def test_admin_options_that_is_not_a_preflight_still_needs_the_master_key(cors_client) -> None:
+    assert cors_client.options("/admin/keys", headers={"Origin": ORIGIN}).status_code == 401

@@ -179,18 +179,63 @@ def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
 
 
 def test_open_policy_serves_when_redis_answers_but_refuses_the_quota_commands(redis_app, upstream, capfd) -> None:
-    """A Redis that answers PING but fails the counting (here: the counters' keys hold
-    fixed-window strings, and the moving window needs lists) is an outage too: with
-    ``open`` the gateway counts in the process and serves; it does not flip back to the
-    store between the failure and the retry and answer 503."""
+    """A Redis that answers PING but refuses the counting commands (here: the counters' keys
+    hold fixed-window strings, and the moving window needs lists) gets the policy for each
+    such request: with ``open`` the gateway counts it in the process and serves, with
+    ``closed`` it answers 503. A refused command is not an outage (gateway.outage.is_outage):
+    it is logged once, and the store stays in use for every caller whose commands it takes."""
     fixed = redis_app(rate_limit_strategy="fixed-window", rate_limit_on_storage_error="open").test_client()
     assert fixed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 200
-    moving = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="open").test_client()
+    moving_app = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="open")
+    moving = moving_app.test_client()
     statuses = [moving.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
-    assert capfd.readouterr().err.count("rate limit storage unreachable") == 1
+    logged = capfd.readouterr().err
+    assert logged.count("rate limit storage refused a command (ResponseError)") == 1
+    assert "rate limit storage unreachable" not in logged
+    assert moving_app.extensions["gateway.quotas"].health.down_since is None
     closed = redis_app(rate_limit_strategy="moving-window", rate_limit_on_storage_error="closed").test_client()
-    assert closed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 503
+    refused = closed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS)
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "rate_limit_storage_unavailable"
+
+
+ABSURD_LIMIT = "5 per 99999999999999 years"
+
+
+def test_an_absurd_per_key_limit_cannot_be_stored(redis_app) -> None:
+    client = redis_app().test_client()
+    created = client.post("/admin/keys", json={"name": "a", "rate_limit_ai": ABSURD_LIMIT}, headers=KEY_HEADERS)
+    assert created.status_code == 400 and created.get_json()["error"]["param"] == "rate_limit_ai"
+    key = client.post("/admin/keys", json={"name": "a"}, headers=KEY_HEADERS).get_json()
+    changed = client.patch(f"/admin/keys/{key['id']}", json={"rate_limit_general": ABSURD_LIMIT}, headers=KEY_HEADERS)
+    assert changed.status_code == 400 and changed.get_json()["error"]["param"] == "rate_limit_general"
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_one_keys_refused_command_never_costs_other_keys_their_exact_quota(redis_app, upstream, capfd,
+                                                                           policy: str) -> None:
+    """Two instances (as two workers) share Redis. Key A's stored limit (written before limits
+    had bounds) makes Redis refuse A's counting command; key B, at 5 per minute, must still get
+    exactly 5 calls across both instances: A's error must not move anyone else off the store."""
+    apps = [redis_app(rate_limit_on_storage_error=policy, key_cache_seconds=0) for _ in range(2)]
+    admin = apps[0].test_client()
+    secrets = {}
+    for name in ("a", "b"):
+        created = admin.post("/admin/keys", json={"name": name, "rate_limit_ai": "5 per minute"}, headers=KEY_HEADERS)
+        secrets[name] = created.get_json()
+        assert created.status_code == 201
+    apps[0].extensions["gateway.store"].keys.update(secrets["a"]["id"], {"rate_limit_ai": ABSURD_LIMIT})
+    clients = [app.test_client() for app in apps]
+    for client in clients:
+        answer = client.post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["a"]["secret"]})
+        assert answer.status_code == (200 if policy == "open" else 503)
+    statuses = [clients[i % 2].post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["b"]["secret"]})
+                .status_code for i in range(20)]
+    assert statuses.count(200) == 5 and statuses.count(429) == 15
+    logged = capfd.readouterr().err
+    assert "rate limit storage unreachable" not in logged
+    assert logged.count("rate limit storage refused a command") == 2  # once per instance
+    assert all(app.extensions["gateway.quotas"].health.down_since is None for app in apps)
 
 
 def _commands_sent(app, call) -> list[str]:

@@ -83,6 +83,19 @@ def test_a_patch_may_change_nothing_but_what_it_names() -> None:
         ({"name": "x", "tokens_per_day": "100"}, "tokens_per_day"),
         ({"name": "x", "max_tokens_cap": True}, "max_tokens_cap"),
         ({"name": "x", "budget_tokens_month": 10**16}, "budget_tokens_month"),
+        ({"name": "a\ud800b"}, "name"),
+        ({"name": "a\x00b"}, "name"),
+        ({"name": "x", "metadata": {"team": "a\x00"}}, "metadata"),
+        ({"name": "x", "metadata": {"a\udcff": 1}}, "metadata"),
+        ({"name": "x", "metadata": {"tags": [{"deep": "\ud800"}]}}, "metadata"),
+        ({"name": "x", "allowed_models": ["gpt\x00"]}, "allowed_models"),
+        ({"name": "x", "expires_at": "9999-12-31T23:59:59-14:00"}, "expires_at"),
+        ({"name": "x", "expires_at": "0001-01-01T00:00:00+01:00"}, "expires_at"),
+        ({"name": "x", "rate_limit_ai": "5 per 99999999999999 years"}, "rate_limit_ai"),
+        ({"name": "x", "rate_limit_ai": "5 per 367 days"}, "rate_limit_ai"),
+        ({"name": "x", "rate_limit_ai": "1000000001 per minute"}, "rate_limit_ai"),
+        ({"name": "x", "rate_limit_general": "0 per minute"}, "rate_limit_general"),
+        ({"name": "x", "rate_limit_general": "10 per minute; 5 per 99999 years"}, "rate_limit_general"),
     ],
 )
 def test_invalid_fields_are_refused_by_name(document: dict, param: str) -> None:
@@ -90,3 +103,8 @@ def test_invalid_fields_are_refused_by_name(document: dict, param: str) -> None:
         parse_changes(document, creating=True, now=NOW)
     assert caught.value.param == param
     assert param in str(caught.value)
+
+
+@pytest.mark.parametrize("limit", ["1 per year", "1000000000 per 366 days", "1 per second", "5/minute;10/hour"])
+def test_rate_limits_at_the_bounds_are_accepted(limit: str) -> None:
+    assert parse_changes({"rate_limit_ai": limit}, creating=False, now=NOW) == {"rate_limit_ai": limit}

@@ -233,10 +233,74 @@ def test_a_bad_record_is_dropped_loudly_and_the_writer_goes_on(engine: Engine, w
     writers.append(writer)
     writer.record(_record(0, ts=datetime.now()))  # naive: refused before it reaches the database
     assert writer.flush(timeout=5)
-    bad = [r for r in caplog.records if "its records are dropped" in r.getMessage()]
-    assert writer.dropped == 1 and len(bad) == 1 and bad[0].fields == {"dropped": 1}
+    bad = [r for r in caplog.records if "it is dropped" in r.getMessage()]
+    assert writer.dropped == 1 and len(bad) == 1 and bad[0].fields["request_id"] == "req-0"
     writer.record(_record(1))
     assert writer.flush(timeout=5) and _count(engine) == 1
+
+
+def _one_batch_of_41(engine: Engine, writers, monkeypatch, poisoned: dict) -> tuple[UsageWriter, list[int]]:
+    """41 records, the 21st poisoned, written as one batch (held until the flush)."""
+    writer = UsageWriter(engine, interval=30, batch_size=50)
+    writers.append(writer)
+    sizes: list[int] = []
+    real = writer._insert
+    monkeypatch.setattr(writer, "_insert", lambda batch: sizes.append(len(batch)) or real(batch))
+    for i in range(41):
+        assert writer.record(_record(i, **(poisoned if i == 20 else {})))
+    assert writer.flush(timeout=10)
+    assert sizes[0] == 41  # the poisoned row was in the batch with everyone else's
+    return writer, sizes
+
+
+@pytest.mark.parametrize("model", ["a\x00b", "\ud800", "x\udc00y\x00"], ids=["nul", "surrogate", "both"])
+def test_text_a_database_cannot_store_is_replaced_and_no_row_is_lost(engine: Engine, writers, monkeypatch,
+                                                                      model: str) -> None:
+    writer, _ = _one_batch_of_41(engine, writers, monkeypatch, {"model": model, "request_id": "req-\x00" + model})
+    assert writer.written == 41 and writer.dropped == 0
+    with engine.connect() as connection:
+        rows = connection.execute(select(usage.c.model, usage.c.request_id).order_by(usage.c.id)).all()
+    assert len(rows) == 41
+    assert rows[20] == (model.replace("\x00", "\ufffd").replace("\ud800", "\ufffd").replace("\udc00", "\ufffd"),
+                        "req-\ufffd" + rows[20][0])
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_and_logged_without_its_text(engine: Engine, writers, monkeypatch,
+                                                                                 caplog) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    writer, sizes = _one_batch_of_41(engine, writers, monkeypatch,
+                                     {"prompt_tokens": 2**70, "model": "prompt-like-text-never-logged"})
+    assert writer.written == 40 and writer.dropped == 1
+    with engine.connect() as connection:
+        written = connection.execute(select(usage.c.request_id).order_by(usage.c.id)).scalars().all()
+    assert written == [f"req-{i}" for i in range(41) if i != 20]
+    assert sizes == [41] + [1] * 41  # the batch, then each row on its own
+    refused = [r for r in caplog.records if r.getMessage().startswith("usage record refused by the database")]
+    assert len(refused) == 1 and refused[0].levelname == "ERROR" and refused[0].fields["request_id"] == "req-20"
+    assert "prompt-like-text-never-logged" not in caplog.text and str(2**70) not in caplog.text
+    writer.record(_record(99))  # and the writer goes on
+    assert writer.flush(timeout=5) and _count(engine) == 41
+
+
+def test_an_outage_while_writing_row_by_row_keeps_the_rest_for_later(engine: Engine, writers, monkeypatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    writer = UsageWriter(engine, interval=30, batch_size=50, max_backoff=0.05)
+    writers.append(writer)
+    real = writer._insert
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the batch, two rows one by one, then the database goes away once
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(batch)
+
+    monkeypatch.setattr(writer, "_insert", flaky)
+    for i in range(5):
+        writer.record(_record(i, **({"prompt_tokens": 2**70} if i == 0 else {})))
+    assert writer.flush(timeout=10)
+    assert writer.written == 4 and writer.dropped == 1 and _count(engine) == 4
 
 
 def test_a_stop_during_an_outage_reports_what_it_lost(writers, caplog, tmp_path) -> None:
