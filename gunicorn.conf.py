@@ -15,8 +15,8 @@ it for a gateway facing clients.
 
 Worker class: the gateway's own subclasses of gunicorn's (gateway.server): gunicorn's
 refusals of malformed requests answer in the gateway's JSON envelope; with gevent
-also a deadline on request bodies (``REQUEST_BODY_TIMEOUT``), a cap on connections
-per client address (``MAX_CONNECTIONS_PER_ADDRESS``) and a drain that cuts what is
+also a deadline on request bodies (``REQUEST_BODY_TIMEOUT``), a cap on unauthenticated
+connections per client address (``MAX_CONNECTIONS_PER_ADDRESS``) and a drain that cuts what is
 still running shortly before the master's SIGKILL (gthread has none of these three).
 
 Worker processes: with ``RATE_LIMIT_STORAGE_URI=memory://`` quotas live in the

@@ -91,7 +91,7 @@ class Settings:
     trusted_proxy_count: int = 0
     force_https: bool = False
     request_body_timeout: float = 30.0  # seconds a request body may take to arrive (gevent worker)
-    max_connections_per_address: int = 64  # per client address and worker; 0 = no cap (gevent worker)
+    max_connections_per_address: int = 64  # unauthenticated, per client address and worker; 0 = no cap (gevent worker)
     log_level: str = "INFO"
 
     # --- gunicorn (read by gunicorn.conf.py) -------------------------------------

@@ -22,9 +22,19 @@ time out or interrupt):
   arriving that long after the request's headers is answered ``408`` and the
   connection closed, so a client trickling a body cannot hold a connection for
   ever (gunicorn's keep-alive timeout only covers the request line and headers).
-- **Connections per client address** (``MAX_CONNECTIONS_PER_ADDRESS``): beyond it
-  a new connection is answered ``429`` and closed before its request is read.
-  Off behind a trusted proxy (``TRUSTED_PROXY_COUNT`` > 0), where every
+- **Unauthenticated connections per client address** (``MAX_CONNECTIONS_PER_ADDRESS``):
+  a connection counts from accept until a request on it is admitted by the
+  authentication hook (which sets ``environ["gateway.authenticated"]``, see
+  :mod:`gateway.auth`); from then on it no longer counts, for the rest of its life
+  (keep-alive included). Public endpoints (``/health``) and refused credentials do
+  not admit a connection. A new connection from an address that already holds the
+  cap of unauthenticated ones is answered ``429`` and closed before its request is
+  read, so slow or idle clients without credentials cannot take the worker's
+  connections, while an application server or an office behind NAT may hold any
+  number of authenticated streams (:class:`UnauthenticatedConnections`). A burst
+  of new connections from one address larger than the cap, opened before any of
+  their requests has passed the hook, gets ``429`` (``Retry-After: 1``) for the
+  excess. Off behind a trusted proxy (``TRUSTED_PROXY_COUNT`` > 0), where every
   connection comes from the proxy.
 - **A drain that ends before the master's SIGKILL.** On SIGTERM (stop, or the old
   worker of a reload) idle kept-alive connections are closed at once, responses
@@ -54,6 +64,7 @@ from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 
 from gateway import config, inflight, usage
+from gateway.auth import AUTHENTICATED_ENVIRON_KEY
 from gateway.errors import RequestBodyTimeout, envelope
 from gateway.upstream.sse import error_event
 
@@ -297,13 +308,87 @@ class _KeepAliveWait:
         return self.timeout.__exit__(typ, value, tb)
 
 
+class Connection:
+    """One client connection counted by :class:`UnauthenticatedConnections`: its
+    address and the WSGI environ of its current (latest) request."""
+
+    __slots__ = ("address", "environ", "counted")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.environ: dict[str, Any] | None = None
+        self.counted = True
+
+    def admitted(self) -> bool:
+        """Whether its current request passed the authentication hook."""
+        environ = self.environ
+        return environ is not None and environ.get(AUTHENTICATED_ENVIRON_KEY) is True
+
+
+class UnauthenticatedConnections:
+    """Per client address, the open connections no request has yet been admitted on,
+    capped at ``cap`` (one worker's; greenlets only, so no lock).
+
+    The authentication hook only marks its request's environ. Here that mark is read
+    lazily: when the next request begins on the connection (:meth:`begin`), and when
+    a new connection would exceed the cap (:meth:`open` re-checks the address's
+    counted connections). A connection found admitted stops counting for good.
+    """
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError("cap must be at least 1")
+        self.cap = cap
+        self._by_address: dict[str, set[Connection]] = {}
+
+    def held(self, address: str) -> int:
+        """How many connections ``address`` holds that count against the cap."""
+        return len(self._by_address.get(address, ()))
+
+    def open(self, address: str) -> Connection | None:
+        """Count a new connection from ``address``; ``None``: over the cap, refuse it."""
+        held = self._by_address.get(address)
+        if held is not None and len(held) >= self.cap:
+            for connection in [connection for connection in held if connection.admitted()]:
+                self._settle(connection)
+            if self.held(address) >= self.cap:
+                return None
+        connection = Connection(address)
+        self._by_address.setdefault(address, set()).add(connection)
+        return connection
+
+    def begin(self, connection: Connection, environ: dict[str, Any]) -> None:
+        """A request begins on ``connection`` (after the previous one, if any)."""
+        if connection.counted:
+            if connection.admitted():
+                self._settle(connection)
+            else:
+                connection.environ = environ
+
+    def close(self, connection: Connection) -> None:
+        if connection.counted:
+            self._settle(connection)
+
+    def _settle(self, connection: Connection) -> None:
+        """Stop counting ``connection`` (admitted, or closed)."""
+        connection.counted = False
+        connection.environ = None
+        held = self._by_address.get(connection.address)
+        if held is not None:
+            held.discard(connection)
+            if not held:
+                del self._by_address[connection.address]
+
+
 class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
-    """gunicorn's gevent worker with a body deadline, a per-address connection cap and
+    """gunicorn's gevent worker with a body deadline, a per-address cap on unauthenticated
+    connections and
     a drain that ends before the master's SIGKILL (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._per_address: dict[str, int] = {}
+        self._unauthenticated: UnauthenticatedConnections | None = None  # None: no cap
+        self._connections: dict[Any, Connection] = {}  # greenlet -> its counted connection
         self._sockets: dict[Any, Any] = {}  # greenlet -> its client socket
         self._requests: dict[Any, Any] = {}  # greenlet -> the gunicorn request it is serving
         self._idle: dict[Any, _KeepAliveWait] = {}
@@ -311,7 +396,6 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
         self._lingering: set[Any] = set()  # requests whose unread body is dropped after the answer
         self._draining = False
         self._body_timeout = 30.0
-        self._address_cap = 0
 
     # --- the app, wrapped ---------------------------------------------------------------
     def load_wsgi(self) -> None:
@@ -319,13 +403,20 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
         app = self.wsgi
         settings = getattr(app, "config", {}).get("GATEWAY") or config.load()
         self._body_timeout = settings.request_body_timeout
-        self._address_cap = 0 if settings.trusted_proxy_count else settings.max_connections_per_address
+        cap = 0 if settings.trusted_proxy_count else settings.max_connections_per_address
+        self._unauthenticated = UnauthenticatedConnections(cap) if cap else None
         self.wsgi = self._wrap(app)
 
     def _wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
         streams = self._streams
+        unauthenticated = self._unauthenticated
+        connections = self._connections
 
         def gateway_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if unauthenticated is not None:
+                connection = connections.get(gevent.getcurrent())
+                if connection is not None:
+                    unauthenticated.begin(connection, environ)
             environ["wsgi.input"] = _BodyWithDeadline(environ["wsgi.input"],
                                                       time.monotonic() + self._body_timeout, self._body_expired)
             streamed = False
@@ -351,28 +442,27 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
     # --- connections ----------------------------------------------------------------------
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         address = addr[0] if isinstance(addr, tuple) and addr else ""
-        cap = self._address_cap
-        if cap and address:
-            held = self._per_address.get(address, 0)
-            if held >= cap:
+        me = gevent.getcurrent()
+        unauthenticated = self._unauthenticated
+        connection = None
+        if unauthenticated is not None and address:
+            connection = unauthenticated.open(address)
+            if connection is None:
                 self._refuse(client)
                 return
-            self._per_address[address] = held + 1
-        me = gevent.getcurrent()
+            self._connections[me] = connection
         self._sockets[me] = client
         try:
             super().handle(listener, client, addr)
         finally:
             self._sockets.pop(me, None)
-            if cap and address:
-                left = self._per_address[address] - 1
-                if left:
-                    self._per_address[address] = left
-                else:
-                    del self._per_address[address]
+            if unauthenticated is not None and connection is not None:
+                self._connections.pop(me, None)
+                unauthenticated.close(connection)
 
     def _refuse(self, client: Any) -> None:
-        """Answer a connection over the per-address cap with 429, then close it."""
+        """Answer a connection over the per-address cap of unauthenticated connections
+        with 429, then close it."""
         try:
             client.setblocking(1)
             client.sendall(raw_error(429, "Too Many Requests", "too_many_connections",

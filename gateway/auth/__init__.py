@@ -12,6 +12,12 @@ Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
 ``METRICS_TOKEN`` is not an API key: it is accepted only on the endpoints in
 :data:`METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
 as the request's one credential. Anywhere else it is an unknown key (401).
+
+A request admitted with a credential (any of the above) is marked in its WSGI
+environ: ``environ[AUTHENTICATED_ENVIRON_KEY] is True`` (``"gateway.authenticated"``).
+The gevent worker (:mod:`gateway.server`) reads the mark to stop counting the
+request's connection against ``MAX_CONNECTIONS_PER_ADDRESS``. Public endpoints and
+preflights do not set it; neither does a refused credential.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
 # (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
 METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
 METRICS_SCRAPER_ID = "metrics-scraper"
+# WSGI environ key set to True on a request the hook admitted with a credential.
+AUTHENTICATED_ENVIRON_KEY = "gateway.authenticated"
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ def require_credentials() -> None:
     if is_public():
         return
     ctx.caller = _from_metrics_token() or authenticate()
+    request.environ[AUTHENTICATED_ENVIRON_KEY] = True
 
 
 def _explain_development_secrets(settings: Settings) -> None:

@@ -20,7 +20,9 @@ from gunicorn.http import message, wsgi
 from gunicorn.workers import base, base_async, ggevent
 
 from gateway import server
+from gateway.auth import AUTHENTICATED_ENVIRON_KEY
 from gateway.errors import RequestBodyTimeout
+from tests.conftest import CANARY_MASTER_KEY
 
 
 def _params(func: object) -> list[str]:
@@ -108,3 +110,99 @@ def test_a_body_read_past_its_deadline_is_a_408() -> None:
 def test_a_body_read_within_its_deadline_is_untouched() -> None:
     body = server._BodyWithDeadline(_TrickledBody(0.01), time.monotonic() + 5, lambda: pytest.fail("expired"))
     assert gevent.spawn(body.read, 2).get(timeout=3) == b"{}"
+
+
+# --- the cap on unauthenticated connections per address -------------------------------------
+
+ADMITTED = {"gateway.authenticated": True}
+
+
+def test_the_auth_hook_and_the_worker_agree_on_the_environ_key() -> None:
+    assert AUTHENTICATED_ENVIRON_KEY == "gateway.authenticated"
+
+
+def test_connections_without_an_admitted_request_are_capped_per_address() -> None:
+    counted = server.UnauthenticatedConnections(2)
+    first, second = counted.open("10.0.0.1"), counted.open("10.0.0.1")
+    assert first is not None and second is not None
+    counted.begin(first, {})  # a request that was not admitted (public, or refused)
+    assert counted.open("10.0.0.1") is None
+    assert counted.open("10.0.0.2") is not None  # another address has its own cap
+    counted.close(second)
+    assert counted.open("10.0.0.1") is not None
+    assert counted.open("10.0.0.1") is None
+
+
+def test_an_admitted_request_frees_its_connection_for_the_rest_of_its_life() -> None:
+    counted = server.UnauthenticatedConnections(2)
+    streaming = [counted.open("10.0.0.1") for _ in range(2)]
+    for connection in streaming:
+        assert connection is not None
+        counted.begin(connection, dict(ADMITTED))  # mid-request: read when the cap is reached
+    admitted = [counted.open("10.0.0.1") for _ in range(10)]
+    assert None not in admitted[:2] and admitted[2:] == [None] * 8
+    assert counted.held("10.0.0.1") == 2
+    # Its next requests on the same connection (kept alive) need no credential to stay free.
+    for connection in streaming:
+        assert connection is not None
+        counted.begin(connection, {})
+        counted.begin(connection, {})
+        assert not connection.counted
+    for connection in admitted[:2]:
+        assert connection is not None
+        counted.close(connection)
+    assert counted.held("10.0.0.1") == 0
+    for connection in streaming:
+        assert connection is not None
+        counted.close(connection)  # closing a connection that no longer counts changes nothing
+    assert counted.held("10.0.0.1") == 0 and counted.open("10.0.0.1") is not None
+
+
+def test_an_admitted_request_is_noticed_when_the_next_one_begins() -> None:
+    counted = server.UnauthenticatedConnections(1)
+    connection = counted.open("10.0.0.1")
+    assert connection is not None
+    counted.begin(connection, dict(ADMITTED))
+    counted.begin(connection, {})  # e.g. GET /health, kept alive after an admitted request
+    assert counted.held("10.0.0.1") == 0 and not connection.counted
+    assert counted.open("10.0.0.1") is not None
+
+
+@pytest.mark.parametrize("mark", [None, False, "true", 1])
+def test_only_the_hooks_own_mark_admits(mark: object) -> None:
+    counted = server.UnauthenticatedConnections(1)
+    connection = counted.open("10.0.0.1")
+    assert connection is not None
+    counted.begin(connection, {} if mark is None else {"gateway.authenticated": mark})
+    assert counted.open("10.0.0.1") is None and connection.counted
+
+
+def test_the_cap_is_at_least_one() -> None:
+    with pytest.raises(ValueError):
+        server.UnauthenticatedConnections(0)
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status", "admitted"), [
+    ("GET", "/v1/models", {"X-API-Key": CANARY_MASTER_KEY}, 200, True),
+    ("GET", "/v1/models", {"Authorization": f"Bearer {CANARY_MASTER_KEY}"}, 200, True),
+    ("GET", "/v1/models", {"X-API-Key": "mk-wrong-" + "x" * 40}, 401, False),
+    ("GET", "/v1/models", {}, 401, False),
+    ("GET", "/health", {"X-API-Key": CANARY_MASTER_KEY}, 200, False),  # public: no admission
+    ("POST", "/auth/token", {}, 401, False),
+])
+def test_the_auth_hook_marks_only_requests_it_admits(make_app, method: str, path: str, headers: dict[str, str],
+                                                     status: int, admitted: bool) -> None:
+    """The mark lands in the environ a WSGI wrapper (the worker's) passed to the app."""
+    app = make_app()
+    seen: list[dict] = []
+    inner = app.wsgi_app
+
+    def outer(environ: dict, start_response: object) -> object:
+        seen.append(environ)
+        return inner(environ, start_response)
+
+    app.wsgi_app = outer  # type: ignore[method-assign]
+    body = {"apiKey": "wrong"} if method == "POST" else None
+    response = app.test_client().open(path, method=method, headers=headers, json=body)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert len(seen) == 1 and seen[0].get(AUTHENTICATED_ENVIRON_KEY, False) is admitted
