@@ -392,6 +392,7 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
         self._sockets: dict[Any, Any] = {}  # greenlet -> its client socket
         self._requests: dict[Any, Any] = {}  # greenlet -> the gunicorn request it is serving
         self._idle: dict[Any, _KeepAliveWait] = {}
+        self._served: set[Any] = set()  # greenlets whose connection has served a request
         self._streams: set[CuttableStream] = set()
         self._lingering: set[Any] = set()  # requests whose unread body is dropped after the answer
         self._draining = False
@@ -456,6 +457,7 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
             super().handle(listener, client, addr)
         finally:
             self._sockets.pop(me, None)
+            self._served.discard(me)
             if unauthenticated is not None and connection is not None:
                 self._connections.pop(me, None)
                 unauthenticated.close(connection)
@@ -483,13 +485,17 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             self._requests.pop(me, None)
+            self._served.add(me)
             if req in self._lingering:
                 self._lingering.discard(req)
                 _linger(sock)
 
     def timeout_ctx(self) -> _KeepAliveWait:
-        # Draining: serve a request already waiting on the connection, else close it now.
-        return _KeepAliveWait(self._idle, 0 if self._draining else self.cfg.keepalive)
+        # Draining, on a kept-alive connection: serve a request already waiting on it, else
+        # close it now. A new connection's first request is awaited as usual: its client has
+        # just connected to send one (during a reload the old worker may have accepted it).
+        idle = self._draining and gevent.getcurrent() in self._served
+        return _KeepAliveWait(self._idle, 0 if idle else self.cfg.keepalive)
 
     # --- stopping --------------------------------------------------------------------------
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -506,7 +512,8 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
 
     def _end_wait(self, greenlet: Any, wait: _KeepAliveWait) -> None:
         # In the hub, as gevent.kill does: the greenlet is surely still in this wait.
-        if self._idle.get(greenlet) is not wait:
+        # A new connection still awaiting its first request is left to send it.
+        if self._idle.get(greenlet) is not wait or greenlet not in self._served:
             return
         sock = self._sockets.get(greenlet)
         try:

@@ -123,6 +123,33 @@ def test_keep_alive_connections_are_closed_cleanly_on_sigterm(gateway_server, up
     assert server.proc.wait(timeout=GRACEFUL + 5) == 0, server.log()
 
 
+@pytest.mark.timeout(60)
+def test_a_new_connection_gets_its_first_request_served_during_the_drain(gateway_server, upstream) -> None:
+    """During a reload the old worker may accept a connection whose request has not arrived
+    yet: that is not an idle kept-alive connection, and its first request is served."""
+    server: GatewayServer = gateway_server(GATEWAY_GRACEFUL_TIMEOUT=str(GRACEFUL), **HIGH_LIMITS)
+    upstream.behavior = Behavior(mode="drip", gap=0.01)  # keeps the worker draining for ~2 s
+    busy = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    fresh = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        busy.request("POST", "/api/ai/completion", body=json.dumps({"model": "m", "prompt": "hi"}),
+                     headers={**AUTH, "Content-Type": "application/json"})
+        fresh.connect()  # accepted by the worker; its request comes after the SIGTERM
+        time.sleep(0.5)
+        server.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        fresh.request("GET", "/health")
+        response = fresh.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+        assert response.getheader("Connection") == "close"
+        assert busy.getresponse().status == 200
+    finally:
+        busy.close()
+        fresh.close()
+    assert server.proc.wait(timeout=GRACEFUL + 5) == 0, server.log()
+
+
 @pytest.mark.timeout(90)
 def test_stop_right_after_a_reload_ends_within_the_measured_bound(gateway_server, upstream) -> None:
     """SIGHUP then SIGTERM with streams on the old worker: gunicorn's master handles the
