@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
+.PHONY: run test demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,21 @@ run: $(STAMP)
 ## Run every test: unit, integration (fake upstream on loopback), end-to-end (real gunicorn).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Schemathesis from GET /openapi.json against the live gateway (real gunicorn, fake upstream), longer
+## than the bounded run in make test: FUZZ_SECONDS for the master-key run (a managed key and a wrong key
+## get half and a quarter), FUZZ_MAX_EXAMPLES per operation; FUZZ_SEED=<seed> replays a run.
+FUZZ_SECONDS ?= 400
+FUZZ_MAX_EXAMPLES ?= 100
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) \
+	  $(BIN)/python -m pytest -m fuzz tests/e2e/test_fuzz.py -rxs
+
+## Soak: SOAK_SECONDS (default 1200) of mixed traffic to 127.0.0.1 (streams, drops, admin calls), each
+## worker's RSS and open descriptors sampled; fails on growth past the bounds; writes docs/soak.md.
+SOAK_SECONDS ?= 1200
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS) --out docs/soak.md
 
 ## The gateway in front of the project's own fake OpenAI-compatible upstream (no LLM needed).
 ## MASTER_API_KEY is the original README's example value: development only.
