@@ -25,13 +25,15 @@ AI operations relay the upstream's ``2xx`` and ``4xx`` answers unchanged, so the
 bodies are described loosely (an object with an ``error`` object); the statuses only the
 gateway makes there (401 and the 5xx) have the strict envelope.
 
+The JSON Schemas themselves are built in :mod:`gateway.openapi_schemas`.
+
 Pure: :func:`build` reads the app's tables; no request context, no I/O.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +41,15 @@ from flask import Flask
 from werkzeug.routing import Map
 
 from gateway import auth, operations
-from gateway.routes import usage
-from gateway.store import key_fields
-from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
-from gateway.store.usage_report import GROUPINGS
+from gateway.openapi_schemas import (
+    QUERY_PARAMETER_SCHEMAS,
+    QUERY_PARAMETERS,
+    TOKEN_REQUEST,
+    component_schemas,
+    key_fields_schema,
+    ref,
+    relay_body_schema,
+)
 
 OPENAPI_VERSION = "3.1.0"
 IMPLIED_METHODS = frozenset({"HEAD", "OPTIONS"})
@@ -50,13 +57,6 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PLACEHOLDER = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\((?P<args>[^)]*)\))?:)?"
                           r"(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 _RAISES = re.compile(r":raises (\d{3}):")
-# One rate limit as the limits library writes it ("50 per 15 minutes", "5/second"), or several
-# separated by ";" or ",": a guide for clients and generators; the validator has the last word.
-_ONE_LIMIT = r"\s*[0-9]+\s*(/|per)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*"
-RATE_LIMIT_PATTERN = rf"^{_ONE_LIMIT}([;,]{_ONE_LIMIT})*$"
-# Printable characters, at least one of them not a space (names are stripped, then checked).
-PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
-
 # Who may call an endpoint (see gateway.auth); "public" needs no credentials.
 PUBLIC, ANY_KEY, ADMIN, METRICS = "public", "key", "admin", "metrics"
 
@@ -122,166 +122,6 @@ def _path_parameters(rule: str) -> Iterator[dict[str, Any]]:
         yield {"name": match["name"], "in": "path", "required": True, "schema": schema}
 
 
-# --- schemas ------------------------------------------------------------------------------
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _object(properties: dict[str, Any], required: Iterable[str] = (), closed: bool = True) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
-    required = list(required)
-    if required:
-        schema["required"] = required
-    if closed:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _key_field_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema of one settable key field, from the limits its validator uses.
-
-    :raises KeyError: a field in ``SETTABLE_FIELDS`` that this function does not know.
-    """
-    kf = key_fields
-    if name in kf.LIMIT_FIELDS:
-        return _nullable({"type": "string", "minLength": 1, "maxLength": kf.LIMIT_STRING_MAX,
-                          "pattern": RATE_LIMIT_PATTERN,
-                          "description": "A rate limit such as \"50 per 15 minutes\"; null: the gateway's default."})
-    if name in kf.TOKEN_FIELDS:
-        return _nullable({"type": "integer", "minimum": 1, "maximum": kf.TOKEN_COUNT_MAX,
-                          "description": "A token count; null: no limit."})
-    known: dict[str, dict[str, Any]] = {
-        "name": {"type": "string", "minLength": 1, "maxLength": kf.NAME_MAX, "pattern": PRINTABLE_PATTERN,
-                 "description": "Printable characters; surrounding spaces are removed."},
-        "metadata": _nullable({"type": "object", "description": f"At most {kf.METADATA_MAX_BYTES} bytes of JSON."}),
-        "expires_at": _nullable({"type": "string", "format": "date-time",
-                                 "description": "ISO 8601 with a timezone, in the future; null: never."}),
-        "allowed_models": _nullable({"type": "array", "minItems": 1, "maxItems": kf.MODELS_MAX,
-                                     "items": {"type": "string", "minLength": 1, "maxLength": kf.MODEL_PATTERN_MAX},
-                                     "description": "Model names or glob patterns; null: every model."}),
-    }
-    return known[name]
-
-
-def key_fields_schema(*, creating: bool) -> dict[str, Any]:
-    """The body of ``POST /admin/keys`` (``creating``) or ``PATCH /admin/keys/{key_id}``."""
-    return _object({name: _key_field_schema(name) for name in key_fields.SETTABLE_FIELDS},
-                   required=["name"] if creating else [])
-
-
-# Fields of an AI request the gateway reads (model lists, token estimates, stream usage) but
-# leaves to the upstream to judge: any JSON value, so generators try every kind.
-RELAYED_FIELDS_READ = ("model", "messages", "prompt", "input", "stream_options")
-# Fields the gateway itself checks (gateway.quotas.check_request): a positive integer.
-TOKEN_REQUEST_FIELDS = ("max_tokens", "max_completion_tokens")
-
-
-def relay_body_schema(op: operations.Operation) -> dict[str, Any]:
-    """An AI request: any JSON object (the upstream judges it) but for the fields the gateway checks."""
-    properties: dict[str, Any] = {name: {} for name in RELAYED_FIELDS_READ}
-    properties["stream"] = {"type": "boolean"} if op.streams else {"const": False}
-    properties.update({name: _nullable({"type": "integer", "minimum": 1}) for name in TOKEN_REQUEST_FIELDS})
-    return {"type": "object", "properties": properties, "additionalProperties": True,
-            "description": f"The OpenAI request body of {op.upstream_path}, relayed as it is."}
-
-
-TOKEN_REQUEST = _object({"apiKey": {"type": "string", "minLength": 1}}, required=["apiKey"])
-
-_TIME_PARAMETER = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
-                   "description": "ISO 8601 date or time (UTC without an offset), e.g. 2026-11-01T08:00:00Z."}
-QUERY_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "key": {"type": "string", "minLength": 1, "maxLength": KEY_ID_LENGTH},
-    "model": {"type": "string", "minLength": 1, "maxLength": MODEL_LENGTH},
-    "operation": {"type": "string", "enum": list(operations.BY_NAME)},
-    "from": {**_TIME_PARAMETER, "description": _TIME_PARAMETER["description"] + " Inclusive."},
-    "to": {**_TIME_PARAMETER, "description": _TIME_PARAMETER["description"] + " Exclusive."},
-    "group_by": {"type": "string", "pattern": rf"^({'|'.join(GROUPINGS)})(,({'|'.join(GROUPINGS)}))*$",
-                 "description": f"One or more of {', '.join(GROUPINGS)}, separated by commas, each once."},
-}
-# Endpoints that take query parameters, with the tuples their views check against.
-QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "usage_api.own_usage": usage.OWN_PARAMS,
-    "admin.usage_report": usage.ADMIN_PARAMS,
-}
-
-_TIME = {"type": "string", "format": "date-time"}
-_TOTALS = {"type": "object"}
-
-
-def _key_record() -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "prefix": {"type": "string"},
-        "status": {"enum": ["active", "expired", "revoked"]},
-        "metadata": {"type": "object"},
-        "created_at": _TIME,
-        "expires_at": _nullable(_TIME),
-        "revoked_at": _nullable(_TIME),
-        "allowed_models": _nullable({"type": "array", "items": {"type": "string"}}),
-    }
-    properties.update({name: _nullable({"type": "string"}) for name in key_fields.LIMIT_FIELDS})
-    properties.update({name: _nullable({"type": "integer"}) for name in key_fields.TOKEN_FIELDS})
-    return _object(properties, required=list(properties))
-
-
-def _schemas() -> dict[str, Any]:
-    record = _key_record()
-    error_fields = {
-        "message": {"type": "string", "minLength": 1},
-        "type": {"type": "string", "minLength": 1},
-        "code": {"type": ["string", "null"]},
-        "param": {"type": ["string", "null"]},
-    }
-    error = _object({"error": _object(error_fields, required=list(error_fields))}, required=["error"])
-    return {
-        "Error": error,
-        "RelayedError": {
-            "description": "The upstream's 4xx answer, passed through unchanged (or the gateway's own Error).",
-            "type": "object", "required": ["error"], "properties": {"error": {"type": "object"}},
-        },
-        "NotReady": {**error, "required": ["error", "status", "checks"],
-                     "properties": {**error["properties"], "status": {"const": "not_ready"},
-                                    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}},
-        "KeyRecord": record,
-        "NewKey": {**record, "required": [*record["required"], "secret"],
-                   "properties": {**record["properties"], "secret": {"type": "string", "minLength": 1}}},
-        "KeyList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("KeyRecord")}},
-                           required=["object", "data"]),
-        "Token": _object({"token": {"type": "string"}, "token_type": {"const": "Bearer"},
-                          "expires_in": {"type": "integer"}}, required=["token", "token_type", "expires_in"]),
-        "Index": _object({"name": {"type": "string"}, "description": {"type": "string"},
-                          "authentication": {"type": "object"}, "openapi": {"type": "string"},
-                          "endpoints": {"type": "array", "items": {"type": "object", "required": [
-                              "method", "path", "auth", "rate_limits", "description"]}}},
-                         required=["name", "description", "authentication", "endpoints"]),
-        "Health": _object({"status": {"const": "ok"}}, required=["status"]),
-        "Ready": _object({"status": {"const": "ready"},
-                          "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
-                         required=["status", "checks"]),
-        "Usage": _object({
-            "object": {"const": "usage"}, "key": {"type": "string"}, "filters": {"type": "object"},
-            "totals": _TOTALS, "by_day": {"type": "array"}, "truncated": {"type": "boolean"},
-            "today": _TOTALS, "this_month": _TOTALS, "limits": {"type": "object"},
-            "remaining": {"type": "object"}}, required=["object", "key", "totals", "by_day", "limits"]),
-        "UsageReport": _object({
-            "object": {"const": "usage.report"}, "filters": {"type": "object"},
-            "group_by": {"type": "array", "items": {"enum": list(GROUPINGS)}}, "totals": _TOTALS,
-            "groups": {"type": ["array", "null"]}, "truncated": {"type": "boolean"},
-            "max_groups": {"type": "integer"}}, required=["object", "totals", "groups"]),
-        "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
-        "RelayedAnswer": {"description": "The upstream's JSON answer, passed through unchanged."},
-        "RelayedEvent": {
-            "description": "One server-sent event of the upstream's stream (a JSON chunk, or [DONE]); the gateway's "
-                           "own error event carries the Error shape in its data.",
-            "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}},
-    }
-
-
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -289,19 +129,19 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 # The success answer of each endpoint: (status, content). An endpoint not listed here (a
 # route added later) is still described, as a 200 with a JSON body of any shape.
 SUCCESS: dict[str, tuple[str, dict[str, Any]]] = {
-    "meta.index": ("200", _json(_ref("Index"))),
-    "meta.health": ("200", _json(_ref("Health"))),
-    "meta.ready": ("200", _json(_ref("Ready"))),
-    "meta.openapi": ("200", _json(_ref("OpenAPI"))),
-    "auth.issue_token": ("200", _json(_ref("Token"))),
-    "admin.create_key": ("201", _json(_ref("NewKey"))),
-    "admin.list_keys": ("200", _json(_ref("KeyList"))),
-    "admin.show_key": ("200", _json(_ref("KeyRecord"))),
-    "admin.update_key": ("200", _json(_ref("KeyRecord"))),
-    "admin.revoke_key": ("200", _json(_ref("KeyRecord"))),
-    "admin.rotate_key": ("200", _json(_ref("NewKey"))),
-    "admin.usage_report": ("200", _json(_ref("UsageReport"))),
-    "usage_api.own_usage": ("200", _json(_ref("Usage"))),
+    "meta.index": ("200", _json(ref("Index"))),
+    "meta.health": ("200", _json(ref("Health"))),
+    "meta.ready": ("200", _json(ref("Ready"))),
+    "meta.openapi": ("200", _json(ref("OpenAPI"))),
+    "auth.issue_token": ("200", _json(ref("Token"))),
+    "admin.create_key": ("201", _json(ref("NewKey"))),
+    "admin.list_keys": ("200", _json(ref("KeyList"))),
+    "admin.show_key": ("200", _json(ref("KeyRecord"))),
+    "admin.update_key": ("200", _json(ref("KeyRecord"))),
+    "admin.revoke_key": ("200", _json(ref("KeyRecord"))),
+    "admin.rotate_key": ("200", _json(ref("NewKey"))),
+    "admin.usage_report": ("200", _json(ref("UsageReport"))),
+    "usage_api.own_usage": ("200", _json(ref("Usage"))),
     "metrics.scrape": ("200", {"text/plain": {"schema": {"type": "string"}},
                                "application/openmetrics-text": {"schema": {"type": "string"}}}),
 }
@@ -381,9 +221,9 @@ def _responses(app: Flask, route: Route, exempt: set[str]) -> dict[str, Any]:
     op = route.operation
     responses: dict[str, Any] = {}
     if op is not None:
-        content = _json(_ref("RelayedAnswer"))
+        content = _json(ref("RelayedAnswer"))
         if op.streams:
-            content["text/event-stream"] = {"schema": _ref("RelayedEvent")}
+            content["text/event-stream"] = {"schema": ref("RelayedEvent")}
         responses["2XX"] = {"description": "The AI backend's answer, relayed.", "content": content}
     else:
         status, content = SUCCESS.get(route.endpoint, ("200", _json({})))
@@ -392,7 +232,7 @@ def _responses(app: Flask, route: Route, exempt: set[str]) -> dict[str, Any]:
         if op is not None and status.startswith("4") and status not in ("401", "414"):
             status = "4XX"  # the upstream's own 4xx answers pass through
         schema = ERROR_SCHEMAS.get((route.endpoint, status), "RelayedError" if status == "4XX" else "Error")
-        responses[status] = {"description": STATUS_TEXT[status], "content": _json(_ref(schema))}
+        responses[status] = {"description": STATUS_TEXT[status], "content": _json(ref(schema))}
     return responses
 
 
@@ -452,5 +292,5 @@ def build(app: Flask) -> dict[str, Any]:
                            "Every error the gateway makes itself has the Error shape.",
         },
         "paths": paths,
-        "components": {"schemas": _schemas(), "securitySchemes": _security_schemes(app)},
+        "components": {"schemas": component_schemas(), "securitySchemes": _security_schemes(app)},
     }

@@ -45,6 +45,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -306,7 +310,7 @@ class Traffic:
 
 
 # --- the run ----------------------------------------------------------------------------------
-def _engine(database_url: str):  # noqa: ANN202
+def _engine(database_url: str) -> Engine:
     from sqlalchemy import create_engine
 
     from gateway.config import Settings

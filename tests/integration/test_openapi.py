@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, jsonify
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from gateway import openapi, operations
+from gateway import openapi, openapi_schemas, operations
 from gateway.store import key_fields
 from gateway.store.key_fields import FieldError, parse_changes
 from tests.conftest import CANARY_MASTER_KEY
@@ -200,7 +200,7 @@ SAMPLES: list[dict[str, Any]] = [
 def test_key_bodies_accept_what_the_validator_accepts(creating: bool) -> None:
     """The schema is built from key_fields' tables and limits: on these samples, it and
     ``parse_changes`` agree on what is valid (the validator may refuse more, never less)."""
-    schema = openapi.key_fields_schema(creating=creating)
+    schema = openapi_schemas.key_fields_schema(creating=creating)
     assert list(schema["properties"]) == list(KM.SETTABLE_FIELDS)
     assert schema["additionalProperties"] is False
     assert schema.get("required", []) == (["name"] if creating else [])
@@ -218,12 +218,12 @@ def test_key_bodies_accept_what_the_validator_accepts(creating: bool) -> None:
 def test_a_settable_field_without_a_schema_fails_the_build(monkeypatch) -> None:
     monkeypatch.setattr(key_fields, "SETTABLE_FIELDS", (*key_fields.SETTABLE_FIELDS, "new_field"))
     with pytest.raises(KeyError, match="new_field"):
-        openapi.key_fields_schema(creating=True)
+        openapi_schemas.key_fields_schema(creating=True)
 
 
 def test_the_documented_token_request_is_what_auth_token_takes(make_app) -> None:
     client = make_app().test_client()
-    schema = Draft202012Validator(openapi.TOKEN_REQUEST)
+    schema = Draft202012Validator(openapi_schemas.TOKEN_REQUEST)
     good, bad = {"apiKey": CANARY_MASTER_KEY}, {"api_key": CANARY_MASTER_KEY}
     assert schema.is_valid(good) and client.post("/auth/token", json=good).status_code == 200
     assert not schema.is_valid(bad) and client.post("/auth/token", json=bad).status_code == 400
