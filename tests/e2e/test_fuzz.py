@@ -52,6 +52,9 @@ KNOWN_UNTIL_MERGE: list[tuple[str, str, str, str]] = [
     (r"(GET|POST|PATCH|DELETE) /(admin/.*|api/usage)", r"Server error", r"503",
      "a NUL (or lone surrogate) in a field, path or query parameter reaches PostgreSQL, which refuses it, "
      "and the gateway answers 'database unavailable': input validation"),
+    (r"(POST /admin/keys|PATCH /admin/keys/\{key_id\})", r"Server error", r"500",
+     "a key field the validator lets through but the database or datetime cannot take (a lone surrogate "
+     "in a name, an out-of-range expires_at, an absurd limit): input validation"),
     (r".*", r".*", r"414",
      "gunicorn answers an over-long request line with an HTML 414: gunicorn-level rejections"),
 ]
