@@ -33,6 +33,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -454,8 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage == "redis":
             forget_redis_prefix(env["RATE_LIMIT_KEY_PREFIX"])
 
-    return report(args, warmup, workers, seed, pids, pids_at_end, samples, traffic.tally, rows,
-                  log_path.read_text(errors="replace"))
+    result = report(args, warmup, workers, seed, pids, pids_at_end, samples, traffic.tally, rows,
+                    log_path.read_text(errors="replace"))
+    if result == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"soak: the gateway's log and database are kept in {workdir}", flush=True)
+    return result
 
 
 def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids: list[int], pids_at_end: list[int],
