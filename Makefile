@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
+.PHONY: run test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
@@ -28,6 +28,21 @@ test: $(STAMP)
 ## A quick local run: everything that needs neither PostgreSQL nor Redis nor real gunicorn.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker"
+
+## Schemathesis from GET /openapi.json against the live gateway (real gunicorn, fake upstream), longer
+## than the bounded run in make test: FUZZ_SECONDS for the master-key run (a managed key and a wrong key
+## get half and a quarter), FUZZ_MAX_EXAMPLES per operation; FUZZ_SEED=<seed> replays a run.
+FUZZ_SECONDS ?= 400
+FUZZ_MAX_EXAMPLES ?= 100
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) \
+	  $(BIN)/python -m pytest -m fuzz tests/e2e/test_fuzz.py -rxs
+
+## Soak: SOAK_SECONDS (default 1200) of mixed traffic to 127.0.0.1 (streams, drops, admin calls), each
+## worker's RSS and open descriptors sampled; fails on growth past the bounds; writes docs/soak.md.
+SOAK_SECONDS ?= 1200
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS) --out docs/soak.md
 
 ## The gateway in front of the project's own fake OpenAI-compatible upstream (no LLM needed).
 ## MASTER_API_KEY is the original README's example value, public: so development mode,

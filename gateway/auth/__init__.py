@@ -44,6 +44,8 @@ PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
     {
         ("meta.index", "GET"),
         ("meta.index", "HEAD"),
+        ("meta.openapi", "GET"),
+        ("meta.openapi", "HEAD"),
         ("meta.health", "GET"),
         ("meta.health", "HEAD"),
         ("meta.ready", "GET"),

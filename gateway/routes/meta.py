@@ -1,4 +1,7 @@
-"""``GET /`` (self-documentation) and ``GET /health`` (liveness)."""
+"""``GET /`` (self-documentation), ``GET /openapi.json`` (its OpenAPI 3.1 form) and ``GET /health`` (liveness).
+
+Both documents walk the same route table (:func:`gateway.openapi.served_routes`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,8 @@ import inspect
 import re
 
 from flask import Blueprint, Response, current_app, json, jsonify
-from werkzeug.routing import Rule
 
-from gateway import operations
+from gateway import openapi
 from gateway.errors import error_response
 
 blueprint = Blueprint("meta", __name__)
@@ -18,14 +20,8 @@ _AUTH_ADMIN = "the master key (X-API-Key or Authorization: Bearer), or a JWT min
 _AUTH_METRICS = _AUTH_ADMIN + ", or Authorization: Bearer <METRICS_TOKEN>"
 
 
-def _auth_of(endpoint: str, method: str) -> str:
-    from gateway import auth
-
-    if (endpoint, method) in auth.PUBLIC_ENDPOINTS:
-        return "none"
-    if (endpoint, method) in auth.METRICS_TOKEN_ENDPOINTS:
-        return _AUTH_METRICS
-    return _AUTH_ADMIN if endpoint.startswith("admin.") else _AUTH_ANY_KEY
+_AUTH_TEXT = {openapi.PUBLIC: "none", openapi.ANY_KEY: _AUTH_ANY_KEY, openapi.ADMIN: _AUTH_ADMIN,
+              openapi.METRICS: _AUTH_METRICS}
 
 
 @blueprint.get("/health")
@@ -38,7 +34,10 @@ def health() -> Response:
 
 @blueprint.get("/health/ready")
 def ready() -> Response:
-    """Readiness: 200 while the quota store answers, 503 (with the error envelope) while it does not."""
+    """Readiness: 200 while the quota store answers, 503 (with the error envelope) while it does not.
+
+    :raises 503: the quota store does not answer (the body also has ``status`` and ``checks``).
+    """
     from gateway import limits
 
     checks = {"rate_limit_storage": "ok" if limits.storage_ready() else "unreachable"}
@@ -65,12 +64,11 @@ def plain_summary(doc: str | None) -> str:
     return " ".join(paragraph.replace("``", "").split())
 
 
-def _summary(endpoint: str, rule: Rule) -> str:
-    if endpoint.startswith("ai."):
-        op = operations.BY_NAME.get(endpoint.rpartition(".")[2])
-        if op is not None and op.item_summary is not None and "item_id" in rule.arguments:
-            return op.item_summary
-    return plain_summary(current_app.view_functions[endpoint].__doc__)
+def _summary(route: openapi.Route) -> str:
+    op = route.operation
+    if op is not None and op.item_summary is not None and route.rule in op.item_paths:
+        return op.item_summary
+    return plain_summary(current_app.view_functions[route.endpoint].__doc__)
 
 
 @blueprint.get("/")
@@ -79,21 +77,17 @@ def index() -> Response:
     from gateway import limits  # the route table is only complete once the app is built
 
     endpoints = []
-    for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
-            continue
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            entry = {
-                "method": method,
-                "path": rule.rule,
-                "auth": _auth_of(rule.endpoint, method),
-                "rate_limits": limits.describe(rule.endpoint),
-                "description": _summary(rule.endpoint, rule),
-            }
-            op = operations.BY_NAME.get(rule.endpoint.rpartition(".")[2]) if rule.endpoint.startswith("ai.") else None
-            if op is not None:
-                entry["streaming"] = op.streams
-            endpoints.append(entry)
+    for route in openapi.served_routes(current_app.url_map):
+        entry = {
+            "method": route.method,
+            "path": route.rule,
+            "auth": _AUTH_TEXT[route.access],
+            "rate_limits": limits.describe(route.endpoint),
+            "description": _summary(route),
+        }
+        if route.operation is not None:
+            entry["streaming"] = route.operation.streams
+        endpoints.append(entry)
     return jsonify(
         name="AI Proxy Gateway",
         description="Authenticated, rate-limited gateway to an OpenAI-compatible LLM backend.",
@@ -102,4 +96,14 @@ def index() -> Response:
             "jwt": "POST /auth/token with {\"apiKey\": \"<key>\"}, then Authorization: Bearer <token>",
         },
         endpoints=endpoints,
+        openapi="/openapi.json",
     )
+
+
+@blueprint.get("/openapi.json", endpoint="openapi")
+def openapi_document() -> Response:
+    """This gateway's OpenAPI 3.1 description, generated from its route tables."""
+    body: bytes | None = current_app.extensions.get("gateway.openapi")
+    if body is None:  # built once per process: the routes do not change after start-up
+        body = current_app.extensions["gateway.openapi"] = json.dumps(openapi.build(current_app)).encode()
+    return current_app.response_class(body, mimetype="application/json")
