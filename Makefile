@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
+.PHONY: run lint test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
@@ -20,6 +20,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 ## Start the gateway under gunicorn with the shipped gunicorn.conf.py.
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## Style and types: ruff's rules (ruff.toml), ruff's formatter (fix with  .venv/bin/ruff format <files>),
+## mypy strict on gateway/ (mypy.ini). CI runs this before the tests.
+LINT_PATHS := gateway tests bench wsgi.py gunicorn.conf.py
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy gateway wsgi.py
 
 ## Run every test: unit, integration (fake upstream on loopback), end-to-end (real gunicorn).
 test: $(STAMP)
