@@ -123,8 +123,7 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: KeyStore) -> KeyRing:
-        return cls(settings.master_api_key, store, pepper=derive_pepper(settings),
-                   cache_seconds=settings.key_cache_seconds)
+        return cls(settings.master_api_key, store, pepper=derive_pepper(settings), cache_seconds=settings.key_cache_seconds)
 
     # --- secrets -------------------------------------------------------------------
     def hash_secret(self, secret: str) -> str:

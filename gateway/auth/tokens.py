@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -72,7 +73,7 @@ def verify(config: TokenConfig, token: str) -> str:
     return subject
 
 
-def _decode(config: TokenConfig, token: str, verify_exp: bool) -> dict:
+def _decode(config: TokenConfig, token: str, verify_exp: bool) -> dict[str, Any]:
     return jwt.decode(
         token,
         config.secret,
