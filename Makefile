@@ -33,9 +33,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## A quick local run: everything that needs neither PostgreSQL nor Redis nor real gunicorn.
+## The development loop: unit and integration tests that need neither PostgreSQL nor Redis nor real
+## gunicorn, less the slow ones (fresh interpreters, seconds of real time). make test runs them all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker"
+	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker and not slow"
 
 ## The gateway in front of the project's own fake OpenAI-compatible upstream (no LLM needed).
 ## MASTER_API_KEY is the original README's example value, public: so development mode,
