@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Operation:
+    """One AI function the gateway relays: where it is served, how it is called, and whether it streams."""
+
     name: str  # served at /api/ai/<name>
     method: str  # "POST" (JSON body) or "GET" (no body)
     upstream_path: str  # joined to the upstream's /v1 base; also served at /v1<upstream_path>

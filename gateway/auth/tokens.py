@@ -20,6 +20,9 @@ REQUIRED_CLAIMS = ("sub", "iat", "exp", "jti", "iss", "aud")
 
 @dataclass(frozen=True)
 class TokenConfig:
+    """What signs and checks tokens, from ``JWT_SECRET``, ``JWT_ISSUER``, ``JWT_AUDIENCE``,
+    ``JWT_EXPIRES_IN`` and ``JWT_LEEWAY`` (seconds)."""
+
     secret: str
     issuer: str
     audience: str
@@ -40,6 +43,7 @@ class InvalidToken(Exception):
 
 
 def mint(config: TokenConfig, subject: str, now: float | None = None) -> str:
+    """A token for the key id ``subject``, valid ``config.expires_in`` seconds from ``now`` (default: the clock)."""
     issued = int(time.time() if now is None else now)
     claims = {
         "sub": subject,
