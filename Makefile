@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
+.PHONY: run lint test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
@@ -21,13 +21,22 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+## Style and types: ruff's rules (ruff.toml), ruff's formatter (fix with  .venv/bin/ruff format <files>),
+## mypy strict on gateway/ (mypy.ini). CI runs this before the tests.
+LINT_PATHS := gateway tests bench wsgi.py gunicorn.conf.py
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy gateway wsgi.py
+
 ## Run every test: unit, integration (fake upstream on loopback), end-to-end (real gunicorn).
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## A quick local run: everything that needs neither PostgreSQL nor Redis nor real gunicorn.
+## The development loop: unit and integration tests that need neither PostgreSQL nor Redis nor real
+## gunicorn, less the slow ones (fresh interpreters, seconds of real time). make test runs them all.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker"
+	$(BIN)/python -m pytest -m "not postgres and not redis and not e2e and not docker and not slow"
 
 ## Schemathesis from GET /openapi.json against the live gateway (real gunicorn, fake upstream), longer
 ## than the bounded run in make test: FUZZ_SECONDS for the master-key run (a managed key and a wrong key

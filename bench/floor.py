@@ -21,10 +21,16 @@ from bench import procs, run, wrkrun
 # The same Flask + urllib3 relay under the other worker classes gunicorn offers for a
 # gateway that must hold long streams: why gunicorn.conf.py picks gevent.
 WORKER_VARIANTS = {
-    "flask_urllib3@gthread-32": ("flask_urllib3", ["-k", "gthread", "--threads", "32"],
-                                 "Flask route + urllib3 relay, gthread worker, 32 threads"),
-    "flask_urllib3@gthread-1000": ("flask_urllib3", ["-k", "gthread", "--threads", "1000"],
-                                   "Flask route + urllib3 relay, gthread worker, 1000 threads"),
+    "flask_urllib3@gthread-32": (
+        "flask_urllib3",
+        ["-k", "gthread", "--threads", "32"],
+        "Flask route + urllib3 relay, gthread worker, 32 threads",
+    ),
+    "flask_urllib3@gthread-1000": (
+        "flask_urllib3",
+        ["-k", "gthread", "--threads", "1000"],
+        "Flask route + urllib3 relay, gthread worker, 1000 threads",
+    ),
 }
 
 APPS = {
@@ -54,25 +60,48 @@ def main() -> None:
         gevent = ["-k", "gevent", "--worker-connections", "1000"]
         variants = {app: (app, gevent, label) for app, label in APPS.items()} | WORKER_VARIANTS
         for name, (app, worker, label) in variants.items():
-            service = procs.Service(f"floor-{name}", [
-                str(run.GATEWAY_VENV / "bin" / "gunicorn"), *worker, "-w", "1",
-                "-b", f"{run.HOST}:{port}", f"bench.floor_apps:{app}"],
-                cores=run.TARGET_CORE, log=run.RAW / f"floor-{name}.log", cwd=str(run.ROOT),
-                env={"FLOOR_UPSTREAM": f"http://{run.HOST}:{run.PORTS['upstream']}"})
+            service = procs.Service(
+                f"floor-{name}",
+                [
+                    str(run.GATEWAY_VENV / "bin" / "gunicorn"),
+                    *worker,
+                    "-w",
+                    "1",
+                    "-b",
+                    f"{run.HOST}:{port}",
+                    f"bench.floor_apps:{app}",
+                ],
+                cores=run.TARGET_CORE,
+                log=run.RAW / f"floor-{name}.log",
+                cwd=str(run.ROOT),
+                env={"FLOOR_UPSTREAM": f"http://{run.HOST}:{run.PORTS['upstream']}"},
+            )
             try:
                 url = f"http://{run.HOST}:{port}{run.PATH}"
-                procs.wait_http(url, method="POST", body=body_file.read_bytes(),
-                                headers={"Content-Type": "application/json"}, service=service, timeout=30)
+                procs.wait_http(
+                    url,
+                    method="POST",
+                    body=body_file.read_bytes(),
+                    headers={"Content-Type": "application/json"},
+                    service=service,
+                    timeout=30,
+                )
                 wrkrun.run(url, connections=16, duration_s=2, body_file=body_file, headers={}, core=run.LOAD_CORE)
                 runs = []
                 for _ in range(args.repeats):
                     pids = service.pids()
                     before = procs.cpu_seconds(pids)
-                    figures = wrkrun.run(url, connections=16, duration_s=args.duration, body_file=body_file,
-                                         headers={}, core=run.LOAD_CORE)
+                    figures = wrkrun.run(
+                        url, connections=16, duration_s=args.duration, body_file=body_file, headers={}, core=run.LOAD_CORE
+                    )
                     cpu = procs.cpu_seconds(pids) - before
-                    runs.append({"rps": figures["rps"], "cpu_ms_per_request": cpu * 1000 / figures["requests"],
-                                 "errors": figures["error_count"]})
+                    runs.append(
+                        {
+                            "rps": figures["rps"],
+                            "cpu_ms_per_request": cpu * 1000 / figures["requests"],
+                            "errors": figures["error_count"],
+                        }
+                    )
                 results[name] = {
                     "label": label,
                     "worker": " ".join(worker),
@@ -80,16 +109,28 @@ def main() -> None:
                     "cpu_ms_per_request": run.spread([r["cpu_ms_per_request"] for r in runs]),
                     "errors": sum(r["errors"] for r in runs),
                 }
-                run.log(f"floor {name}: {results[name]['rps']['median']:.0f} req/s, "
-                        f"{results[name]['cpu_ms_per_request']['median']:.3f} ms CPU/request")
+                run.log(
+                    f"floor {name}: {results[name]['rps']['median']:.0f} req/s, "
+                    f"{results[name]['cpu_ms_per_request']['median']:.3f} ms CPU/request"
+                )
             finally:
                 service.stop()
     finally:
         upstream.stop()
     out = run.RESULTS / "floor.json"
-    out.write_text(json.dumps({"generated": run.datetime.now(run.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                               "connections": 16, "duration_s": args.duration, "repeats": args.repeats,
-                               "apps": results}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "generated": run.datetime.now(run.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "connections": 16,
+                "duration_s": args.duration,
+                "repeats": args.repeats,
+                "apps": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     run.log(f"wrote {out.relative_to(run.ROOT)}")
 
 

@@ -26,6 +26,7 @@ PATH = "/v1/chat/completions"
 _BODY = b'{"id":"x","object":"chat.completion","choices":[]}'
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
+
 def _urllib3_pool() -> urllib3.HTTPConnectionPool:
     host_port = UPSTREAM.split("://", 1)[1]
     host, _, port = host_port.partition(":")
@@ -63,8 +64,7 @@ def _via_urllib3(body: bytes) -> tuple[int, bytes]:
 
 
 def _via_requests(body: bytes) -> tuple[int, bytes]:
-    response = session().request("POST", UPSTREAM + PATH, data=body, headers=_HEADERS, allow_redirects=False,
-                                 timeout=(5, 120))
+    response = session().request("POST", UPSTREAM + PATH, data=body, headers=_HEADERS, allow_redirects=False, timeout=(5, 120))
     return response.status_code, response.content
 
 

@@ -32,12 +32,24 @@ REPEATS = 5
 
 def _environ(body: bytes, key: str) -> dict[str, Any]:
     return {
-        "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.version": (1, 0),
-        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_X_API_KEY": key, "HTTP_HOST": "127.0.0.1",
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/chat/completions",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_X_API_KEY": key,
+        "HTTP_HOST": "127.0.0.1",
     }
 
 
@@ -45,9 +57,15 @@ def measure(label: str, overrides: dict[str, Any], limiter_on: bool) -> dict[str
     from gateway import create_app
 
     key = secrets.token_urlsafe(40)
-    settings = {"node_env": "production", "master_api_key": key, "jwt_secret": secrets.token_urlsafe(40),
-                "ai_api_url": f"http://{run.HOST}:{run.PORTS['upstream']}/v1/completions",
-                "database_url": overrides.pop("database_url"), "log_level": "WARNING", **overrides}
+    settings = {
+        "node_env": "production",
+        "master_api_key": key,
+        "jwt_secret": secrets.token_urlsafe(40),
+        "ai_api_url": f"http://{run.HOST}:{run.PORTS['upstream']}/v1/completions",
+        "database_url": overrides.pop("database_url"),
+        "log_level": "WARNING",
+        **overrides,
+    }
     app = create_app(settings)
     app.extensions["gateway.limiter"].enabled = limiter_on  # off: no quota is counted (gateway.limits honours it too)
     body = json.dumps(run.LOAD_BODY).encode()
@@ -69,8 +87,12 @@ def measure(label: str, overrides: dict[str, Any], limiter_on: bool) -> dict[str
             one()
         samples.append((time.process_time() - started) / REQUESTS * 1000)
     app.extensions["gateway.usage"].stop(timeout=5)
-    return {"label": label, "cpu_ms_median": round(statistics.median(samples), 3),
-            "cpu_ms_min": round(min(samples), 3), "cpu_ms_max": round(max(samples), 3)}
+    return {
+        "label": label,
+        "cpu_ms_median": round(statistics.median(samples), 3),
+        "cpu_ms_min": round(min(samples), 3),
+        "cpu_ms_max": round(max(samples), 3),
+    }
 
 
 def main() -> None:
@@ -96,15 +118,19 @@ def main() -> None:
             ("memory://, moving-window (default)", {}, True),
             ("memory://, fixed-window", {"rate_limit_strategy": "fixed-window"}, True),
             # each strategy its own prefix: the same key cannot hold a moving window's list and a fixed window's count
-            ("redis, moving-window (default)", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-mw"},
-             True),
-            ("redis, fixed-window", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-fw",
-                                     "rate_limit_strategy": "fixed-window"}, True),
+            ("redis, moving-window (default)", {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-mw"}, True),
+            (
+                "redis, fixed-window",
+                {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": f"{prefix}-fw", "rate_limit_strategy": "fixed-window"},
+                True,
+            ),
         ]
         for label, extra, on in configs:
             result = measure(label, {"database_url": database, **limits, **extra}, on)
-            print(f"{label:40s} {result['cpu_ms_median']:.3f} ms CPU/request "
-                  f"({result['cpu_ms_min']:.3f}-{result['cpu_ms_max']:.3f})", flush=True)
+            print(
+                f"{label:40s} {result['cpu_ms_median']:.3f} ms CPU/request ({result['cpu_ms_min']:.3f}-{result['cpu_ms_max']:.3f})",
+                flush=True,
+            )
             results.append(result)
     finally:
         upstream.stop()
@@ -119,8 +145,12 @@ def main() -> None:
     for result in results:
         result["limiter_ms"] = round(result["cpu_ms_median"] - base, 3)
     out = run.RESULTS / "limiter.json"
-    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "requests": REQUESTS, "repeats": REPEATS, "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "requests": REQUESTS, "repeats": REPEATS, "results": results},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -32,7 +32,7 @@ def _children_map() -> dict[int, list[int]]:
         except OSError:
             continue
         # the command name is in parentheses and may hold spaces: split after the last ')'
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     return children
 
@@ -132,8 +132,9 @@ class RssSampler:
 class Service:
     """A server process pinned to CPU cores, with its output sent to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], cores: str, log: Path,
-                 env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], cores: str, log: Path, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> None:
         self.name = name
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -174,9 +175,15 @@ class Service:
         self._log_file.close()
 
 
-def wait_http(url: str, *, method: str = "GET", body: bytes | None = None,
-              headers: Mapping[str, str] | None = None, timeout: float = 60.0,
-              service: Service | None = None) -> None:
+def wait_http(
+    url: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    service: Service | None = None,
+) -> None:
     """Wait until ``url`` answers 200, or raise with the service's log tail."""
     deadline = time.monotonic() + timeout
     last_error = ""

@@ -54,7 +54,7 @@ NATIVE = "native / unknown"
 
 
 def location(frame: str) -> str:
-    return frame[frame.rfind("(") + 1:].rstrip(")") if "(" in frame else ""
+    return frame[frame.rfind("(") + 1 :].rstrip(")") if "(" in frame else ""
 
 
 def component(frame: str) -> str:
@@ -67,8 +67,7 @@ def component(frame: str) -> str:
 
 def is_idle(frames: list[str]) -> bool:
     """gevent's thread-pool thread waiting for work: an idle OS thread py-spy cannot tell apart."""
-    return bool(frames) and frames[-1].startswith("acquire_with_timeout") and any(
-        "gevent/threadpool.py" in f for f in frames)
+    return bool(frames) and frames[-1].startswith("acquire_with_timeout") and any("gevent/threadpool.py" in f for f in frames)
 
 
 def short(frame: str) -> str:
@@ -118,9 +117,15 @@ def analyse(stacks: list[tuple[list[str], int]]) -> dict:
             cumulative[frame] += count
         for name in {component(f) for f in frames}:
             cumulative_component[name] += count
-    return {"total": total, "own": own, "cumulative": cumulative, "own_component": own_component,
-            "charged_component": charged_component, "stdlib_callers": stdlib_callers,
-            "cumulative_component": cumulative_component}
+    return {
+        "total": total,
+        "own": own,
+        "cumulative": cumulative,
+        "own_component": own_component,
+        "charged_component": charged_component,
+        "stdlib_callers": stdlib_callers,
+        "cumulative_component": cumulative_component,
+    }
 
 
 def _matches(frame: str, function: str | None, path_prefix: str) -> bool:
@@ -130,8 +135,10 @@ def _matches(frame: str, function: str | None, path_prefix: str) -> bool:
 
 def focus(stacks: list[tuple[list[str], int]], spots: dict[str, tuple[str | None, str]]) -> dict[str, int]:
     """Inclusive samples of named spots: a sample counts once if any of its frames is the spot."""
-    return {label: sum(count for frames, count in stacks if any(_matches(f, function, prefix) for f in frames))
-            for label, (function, prefix) in spots.items()}
+    return {
+        label: sum(count for frames, count in stacks if any(_matches(f, function, prefix) for f in frames))
+        for label, (function, prefix) in spots.items()
+    }
 
 
 # label: (function as py-spy names it, or None for the whole file/package; file prefix)
@@ -167,8 +174,21 @@ FOCUS: dict[str, tuple[str | None, str]] = {
 
 
 def record(pid: int, seconds: int, rate: int, fmt: str, out: Path) -> None:
-    argv = [str(PY_SPY), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate),
-            "--format", fmt, "--output", str(out), "--function"]
+    argv = [
+        str(PY_SPY),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        str(rate),
+        "--format",
+        fmt,
+        "--output",
+        str(out),
+        "--function",
+    ]
     subprocess.run(["taskset", "-c", run.LOAD_CORE, *argv], check=True, capture_output=True, text=True)
 
 
@@ -191,7 +211,7 @@ def markdown(result: dict, stats: dict, focus_counts: dict[str, int], notes: str
         "",
         f"Under the profiler: {result['rps']:.0f} req/s, **{result['cpu_ms_per_request']:.3f} ms CPU per request** "
         f"(gateway processes' utime+stime / requests; without the profiler see docs/benchmarks.md). "
-        f"{stats['total']} samples. The \"ms/request\" columns spread that CPU time over the samples, so they "
+        f'{stats["total"]} samples. The "ms/request" columns spread that CPU time over the samples, so they '
         "show what each part costs per request.",
         "",
         "## By component",
@@ -204,26 +224,31 @@ def markdown(result: dict, stats: dict, focus_counts: dict[str, int], notes: str
         "| component | own | charged | charged ms/request | inclusive |",
         "|---|---|---|---|---|",
     ]
-    names = sorted(set(stats["own_component"]) | set(stats["charged_component"]),
-                   key=lambda n: -stats["charged_component"][n])
+    names = sorted(set(stats["own_component"]) | set(stats["charged_component"]), key=lambda n: -stats["charged_component"][n])
     for name in names:
         charged = stats["charged_component"][name]
-        lines.append(f"| {name} | {pct(stats['own_component'][name])} | {pct(charged)} | {ms(charged)} | "
-                     f"{pct(stats['cumulative_component'][name])} |")
-    lines += ["", "Who calls the stdlib helpers (top 8):", "", "| caller | stdlib function | share |",
-              "|---|---|---|"]
+        lines.append(
+            f"| {name} | {pct(stats['own_component'][name])} | {pct(charged)} | {ms(charged)} | "
+            f"{pct(stats['cumulative_component'][name])} |"
+        )
+    lines += ["", "Who calls the stdlib helpers (top 8):", "", "| caller | stdlib function | share |", "|---|---|---|"]
     for (caller, helper), count in stats["stdlib_callers"].most_common(8):
         lines.append(f"| `{caller}` | `{helper}` | {pct(count)} |")
     lines += ["", "## Where the time goes (inclusive)", "", "| spot | share | ms/request |", "|---|---|---|"]
     for label, count in focus_counts.items():
         lines.append(f"| {label} | {pct(count)} | {ms(count)} |")
-    lines += ["", "## Top 15 functions by own time", "", "| # | function | component | own | ms/request |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Top 15 functions by own time", "", "| # | function | component | own | ms/request |", "|---|---|---|---|---|"]
     for i, (frame, count) in enumerate(stats["own"].most_common(15), 1):
         lines.append(f"| {i} | `{short(frame)}` | {component(frame)} | {pct(count)} | {ms(count)} |")
-    lines += ["", "## Top 15 functions by cumulative time", "",
-              "(entry points above the request - gevent's greenlet run, gunicorn's handle - are left out)", "",
-              "| # | function | component | cumulative | ms/request |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Top 15 functions by cumulative time",
+        "",
+        "(entry points above the request - gevent's greenlet run, gunicorn's handle - are left out)",
+        "",
+        "| # | function | component | cumulative | ms/request |",
+        "|---|---|---|---|---|",
+    ]
     shown = 0
     for frame, count in stats["cumulative"].most_common():
         if count / total > 0.97:  # the outer frames every sample passes through
@@ -243,17 +268,25 @@ def floor_section(result: dict) -> list[str]:
     if not path.exists():
         return []
     floor = json.loads(path.read_text())
-    lines = ["", "## The floor: the serving stack without gateway logic", "",
-             f"`make bench-floor` ({floor['generated']}): minimal apps (bench/floor_apps.py) under the same gunicorn "
-             f"gevent worker on core 0 (the last rows: gthread workers instead), relaying the same request to the "
-             f"same upstream, wrk at "
-             f"{floor['connections']} connections, {floor['repeats']} × {floor['duration_s']} s, median (min–max). "
-             "No auth, quotas, security headers or logging.", "",
-             "| app | req/s | CPU ms / request |", "|---|---|---|"]
+    lines = [
+        "",
+        "## The floor: the serving stack without gateway logic",
+        "",
+        f"`make bench-floor` ({floor['generated']}): minimal apps (bench/floor_apps.py) under the same gunicorn "
+        f"gevent worker on core 0 (the last rows: gthread workers instead), relaying the same request to the "
+        f"same upstream, wrk at "
+        f"{floor['connections']} connections, {floor['repeats']} × {floor['duration_s']} s, median (min–max). "
+        "No auth, quotas, security headers or logging.",
+        "",
+        "| app | req/s | CPU ms / request |",
+        "|---|---|---|",
+    ]
     for app in floor["apps"].values():
         rps, cpu = app["rps"], app["cpu_ms_per_request"]
-        lines.append(f"| {app['label']} | {rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | "
-                     f"{cpu['median']:.3f} ({cpu['min']:.3f}–{cpu['max']:.3f}) |")
+        lines.append(
+            f"| {app['label']} | {rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | "
+            f"{cpu['median']:.3f} ({cpu['min']:.3f}–{cpu['max']:.3f}) |"
+        )
     return lines
 
 
@@ -262,8 +295,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--reanalyse", action="store_true",
-                        help="only re-render profile.md from the last run (raw/profile.collapsed, profile.json)")
+    parser.add_argument(
+        "--reanalyse", action="store_true", help="only re-render profile.md from the last run (raw/profile.collapsed, profile.json)"
+    )
     args = parser.parse_args()
     profile_md = OUT / "profile.md"
     notes = ""
@@ -275,8 +309,10 @@ def main() -> None:
     result = json.loads((OUT / "profile.json").read_text())
     stacks = parse_collapsed(run.RAW / "profile.collapsed")
     profile_md.write_text(markdown(result, analyse(stacks), focus(stacks, FOCUS), notes))
-    run.log(f"wrote {profile_md.relative_to(ROOT)} ({result['rps']:.0f} req/s, "
-            f"{result['cpu_ms_per_request']:.3f} ms CPU/request under py-spy)")
+    run.log(
+        f"wrote {profile_md.relative_to(ROOT)} ({result['rps']:.0f} req/s, "
+        f"{result['cpu_ms_per_request']:.3f} ms CPU/request under py-spy)"
+    )
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -296,14 +332,32 @@ def measure(args: argparse.Namespace) -> dict:
             raise SystemExit(f"expected one worker, found {workers}")
         worker = workers[0]
         run.log(f"profile: warm-up, then {args.seconds} s raw + {args.seconds} s flame graph of worker {worker}")
-        wrkrun.run(gateway.url(), connections=args.connections, duration_s=3, body_file=body_file,
-                   headers=gateway.headers, core=run.LOAD_CORE)
+        wrkrun.run(
+            gateway.url(), connections=args.connections, duration_s=3, body_file=body_file, headers=gateway.headers, core=run.LOAD_CORE
+        )
         load = subprocess.Popen(
-            ["taskset", "-c", run.LOAD_CORE, wrkrun.wrk_path(), "-t1", f"-c{args.connections}",
-             f"-d{args.seconds * 2 + 6}s", "--latency", "-s", str(wrkrun.LUA), gateway.url()],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "BENCH_BODY_FILE": str(body_file),
-                 "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in gateway.headers.items())})
+            [
+                "taskset",
+                "-c",
+                run.LOAD_CORE,
+                wrkrun.wrk_path(),
+                "-t1",
+                f"-c{args.connections}",
+                f"-d{args.seconds * 2 + 6}s",
+                "--latency",
+                "-s",
+                str(wrkrun.LUA),
+                gateway.url(),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "BENCH_BODY_FILE": str(body_file),
+                "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in gateway.headers.items()),
+            },
+        )
         time.sleep(1)
         pids = gateway.service.pids()
         cpu_before = procs.cpu_seconds(pids)

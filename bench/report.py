@@ -1,6 +1,6 @@
 """Render bench/results/latest.json (and peers.json, when present) as docs/benchmarks.md + .png.
 
-    python -m bench.report
+python -m bench.report
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def machine_section(data: dict) -> list[str]:
         ["gunicorn / gevent", f"{v['gunicorn']} / {v['gevent']}"],
         ["Flask / Werkzeug", f"{v['flask']} / {v['werkzeug']}"],
         ["requests / urllib3", f"{v['requests']} / {v['urllib3']}"],
-        ["flask-limiter / flask-cors / flask-talisman / PyJWT",
-         f"{v['flask-limiter']} / {v['flask-cors']} / {v['flask-talisman']} / {v['pyjwt']}"],
+        [
+            "flask-limiter / flask-cors / flask-talisman / PyJWT",
+            f"{v['flask-limiter']} / {v['flask-cors']} / {v['flask-talisman']} / {v['pyjwt']}",
+        ],
         ["load generator", m["wrk"]],
         ["gateway commit", f"`{m['commit']}`"],
         ["run", f"{data['generated']}, {data['elapsed_s'] / 60:.1f} min"],
@@ -92,8 +94,9 @@ def load_section(data: dict) -> list[str]:
     for conns in data["config"]["connections"]:
         for name in ["direct", *names]:
             s = data["targets"][name]["load"][str(conns)]["summary"]
-            rows.append([str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"], 3), fmt(s["p90_ms"], 3), fmt(s["p99_ms"], 3),
-                         str(s["errors"])])
+            rows.append(
+                [str(conns), name, fmt(s["rps"], 0), fmt(s["p50_ms"], 3), fmt(s["p90_ms"], 3), fmt(s["p99_ms"], 3), str(s["errors"])]
+            )
     lines = table(["connections", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
     lines += ["", "The gateway's added latency (median of medians):", ""]
     rows = []
@@ -120,19 +123,44 @@ def cost_section(data: dict) -> list[str]:
         d = direct["load"][str(conns)]["summary"]
         for name in names:
             g = data["targets"][name]["load"][str(conns)]["summary"]
-            rows.append([str(conns), name, fmt(g["cpu_ms_per_request"], 3), *([store_cpu(g)] if redis else []),
-                         fmt(g["cpu_utilisation"], 2), *([fmt(g.get("store_cpu_utilisation"), 2)] if redis else []),
-                         fmt(g["upstream_cpu_utilisation"], 2), fmt(g["rss_peak_mb"], 1),
-                         fmt(d["cpu_ms_per_request"], 4), fmt(g.get("foreign"), 2), fmt(d.get("foreign"), 2)])
-    lines = table(["connections", "target", "gateway CPU ms / request", *(["Redis CPU ms / request"] if redis else []),
-                   "gateway CPU use (cores)", *(["Redis CPU use (cores)"] if redis else []),
-                   "upstream CPU use during the run (cores)", "gateway peak RSS MB",
-                   "upstream CPU ms / request (direct)", "other processes on core 0, gateway runs (cores)",
-                   "other processes on core 1, direct runs (cores)"], rows)
+            rows.append(
+                [
+                    str(conns),
+                    name,
+                    fmt(g["cpu_ms_per_request"], 3),
+                    *([store_cpu(g)] if redis else []),
+                    fmt(g["cpu_utilisation"], 2),
+                    *([fmt(g.get("store_cpu_utilisation"), 2)] if redis else []),
+                    fmt(g["upstream_cpu_utilisation"], 2),
+                    fmt(g["rss_peak_mb"], 1),
+                    fmt(d["cpu_ms_per_request"], 4),
+                    fmt(g.get("foreign"), 2),
+                    fmt(d.get("foreign"), 2),
+                ]
+            )
+    lines = table(
+        [
+            "connections",
+            "target",
+            "gateway CPU ms / request",
+            *(["Redis CPU ms / request"] if redis else []),
+            "gateway CPU use (cores)",
+            *(["Redis CPU use (cores)"] if redis else []),
+            "upstream CPU use during the run (cores)",
+            "gateway peak RSS MB",
+            "upstream CPU ms / request (direct)",
+            "other processes on core 0, gateway runs (cores)",
+            "other processes on core 1, direct runs (cores)",
+        ],
+        rows,
+    )
     if redis:
-        lines += ["", "gateway-redis: *gateway CPU* is the gateway's processes only (gunicorn master and its "
-                  "workers, all on core 0); *Redis CPU* is the machine's redis-server during the same run "
-                  "(not pinned, so it may share either core; it is not counted as other processes' load)."]
+        lines += [
+            "",
+            "gateway-redis: *gateway CPU* is the gateway's processes only (gunicorn master and its "
+            "workers, all on core 0); *Redis CPU* is the machine's redis-server during the same run "
+            "(not pinned, so it may share either core; it is not counted as other processes' load).",
+        ]
     return lines
 
 
@@ -141,12 +169,15 @@ def timing_section(data: dict) -> list[str]:
     if not names:
         return ["(not measured)"]
     summaries = [data["targets"][n]["server_timing"]["summary"] for n in names]
-    rows = [[title] + [fmt(s[key], 3) for s in summaries] for key, title in (
-        ("gateway_ms", "`gateway;dur` (request start to response built)"),
-        ("upstream_ms", "`upstream;dur` (upstream call, as the gateway sees it)"),
-        ("own_ms", "gateway's own share (`gateway - upstream`, per request)"),
-        ("client_ms", "client-measured round trip (same requests)"),
-    )]
+    rows = [
+        [title] + [fmt(s[key], 3) for s in summaries]
+        for key, title in (
+            ("gateway_ms", "`gateway;dur` (request start to response built)"),
+            ("upstream_ms", "`upstream;dur` (upstream call, as the gateway sees it)"),
+            ("own_ms", "gateway's own share (`gateway - upstream`, per request)"),
+            ("client_ms", "client-measured round trip (same requests)"),
+        )
+    ]
     units = [f"{n} ms" for n in names] if len(names) > 1 else ["ms"]
     return table([f"median over {data['config']['timing_samples']} sequential requests, per round", *units], rows)
 
@@ -157,8 +188,16 @@ def stream_section(data: dict) -> list[str]:
     rows = []
     for name in ["direct", *gateways(data)]:
         s = data["targets"][name]["stream_latency"]["summary"]
-        rows.append([name, fmt(s["ttfb_p50_ms"]), fmt(s["ttfb_p99_ms"]), fmt(s["chunk_delay_p50_ms"], 3),
-                     fmt(s["chunk_delay_p99_ms"], 3), str(s["errors"])])
+        rows.append(
+            [
+                name,
+                fmt(s["ttfb_p50_ms"]),
+                fmt(s["ttfb_p99_ms"]),
+                fmt(s["chunk_delay_p50_ms"], 3),
+                fmt(s["chunk_delay_p99_ms"], 3),
+                str(s["errors"]),
+            ]
+        )
     extra = [""]
     for name in gateways(data):
         gateway = data["targets"][name]["stream_latency"]["summary"]
@@ -166,11 +205,17 @@ def stream_section(data: dict) -> list[str]:
         extra.append(
             f"Added by {who}: time to first event **+{num(_diff(gateway, direct, 'ttfb_p50_ms'))} ms** (p50), "
             f"per chunk **+{num(_diff(gateway, direct, 'chunk_delay_p50_ms'), 3)} ms** (p50) and "
-            f"+{num(_diff(gateway, direct, 'chunk_delay_p99_ms'), 3)} ms (p99).")
-    head = (f"{cfg['count']} sequential streams per round, {cfg['chunks']} events {cfg['gap_ms']:g} ms apart; "
-            "chunk delay = arrival time − the upstream's write time stamped in the event")
-    return [head, ""] + table(["target", "TTFB p50 ms", "TTFB p99 ms", "chunk delay p50 ms", "chunk delay p99 ms",
-                               "failed streams"], rows) + extra
+            f"+{num(_diff(gateway, direct, 'chunk_delay_p99_ms'), 3)} ms (p99)."
+        )
+    head = (
+        f"{cfg['count']} sequential streams per round, {cfg['chunks']} events {cfg['gap_ms']:g} ms apart; "
+        "chunk delay = arrival time − the upstream's write time stamped in the event"
+    )
+    return (
+        [head, ""]
+        + table(["target", "TTFB p50 ms", "TTFB p99 ms", "chunk delay p50 ms", "chunk delay p99 ms", "failed streams"], rows)
+        + extra
+    )
 
 
 def _diff(a: dict, b: dict, key: str) -> float | None:
@@ -197,14 +242,19 @@ def slow_section(data: dict) -> list[str]:
     ramp = slow_ramp(cfg)
     length_s = cfg["chunks"] * cfg["gap_ms"] / 1000
     if ramp:
-        start = (f"Each round starts N streams spread evenly over {ramp:g} s (stream i connects i × {ramp:g}/N s "
-                 "into the round; TTFB is timed from its own connect)")
+        start = (
+            f"Each round starts N streams spread evenly over {ramp:g} s (stream i connects i × {ramp:g}/N s "
+            "into the round; TTFB is timed from its own connect)"
+        )
     else:
         start = "Each round opens N streams all at once"
-    lines = [f"{start}; each stream is {cfg['chunks']} events {cfg['gap_ms']:g} ms apart (~{length_s:g} s). "
-             "*Peak open* is the most streams open at the same time (connect to end), the lowest over the rounds. "
-             "RSS is the sum over the gateway's processes "
-             "(gunicorn master + worker): before the round, peak during it, 1 s after it.", ""]
+    lines = [
+        f"{start}; each stream is {cfg['chunks']} events {cfg['gap_ms']:g} ms apart (~{length_s:g} s). "
+        "*Peak open* is the most streams open at the same time (connect to end), the lowest over the rounds. "
+        "RSS is the sum over the gateway's processes "
+        "(gunicorn master + worker): before the round, peak during it, 1 s after it.",
+        "",
+    ]
     rows = []
     for name in ["direct", *gateways(data)]:
         slow = data["targets"][name].get("slow_streams", {})
@@ -213,52 +263,95 @@ def slow_section(data: dict) -> list[str]:
             if not entry:
                 continue
             s = entry["summary"]
-            rss = " · ".join(f"{r['rss_before_mb']:.0f}→{r['rss_peak_mb']:.0f}→{r['rss_after_mb']:.0f}"
-                             for r in entry["rounds"])
+            rss = " · ".join(f"{r['rss_before_mb']:.0f}→{r['rss_peak_mb']:.0f}→{r['rss_after_mb']:.0f}" for r in entry["rounds"])
             kinds = {}
             for r in entry["rounds"]:
                 for kind, count in r["error_kinds"].items():
                     kinds[kind] = kinds.get(kind, 0) + count
             errors = str(s["errors"]) + (f" ({', '.join(f'{k}: {v}' for k, v in kinds.items())})" if kinds else "")
-            rows.append([name, str(level), _peak_open(s), errors, fmt(s["ttfb_p50_ms"], 1), fmt(s["ttfb_p99_ms"], 1),
-                         fmt(s["duration_p50_ms"], 0), "(upstream) " + rss if name == "direct" else rss])
-    return lines + table(["target", "concurrent streams", "peak open", "failed streams (all rounds)", "TTFB p50 ms",
-                          "TTFB p99 ms", "stream duration p50 ms", "RSS MB per round: before→peak→after"], rows)
+            rows.append(
+                [
+                    name,
+                    str(level),
+                    _peak_open(s),
+                    errors,
+                    fmt(s["ttfb_p50_ms"], 1),
+                    fmt(s["ttfb_p99_ms"], 1),
+                    fmt(s["duration_p50_ms"], 0),
+                    "(upstream) " + rss if name == "direct" else rss,
+                ]
+            )
+    return lines + table(
+        [
+            "target",
+            "concurrent streams",
+            "peak open",
+            "failed streams (all rounds)",
+            "TTFB p50 ms",
+            "TTFB p99 ms",
+            "stream duration p50 ms",
+            "RSS MB per round: before→peak→after",
+        ],
+        rows,
+    )
 
 
 def peers_section(peers: dict) -> list[str]:
     names = [n for n in PEER_NAMES if n in peers["targets"]]
     labels = {n: peers["targets"][n]["label"] for n in names}
-    lines = [f"One run (`make bench-peers`, {peers['generated']}, {peers['config']['repeats']} repeat(s) of "
-             f"{peers['config']['duration_s']} s per figure), the same upstream, wrk script and placement "
-             "(each gateway alone on core 0). Requests: `POST /v1/chat/completions`, non-streamed.", ""]
+    lines = [
+        f"One run (`make bench-peers`, {peers['generated']}, {peers['config']['repeats']} repeat(s) of "
+        f"{peers['config']['duration_s']} s per figure), the same upstream, wrk script and placement "
+        "(each gateway alone on core 0). Requests: `POST /v1/chat/completions`, non-streamed.",
+        "",
+    ]
     header = ["figure"] + [labels[n] for n in names]
     rows = []
     for conns in peers["config"]["connections"]:
         for key, title, digits in (("rps", "req/s", 0), ("p50_ms", "p50 ms", 2), ("p99_ms", "p99 ms", 2)):
-            rows.append([f"{title} @ {conns} conn"] + [fmt(peers["targets"][n]["load"][str(conns)]["summary"][key],
-                                                           digits) for n in names])
+            rows.append(
+                [f"{title} @ {conns} conn"] + [fmt(peers["targets"][n]["load"][str(conns)]["summary"][key], digits) for n in names]
+            )
     conns = 16 if 16 in peers["config"]["connections"] else peers["config"]["connections"][0]
-    rows.append([f"CPU ms / request @ {conns} conn"] + [
-        fmt(peers["targets"][n]["load"][str(conns)]["summary"]["cpu_ms_per_request"], 3) for n in names])
+    rows.append(
+        [f"CPU ms / request @ {conns} conn"]
+        + [fmt(peers["targets"][n]["load"][str(conns)]["summary"]["cpu_ms_per_request"], 3) for n in names]
+    )
     if "gateway-redis" in names:
-        rows.append([f"Redis CPU ms / request @ {conns} conn"] + [
-            store_cpu(peers["targets"][n]["load"][str(conns)]["summary"]) for n in names])
-    rows.append(["peak RSS MB (load)"] + [
-        num(max(peers["targets"][n]["load"][str(c)]["summary"]["rss_peak_mb"]["median"]
-                for c in peers["config"]["connections"]), 0) for n in names])
-    rows.append(["other processes on the limiting core (cores, worst run)"] + [
-        num(max(peers["targets"][n]["load"][str(c)]["summary"].get("foreign", {}).get("max") or 0
-                for c in peers["config"]["connections"]), 2) for n in names])
-    rows.append(["errors (load)"] + [
-        str(sum(peers["targets"][n]["load"][str(c)]["summary"]["errors"] for c in peers["config"]["connections"]))
-        for n in names])
-    rows.append(["stream TTFB p50 ms"] + [fmt(peers["targets"][n]["stream_latency"]["summary"]["ttfb_p50_ms"])
-                                          for n in names])
-    rows.append(["stream chunk delay p50 ms"] + [
-        fmt(peers["targets"][n]["stream_latency"]["summary"]["chunk_delay_p50_ms"], 3) for n in names])
-    rows.append(["failed streams (latency test)"] + [str(peers["targets"][n]["stream_latency"]["summary"]["errors"])
-                                                      for n in names])
+        rows.append(
+            [f"Redis CPU ms / request @ {conns} conn"] + [store_cpu(peers["targets"][n]["load"][str(conns)]["summary"]) for n in names]
+        )
+    rows.append(
+        ["peak RSS MB (load)"]
+        + [
+            num(
+                max(peers["targets"][n]["load"][str(c)]["summary"]["rss_peak_mb"]["median"] for c in peers["config"]["connections"]), 0
+            )
+            for n in names
+        ]
+    )
+    rows.append(
+        ["other processes on the limiting core (cores, worst run)"]
+        + [
+            num(
+                max(
+                    peers["targets"][n]["load"][str(c)]["summary"].get("foreign", {}).get("max") or 0
+                    for c in peers["config"]["connections"]
+                ),
+                2,
+            )
+            for n in names
+        ]
+    )
+    rows.append(
+        ["errors (load)"]
+        + [str(sum(peers["targets"][n]["load"][str(c)]["summary"]["errors"] for c in peers["config"]["connections"])) for n in names]
+    )
+    rows.append(["stream TTFB p50 ms"] + [fmt(peers["targets"][n]["stream_latency"]["summary"]["ttfb_p50_ms"]) for n in names])
+    rows.append(
+        ["stream chunk delay p50 ms"] + [fmt(peers["targets"][n]["stream_latency"]["summary"]["chunk_delay_p50_ms"], 3) for n in names]
+    )
+    rows.append(["failed streams (latency test)"] + [str(peers["targets"][n]["stream_latency"]["summary"]["errors"]) for n in names])
     for level in peers["config"]["slow_streams"]["levels"]:
         cells = []
         for n in names:
@@ -267,19 +360,24 @@ def peers_section(peers: dict) -> list[str]:
                 cells.append("–")
                 continue
             s = entry["summary"]
-            cells.append(f"{s['errors']} failed, "
-                         + (f"peak open {s['peak_open']}, " if s.get("peak_open") is not None else "")
-                         + f"TTFB p99 {num(med(s['ttfb_p99_ms']), 0)} ms, "
-                         f"stream p50 {num(med(s['duration_p50_ms']) / 1000, 1)} s, "
-                         f"peak {num(med(s['rss_peak_mb']), 0)} MB")
+            cells.append(
+                f"{s['errors']} failed, "
+                + (f"peak open {s['peak_open']}, " if s.get("peak_open") is not None else "")
+                + f"TTFB p99 {num(med(s['ttfb_p99_ms']), 0)} ms, "
+                f"stream p50 {num(med(s['duration_p50_ms']) / 1000, 1)} s, "
+                f"peak {num(med(s['rss_peak_mb']), 0)} MB"
+            )
         rows.append([f"{level} concurrent slow streams ({slow_arrival(peers['config']['slow_streams'])})"] + cells)
     lines += table(header, rows)
     lines += ["", "Settings:", ""]
     for n in names:
         settings = peers["targets"][n].get("settings", {})
-        brief = "; ".join(f"{k}: {v}" for k, v in settings.items()
-                          if k in ("version", "server", "auth", "logs", "gateway_worker_class", "worker_processes",
-                                   "rate_limit_general", "quota_store"))
+        brief = "; ".join(
+            f"{k}: {v}"
+            for k, v in settings.items()
+            if k
+            in ("version", "server", "auth", "logs", "gateway_worker_class", "worker_processes", "rate_limit_general", "quota_store")
+        )
         lines.append(f"- **{labels[n]}**: {brief or 'see bench/results/peers.json'}")
     return lines
 
@@ -314,18 +412,20 @@ def summary_section(data: dict) -> list[str]:
         errors = sum(redis["load"][c]["summary"]["errors"] for c in conns)
         lines.append(
             "- With its quotas in Redis (`gateway-redis`"
-            + (f", {workers} worker{'s' if workers != 1 else ''}" if workers else "") + "): "
+            + (f", {workers} worker{'s' if workers != 1 else ''}" if workers else "")
+            + "): "
             f"**{med(redis['load'][rbusiest]['summary']['rps']):,.0f} req/s** at {rbusiest} connections, "
             f"{_span(rcpu)} ms CPU per request in the gateway's processes"
             + (f" plus {_span(scpu)} ms in Redis" if scpu else "")
-            + f", {errors} errors.")
-    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0)
-                    for t in (d, g, *([redis] if redis else [])) for c in conns)
+            + f", {errors} errors."
+        )
+    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g, *([redis] if redis else [])) for c in conns)
     lines.append(
         f"- Quiet machine check: a wrk run during which other processes used more than "
         f"{data['config'].get('max_foreign', 0.1):.2f} of the limiting core (core 0 for the gateway, core 1 "
         "for direct runs) is measured again (up to "
-        f"{data['config'].get('retries', 0)} times); {disturbed} run(s) stayed disturbed.")
+        f"{data['config'].get('retries', 0)} times); {disturbed} run(s) stayed disturbed."
+    )
     slow = g.get("slow_streams", {})
     if slow:
         top = max(slow, key=int)
@@ -335,9 +435,12 @@ def summary_section(data: dict) -> list[str]:
         lines.append(
             f"- Concurrent slow streams ({slow_arrival(data['config']['slow_streams'])}): {', '.join(slow)} held "
             f"with **{sum(slow[k]['summary']['errors'] for k in slow)} failed streams**; at {top}"
-            + (f" ({peak} open at once)" if peak is not None else "") + ": TTFB p50 "
+            + (f" ({peak} open at once)" if peak is not None else "")
+            + ": TTFB p50 "
             f"{med(s['ttfb_p50_ms']):,.0f} ms / p99 {med(s['ttfb_p99_ms']):,.0f} ms, gateway RSS after each round "
-            + " → ".join(f"{r['rss_after_mb']:.0f}" for r in rounds) + " MB.")
+            + " → ".join(f"{r['rss_after_mb']:.0f}" for r in rounds)
+            + " MB."
+        )
     return lines
 
 
@@ -357,19 +460,23 @@ def slow_notes(data: dict) -> list[str]:
             "stream, so the last stream starts roughly N × that later: TTFB under a burst follows the CPU cost. It "
             "also includes queueing in the stream client itself (one Python process opening every connection on "
             "core 1); the *direct* rows show that floor. Stream durations above the nominal length come from the "
-            "same queueing. RSS that returns to the same level round after round means no growth per stream."]
+            "same queueing. RSS that returns to the same level round after round means no growth per stream."
+        ]
     top = max(cfg["levels"])
     length_s = cfg["chunks"] * cfg["gap_ms"] / 1000
-    overlap = (f"each stream (~{length_s:g} s) lasts longer than the ramp, so all N are open together (*peak open*)"
-               if ramp < length_s else
-               f"the ramp is no shorter than a stream (~{length_s:g} s), so not all N overlap (*peak open*)")
+    overlap = (
+        f"each stream (~{length_s:g} s) lasts longer than the ramp, so all N are open together (*peak open*)"
+        if ramp < length_s
+        else f"the ramp is no shorter than a stream (~{length_s:g} s), so not all N overlap (*peak open*)"
+    )
     return [
         f"The N connects are spread over {ramp:g} s ({ramp * 1000 / top:g} ms apart at {top}), direct and through "
         f"the gateway alike; {overlap}. Started all in one instant instead (`--slow-ramp-s 0`), TTFB measures "
         "mostly the connection storm in the one-process stream client on core 1: even the upstream alone, with "
         "nothing in between, then shows a TTFB p99 of a few hundred ms at 1000 streams. The *direct* rows are the "
         "floor of this client and upstream. Stream durations above the nominal length come from queueing. RSS "
-        "that returns to the same level round after round means no growth per stream."]
+        "that returns to the same level round after round means no growth per stream."
+    ]
 
 
 PEER_NOTES = [
@@ -416,12 +523,17 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "- **Gateway**: started by the harness with the shipped `gunicorn.conf.py` (gevent, one worker, 1000 "
         "connections) in production mode: strong random `MASTER_API_KEY`/`JWT_SECRET`, auth on (`X-API-Key`), "
         "quotas on with limits no run can reach, one JSON log line per request written to a file.",
-        *(["- **gateway-redis**: the same gateway with its quotas in the machine's Redis "
-           "(`RATE_LIMIT_STORAGE_URI=redis://127.0.0.1:6379/12`, a key prefix of each run's own, its keys "
-           "deleted afterwards). With a shared store the shipped config starts one worker per core the "
-           f"process may use ({data['targets'].get('gateway-redis', {}).get('settings', {}).get('worker_processes', '?')} "
-           "here), pinned to core 0. Redis is not pinned; its CPU is reported apart from the gateway's."]
-          if "gateway-redis" in data["targets"] else []),
+        *(
+            [
+                "- **gateway-redis**: the same gateway with its quotas in the machine's Redis "
+                "(`RATE_LIMIT_STORAGE_URI=redis://127.0.0.1:6379/12`, a key prefix of each run's own, its keys "
+                "deleted afterwards). With a shared store the shipped config starts one worker per core the "
+                f"process may use ({data['targets'].get('gateway-redis', {}).get('settings', {}).get('worker_processes', '?')} "
+                "here), pinned to core 0. Redis is not pinned; its CPU is reported apart from the gateway's."
+            ]
+            if "gateway-redis" in data["targets"]
+            else []
+        ),
         f"- **Load**: `wrk -t1 -c<N> -d{cfg['duration_s']}s --latency` with `bench/wrk/post.lua` "
         f"(`POST {cfg['request']['path']}` with `{json.dumps(cfg['request']['body'])}`), at "
         f"{', '.join(map(str, cfg['connections']))} connections, after a {cfg['warmup_s']} s warm-up. "
@@ -462,8 +574,7 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "",
         "### Server-Timing",
         "",
-        "Every gateway response carries `Server-Timing: gateway;dur=…, upstream;dur=…`; "
-        "medians from sequential requests:",
+        "Every gateway response carries `Server-Timing: gateway;dur=…, upstream;dur=…`; medians from sequential requests:",
         "",
         *timing_section(data),
         "",
@@ -481,8 +592,16 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         *slow_notes(data),
     ]
     if peers:
-        out += ["", "## Peers: LiteLLM proxy and Portkey gateway", "", *peers_section(peers), "",
-                *PEER_NOTES, "", "![peers: req/s and latency](benchmarks-peers.png)"]
+        out += [
+            "",
+            "## Peers: LiteLLM proxy and Portkey gateway",
+            "",
+            *peers_section(peers),
+            "",
+            *PEER_NOTES,
+            "",
+            "![peers: req/s and latency](benchmarks-peers.png)",
+        ]
     limiter_path = RESULTS / "limiter.json"
     if limiter_path.exists():
         out += ["", *limiter_section(json.loads(limiter_path.read_text()))]
@@ -492,8 +611,14 @@ def render_markdown(data: dict, peers: dict | None) -> str:
 
 def limiter_section(data: dict) -> list[str]:
     """bench/results/limiter.json (make bench-limiter): what the quotas cost per request."""
-    rows = [[r["label"], f"{r['cpu_ms_median']:.3f} ({r['cpu_ms_min']:.3f}–{r['cpu_ms_max']:.3f})",
-             "—" if r["label"] == "limiter off" else f"{r['limiter_ms']:+.3f}"] for r in data["results"]]
+    rows = [
+        [
+            r["label"],
+            f"{r['cpu_ms_median']:.3f} ({r['cpu_ms_min']:.3f}–{r['cpu_ms_max']:.3f})",
+            "—" if r["label"] == "limiter off" else f"{r['limiter_ms']:+.3f}",
+        ]
+        for r in data["results"]
+    ]
     return [
         "## What the quotas cost",
         "",
@@ -507,8 +632,7 @@ def limiter_section(data: dict) -> list[str]:
     ]
 
 
-COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "gateway-redis": "#9467bd", "litellm": "#d62728",
-          "portkey": "#2ca02c"}
+COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "gateway-redis": "#9467bd", "litellm": "#d62728", "portkey": "#2ca02c"}
 PEER_NAMES = ("direct", "gateway", "gateway-redis", "litellm", "portkey")
 
 
@@ -524,8 +648,7 @@ def _bars(ax, source: dict, names: list[str], key: str, title: str, ylabel: str)
             lows.append(s["median"] - s["min"])
             highs.append(s["max"] - s["median"])
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(conns))]
-        ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=source["targets"][name]["label"],
-               color=COLORS.get(name))
+        ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=source["targets"][name]["label"], color=COLORS.get(name))
     ax.set_xticks(range(len(conns)), [f"{c} conn" for c in conns])
     ax.set_yscale("log")
     ax.set_title(title)
@@ -586,8 +709,7 @@ def render_chart(data: dict, path: Path) -> None:
         for i, r in enumerate(entry["rounds"]):
             ax.bar(x, r["rss_peak_mb"], color="#aec7e8", label="peak" if x == 0 else None)
             ax.plot([x - 0.4, x + 0.4], [r["rss_before_mb"]] * 2, color="black", label="before" if x == 0 else None)
-            ax.plot([x - 0.4, x + 0.4], [r["rss_after_mb"]] * 2, color="#d62728", linestyle="--",
-                    label="after" if x == 0 else None)
+            ax.plot([x - 0.4, x + 0.4], [r["rss_after_mb"]] * 2, color="#d62728", linestyle="--", label="after" if x == 0 else None)
             ticks.append(x)
             labels.append(f"{level}\n#{i + 1}")
             x += 1
@@ -599,8 +721,7 @@ def render_chart(data: dict, path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
 
     machine = data["machine"]
-    fig.suptitle(f"AI proxy gateway benchmark — {machine['cpu_model']}, nproc {machine['nproc']}, "
-                 f"{data['generated']}", fontsize=11)
+    fig.suptitle(f"AI proxy gateway benchmark — {machine['cpu_model']}, nproc {machine['nproc']}, {data['generated']}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -145,9 +145,12 @@ def start_upstream() -> procs.Service:
     port = PORTS["upstream"]
     if not port_free(port):
         raise SystemExit(f"port {port} is taken: stop whatever listens there first")
-    service = procs.Service("upstream", [sys.executable, str(ROOT / "bench" / "upstream.py"), "--host", HOST,
-                                         "--port", str(port), "--chunks", "10", "--gap-ms", "20"],
-                            cores=LOAD_CORE, log=RAW / "upstream.log")
+    service = procs.Service(
+        "upstream",
+        [sys.executable, str(ROOT / "bench" / "upstream.py"), "--host", HOST, "--port", str(port), "--chunks", "10", "--gap-ms", "20"],
+        cores=LOAD_CORE,
+        log=RAW / "upstream.log",
+    )
     procs.wait_http(f"http://{HOST}:{port}/health", service=service, timeout=15)
     return service
 
@@ -186,9 +189,14 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     full = dict(os.environ)
     full.update(env)
     # pinned as the gateway will be: the worker count follows the cores the process may use
-    out = subprocess.run(["taskset", "-c", TARGET_CORE, str(GATEWAY_VENV / "bin" / "python"), "-c", code],
-                         env=full, cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["taskset", "-c", TARGET_CORE, str(GATEWAY_VENV / "bin" / "python"), "-c", code],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     settings = json.loads(out)
     settings["master_api_key"] = f"<random, {len(env['MASTER_API_KEY'])} chars>"
     settings["jwt_secret"] = f"<random, {len(env['JWT_SECRET'])} chars>"
@@ -198,8 +206,9 @@ def effective_gateway_settings(env: dict[str, str]) -> dict:
     return settings
 
 
-def start_gateway(name: str = "gateway", label: str = "this gateway", extra_env: dict[str, str] | None = None,
-                  ready_path: str = "/health") -> Target:
+def start_gateway(
+    name: str = "gateway", label: str = "this gateway", extra_env: dict[str, str] | None = None, ready_path: str = "/health"
+) -> Target:
     if not (GATEWAY_VENV / "bin" / "gunicorn").exists():
         raise SystemExit("the gateway's .venv is missing: run `make .venv/.installed` (make bench does)")
     port = PORTS["gateway"]
@@ -210,8 +219,14 @@ def start_gateway(name: str = "gateway", label: str = "this gateway", extra_env:
     key = prepare_database(env)
     settings["auth"] = "on (X-API-Key with a managed key; its usage recorded to SQLite)"
     settings["logs"] = f"one JSON line per request, INFO, to bench/results/raw/{name}.log"
-    service = procs.Service(name, [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
-                            cores=TARGET_CORE, log=RAW / f"{name}.log", env=env, cwd=str(ROOT))
+    service = procs.Service(
+        name,
+        [str(GATEWAY_VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cores=TARGET_CORE,
+        log=RAW / f"{name}.log",
+        env=env,
+        cwd=str(ROOT),
+    )
     try:
         procs.wait_http(f"http://{HOST}:{port}{ready_path}", service=service, timeout=30)
     except BaseException:
@@ -225,9 +240,12 @@ def start_gateway_redis() -> Target:
     """The gateway as ``gateway``, with its quotas in Redis (db 12, a key prefix of this run's own)."""
     info = _redis("info")  # fails here, before anything starts, when Redis does not answer
     prefix = "bench-" + secrets.token_hex(4)  # gateway.config: letters, digits, '-' and '_'
-    target = start_gateway("gateway-redis", "this gateway, quotas in Redis",
-                           {"RATE_LIMIT_STORAGE_URI": REDIS_URI, "RATE_LIMIT_KEY_PREFIX": prefix},
-                           ready_path="/health/ready")  # 200 only while the quota store answers
+    target = start_gateway(
+        "gateway-redis",
+        "this gateway, quotas in Redis",
+        {"RATE_LIMIT_STORAGE_URI": REDIS_URI, "RATE_LIMIT_KEY_PREFIX": prefix},
+        ready_path="/health/ready",
+    )  # 200 only while the quota store answers
     try:
         pids = redis_pids(info.get("process_id"))
         if not pids:
@@ -237,15 +255,19 @@ def start_gateway_redis() -> Target:
         target.service.stop()
         _clean_redis(prefix)
         raise
-    target.settings.update({
-        "rate_limit_key_prefix": prefix,
-        "gateway_worker_processes_running": workers,
-        "quota_store": (f"the machine's Redis {info.get('redis_version', '?')} on 127.0.0.1:6379, db 12 "
-                        f"(pid {', '.join(map(str, pids))}, not pinned: cores "
-                        f"{_affinity(pids[0])}); keys of this run deleted after it, never FLUSHDB"),
-        "server": "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config: with a shared store, one "
-                  "worker per core the process may use), pinned to core 0",
-    })
+    target.settings.update(
+        {
+            "rate_limit_key_prefix": prefix,
+            "gateway_worker_processes_running": workers,
+            "quota_store": (
+                f"the machine's Redis {info.get('redis_version', '?')} on 127.0.0.1:6379, db 12 "
+                f"(pid {', '.join(map(str, pids))}, not pinned: cores "
+                f"{_affinity(pids[0])}); keys of this run deleted after it, never FLUSHDB"
+            ),
+            "server": "gunicorn -c gunicorn.conf.py wsgi:app (the shipped config: with a shared store, one "
+            "worker per core the process may use), pinned to core 0",
+        }
+    )
     target.store_pids = lambda: [p for pid in pids for p in procs.tree(pid)]
     target.cleanup = lambda: _clean_redis(prefix)
     return target
@@ -313,8 +335,9 @@ else:
 
 
 def _redis(*args: str) -> dict:
-    done = subprocess.run([str(GATEWAY_VENV / "bin" / "python"), "-c", _REDIS_HELPER, REDIS_URI, *args],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(GATEWAY_VENV / "bin" / "python"), "-c", _REDIS_HELPER, REDIS_URI, *args], capture_output=True, text=True, timeout=120
+    )
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
         raise SystemExit(f"Redis at {REDIS_URI} ({args[0]}): {tail}")
@@ -328,8 +351,7 @@ def _clean_redis(prefix: str) -> dict:
     except (SystemExit, subprocess.SubprocessError, ValueError) as error:
         log(f"gateway-redis: could not delete the keys with prefix {prefix!r} from {REDIS_URI}: {error}")
         return {"prefix": prefix, "error": str(error)}
-    log(f"gateway-redis: deleted {result['deleted']} keys with prefix {prefix!r} from {REDIS_URI}, "
-        f"{result['left']} left")
+    log(f"gateway-redis: deleted {result['deleted']} keys with prefix {prefix!r} from {REDIS_URI}, {result['left']} left")
     return {"prefix": prefix, **result}
 
 
@@ -341,9 +363,14 @@ def prepare_database(env: dict[str, str]) -> str:
     full = {**os.environ, **env}
     flask = [str(GATEWAY_VENV / "bin" / "python"), "-m", "flask", "--app", "wsgi"]
     subprocess.run([*flask, "db", "upgrade"], env=full, cwd=ROOT, check=True, capture_output=True)
-    created = subprocess.run([*flask, "keys", "create", "--name", "bench", "--ai-limit", HIGH_LIMIT,
-                              "--general-limit", HIGH_LIMIT], env=full, cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout
+    created = subprocess.run(
+        [*flask, "keys", "create", "--name", "bench", "--ai-limit", HIGH_LIMIT, "--general-limit", HIGH_LIMIT],
+        env=full,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(created)["secret"]
 
 
@@ -364,19 +391,40 @@ def start_litellm() -> Target:
         "general_settings:\n"
         "  master_key: os.environ/BENCH_LITELLM_MASTER_KEY\n"
     )
-    env = {"BENCH_LITELLM_MASTER_KEY": master, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"}
-    service = procs.Service("litellm", [str(binary), "--config", str(config), "--host", HOST, "--port", str(port),
-                                        "--num_workers", "1"],
-                            cores=TARGET_CORE, log=RAW / "litellm.log", env=env, cwd=str(RAW))
+    env = {
+        "BENCH_LITELLM_MASTER_KEY": master,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+    }
+    service = procs.Service(
+        "litellm",
+        [str(binary), "--config", str(config), "--host", HOST, "--port", str(port), "--num_workers", "1"],
+        cores=TARGET_CORE,
+        log=RAW / "litellm.log",
+        env=env,
+        cwd=str(RAW),
+    )
     headers = {"Authorization": f"Bearer {master}"}
-    procs.wait_http(f"http://{HOST}:{port}{PATH}", method="POST", body=json.dumps(LOAD_BODY).encode(),
-                    headers={**headers, "Content-Type": "application/json"}, timeout=240, service=service)
-    version = subprocess.run([str(PEERS / "litellm" / "bin" / "python"), "-c",
-                              "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True).stdout.strip()
-    settings = {"version": f"litellm {version}", "server": "litellm --config ... --num_workers 1",
-                "auth": "on (master key, no database)", "logs": "defaults, to bench/results/raw/litellm.log"}
+    procs.wait_http(
+        f"http://{HOST}:{port}{PATH}",
+        method="POST",
+        body=json.dumps(LOAD_BODY).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=240,
+        service=service,
+    )
+    version = subprocess.run(
+        [str(PEERS / "litellm" / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    settings = {
+        "version": f"litellm {version}",
+        "server": "litellm --config ... --num_workers 1",
+        "auth": "on (master key, no database)",
+        "logs": "defaults, to bench/results/raw/litellm.log",
+    }
     return Target("litellm", f"LiteLLM proxy {version}", port, headers, service, settings)
 
 
@@ -385,26 +433,40 @@ def start_portkey() -> Target:
     if not (package / "build" / "start-server.js").exists():
         raise SystemExit("Portkey's gateway is not installed: run bench/peers/install.sh (make bench-peers does)")
     port = PORTS["portkey"]
-    service = procs.Service("portkey", ["node", str(package / "build" / "start-server.js"), f"--port={port}",
-                                        "--headless"],
-                            cores=TARGET_CORE, log=RAW / "portkey.log", env={"NODE_ENV": "production"},
-                            cwd=str(RAW))
-    headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"http://{HOST}:{PORTS['upstream']}/v1",
-               "Authorization": "Bearer bench-not-used"}
-    procs.wait_http(f"http://{HOST}:{port}{PATH}", method="POST", body=json.dumps(LOAD_BODY).encode(),
-                    headers={**headers, "Content-Type": "application/json"}, timeout=60, service=service)
+    service = procs.Service(
+        "portkey",
+        ["node", str(package / "build" / "start-server.js"), f"--port={port}", "--headless"],
+        cores=TARGET_CORE,
+        log=RAW / "portkey.log",
+        env={"NODE_ENV": "production"},
+        cwd=str(RAW),
+    )
+    headers = {
+        "x-portkey-provider": "openai",
+        "x-portkey-custom-host": f"http://{HOST}:{PORTS['upstream']}/v1",
+        "Authorization": "Bearer bench-not-used",
+    }
+    procs.wait_http(
+        f"http://{HOST}:{port}{PATH}",
+        method="POST",
+        body=json.dumps(LOAD_BODY).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=60,
+        service=service,
+    )
     version = json.loads((package / "package.json").read_text())["version"]
     hono = json.loads((PEERS / "portkey" / "node_modules" / "@hono" / "node-server" / "package.json").read_text())
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
-    settings = {"version": f"@portkey-ai/gateway {version} (@hono/node-server {hono['version']}), node {node}",
-                "server": "node build/start-server.js --headless, NODE_ENV=production",
-                "auth": "none (the open-source gateway has no client auth; provider headers per request)",
-                "logs": "defaults, to bench/results/raw/portkey.log"}
+    settings = {
+        "version": f"@portkey-ai/gateway {version} (@hono/node-server {hono['version']}), node {node}",
+        "server": "node build/start-server.js --headless, NODE_ENV=production",
+        "auth": "none (the open-source gateway has no client auth; provider headers per request)",
+        "logs": "defaults, to bench/results/raw/portkey.log",
+    }
     return Target("portkey", f"Portkey gateway {version}", port, headers, service, settings)
 
 
-STARTERS = {"gateway": start_gateway, "gateway-redis": start_gateway_redis, "litellm": start_litellm,
-            "portkey": start_portkey}
+STARTERS = {"gateway": start_gateway, "gateway-redis": start_gateway_redis, "litellm": start_litellm, "portkey": start_portkey}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -419,8 +481,7 @@ def store_pids(target: Target) -> list[int]:
     return target.store_pids() if target.store_pids else []
 
 
-def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler, args: argparse.Namespace,
-              body_file: Path) -> dict:
+def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler, args: argparse.Namespace, body_file: Path) -> dict:
     out: dict = {}
     for connections in args.conns:
         runs = []
@@ -431,21 +492,37 @@ def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler
                 if figures["foreign"] <= args.max_foreign:
                     break
                 core = TARGET_CORE if target.service else LOAD_CORE
-                log(f"  {target.name} c={connections} #{repeat + 1}: other processes used "
+                log(
+                    f"  {target.name} c={connections} #{repeat + 1}: other processes used "
                     f"{figures['foreign']:.2f} of core {core} during the run; "
-                    + ("measuring again" if attempt < args.retries else "keeping it, marked disturbed"))
+                    + ("measuring again" if attempt < args.retries else "keeping it, marked disturbed")
+                )
             assert figures is not None
             figures["attempts"] = attempt + 1
             raw = figures.pop("raw")
             (RAW / f"wrk-{target.name}-c{connections}-r{repeat + 1}.txt").write_text(raw)
             runs.append(figures)
-            store = (f", store cpu {figures['store_cpu_ms_per_request'] or 0:.3f} ms/req"
-                     if "store_cpu_ms_per_request" in figures else "")
-            log(f"  {target.name} c={connections} #{repeat + 1}: {figures['rps']:.0f} req/s, "
+            store = (
+                f", store cpu {figures['store_cpu_ms_per_request'] or 0:.3f} ms/req" if "store_cpu_ms_per_request" in figures else ""
+            )
+            log(
+                f"  {target.name} c={connections} #{repeat + 1}: {figures['rps']:.0f} req/s, "
                 f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
-                f"cpu {figures['cpu_ms_per_request'] or 0:.3f} ms/req{store}, errors {figures['error_count']}")
-        keys = ["rps", "p50_ms", "p90_ms", "p99_ms", "cpu_ms_per_request", "rss_peak_mb", "cpu_utilisation",
-                "upstream_cpu_utilisation", "foreign", "foreign_core0", "foreign_core1"]
+                f"cpu {figures['cpu_ms_per_request'] or 0:.3f} ms/req{store}, errors {figures['error_count']}"
+            )
+        keys = [
+            "rps",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "cpu_ms_per_request",
+            "rss_peak_mb",
+            "cpu_utilisation",
+            "upstream_cpu_utilisation",
+            "foreign",
+            "foreign_core0",
+            "foreign_core1",
+        ]
         if target.store_pids:
             keys += ["store_cpu_ms_per_request", "store_cpu_utilisation"]
         summary = {key: spread([run.get(key) for run in runs]) for key in keys}
@@ -456,8 +533,9 @@ def load_runs(target: Target, upstream: procs.Service, sampler: procs.RssSampler
     return out
 
 
-def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSampler, connections: int,
-                 args: argparse.Namespace, body_file: Path) -> dict:
+def one_load_run(
+    target: Target, upstream: procs.Service, sampler: procs.RssSampler, connections: int, args: argparse.Namespace, body_file: Path
+) -> dict:
     """One wrk run with the target's CPU, memory, and the other load on core 0 during it.
 
     With a store (Redis for gateway-redis) its processes' CPU is measured too, apart from
@@ -473,8 +551,9 @@ def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSamp
     cores_before = procs.core_busy_seconds()
     ours_before = _own_and_children_cpu()
     sampler.reset_peak()
-    figures = wrkrun.run(target.url(), connections=connections, duration_s=args.duration,
-                         body_file=body_file, headers=target.headers, core=LOAD_CORE)
+    figures = wrkrun.run(
+        target.url(), connections=connections, duration_s=args.duration, body_file=body_file, headers=target.headers, core=LOAD_CORE
+    )
     cores_after = procs.core_busy_seconds()
     ours = _own_and_children_cpu() - ours_before  # this process and wrk, both on core 1
     cpu = procs.cpu_seconds(pids) - cpu_before
@@ -497,8 +576,7 @@ def one_load_run(target: Target, upstream: procs.Service, sampler: procs.RssSamp
     figures["core0_busy"] = core0
     figures["core1_busy"] = core1
     store_share = store_cpu / elapsed  # 0 without a store
-    figures["foreign_core0"] = max(0.0, core0 - (figures["cpu_utilisation"] if target.service else 0.0)
-                                   - store_share)
+    figures["foreign_core0"] = max(0.0, core0 - (figures["cpu_utilisation"] if target.service else 0.0) - store_share)
     figures["foreign_core1"] = max(0.0, core1 - (upstream_cpu + ours) / elapsed - store_share)
     # the core that limits this run: the target's, or for "direct" the upstream's and wrk's
     figures["foreign"] = figures["foreign_core0"] if target.service else figures["foreign_core1"]
@@ -534,16 +612,19 @@ def server_timing(target: Target, args: argparse.Namespace) -> dict:
             if "upstream" in values:
                 upstream.append(float(values["upstream"]))
         conn.close()
-        rounds.append({
-            "samples": len(gateway),
-            "gateway_ms": statistics.median(gateway) if gateway else None,
-            "upstream_ms": statistics.median(upstream) if upstream else None,
-            "own_ms": statistics.median([g - u for g, u in zip(gateway, upstream, strict=False)]) if upstream else None,
-            "client_ms": statistics.median(client),
-        })
-    return {"rounds": rounds,
-            "summary": {key: spread([r[key] for r in rounds]) for key in ("gateway_ms", "upstream_ms", "own_ms",
-                                                                           "client_ms")}}
+        rounds.append(
+            {
+                "samples": len(gateway),
+                "gateway_ms": statistics.median(gateway) if gateway else None,
+                "upstream_ms": statistics.median(upstream) if upstream else None,
+                "own_ms": statistics.median([g - u for g, u in zip(gateway, upstream, strict=False)]) if upstream else None,
+                "client_ms": statistics.median(client),
+            }
+        )
+    return {
+        "rounds": rounds,
+        "summary": {key: spread([r[key] for r in rounds]) for key in ("gateway_ms", "upstream_ms", "own_ms", "client_ms")},
+    }
 
 
 def stream_body(chunks: int, gap_ms: float) -> bytes:
@@ -561,21 +642,26 @@ def stream_latency(target: Target, args: argparse.Namespace) -> dict:
         ttfb = [r.ttfb_ms for r in results if r.ttfb_ms is not None]
         delays = [d for r in results for d in r.delays_ms]
         failures = [r for r in results if not r.ok(args.stream_chunks)]
-        rounds.append({
-            "streams": len(results),
-            "errors": len(failures),
-            "error_kinds": dict(Counter(_error_kind(r, args.stream_chunks) for r in failures).most_common(5)),
-            "ttfb_p50_ms": percentile(ttfb, 50),
-            "ttfb_p99_ms": percentile(ttfb, 99),
-            "chunk_delay_p50_ms": percentile(delays, 50),
-            "chunk_delay_p99_ms": percentile(delays, 99),
-            "stamped_events": len(delays),
-        })
-    summary = {key: spread([r[key] for r in rounds])
-               for key in ("ttfb_p50_ms", "ttfb_p99_ms", "chunk_delay_p50_ms", "chunk_delay_p99_ms")}
+        rounds.append(
+            {
+                "streams": len(results),
+                "errors": len(failures),
+                "error_kinds": dict(Counter(_error_kind(r, args.stream_chunks) for r in failures).most_common(5)),
+                "ttfb_p50_ms": percentile(ttfb, 50),
+                "ttfb_p99_ms": percentile(ttfb, 99),
+                "chunk_delay_p50_ms": percentile(delays, 50),
+                "chunk_delay_p99_ms": percentile(delays, 99),
+                "stamped_events": len(delays),
+            }
+        )
+    summary = {
+        key: spread([r[key] for r in rounds]) for key in ("ttfb_p50_ms", "ttfb_p99_ms", "chunk_delay_p50_ms", "chunk_delay_p99_ms")
+    }
     summary["errors"] = sum(r["errors"] for r in rounds)
-    log(f"  {target.name} streams: ttfb p50 {summary['ttfb_p50_ms']['median']}, chunk delay p50 "
-        f"{summary['chunk_delay_p50_ms']['median']} ms, errors {summary['errors']}")
+    log(
+        f"  {target.name} streams: ttfb p50 {summary['ttfb_p50_ms']['median']}, chunk delay p50 "
+        f"{summary['chunk_delay_p50_ms']['median']} ms, errors {summary['errors']}"
+    )
     return {"chunks": args.stream_chunks, "gap_ms": args.stream_gap_ms, "rounds": rounds, "summary": summary}
 
 
@@ -589,8 +675,7 @@ def _error_kind(result: streams.StreamResult, expected: int) -> str:
     return f"{len(result.delays_ms)} of {expected} upstream events"
 
 
-def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSampler,
-                 args: argparse.Namespace) -> dict:
+def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSampler, args: argparse.Namespace) -> dict:
     """Many concurrent slow streams: errors, TTFB, peak open streams and memory, round after round.
 
     Each round starts its N streams spread evenly over ``args.slow_ramp_s`` (0: all at once);
@@ -610,8 +695,11 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
             store_before = procs.cpu_seconds(store)
             cores_before = procs.core_busy_seconds()
             started = time.monotonic()
-            results = asyncio.run(streams.concurrent(HOST, target.port, PATH, target.headers, body, level,
-                                                     timeout_s=expected_s + 30, ramp_s=args.slow_ramp_s))
+            results = asyncio.run(
+                streams.concurrent(
+                    HOST, target.port, PATH, target.headers, body, level, timeout_s=expected_s + 30, ramp_s=args.slow_ramp_s
+                )
+            )
             wall = time.monotonic() - started
             own = (procs.cpu_seconds(pids) - cpu_before) if target.service else 0.0
             store_cpu = procs.cpu_seconds(store) - store_before
@@ -641,13 +729,14 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
             if target.store_pids:
                 round_result["store_cpu_s"] = store_cpu
             rounds.append(round_result)
-            log(f"  {target.name} {level} slow streams #{round_no + 1}: peak open {round_result['peak_open']}, "
+            log(
+                f"  {target.name} {level} slow streams #{round_no + 1}: peak open {round_result['peak_open']}, "
                 f"errors {len(failures)} "
                 f"{round_result['error_kinds'] or ''} ttfb p50 {round_result['ttfb_p50_ms'] or 0:.1f} ms "
                 f"p99 {round_result['ttfb_p99_ms'] or 0:.1f} ms, rss {rss_before / 2**20:.1f} -> "
-                f"{peak / 2**20:.1f} -> {rss_after / 2**20:.1f} MB")
-        summary = {key: spread([r[key] for r in rounds])
-                   for key in ("ttfb_p50_ms", "ttfb_p99_ms", "duration_p50_ms", "rss_peak_mb")}
+                f"{peak / 2**20:.1f} -> {rss_after / 2**20:.1f} MB"
+            )
+        summary = {key: spread([r[key] for r in rounds]) for key in ("ttfb_p50_ms", "ttfb_p99_ms", "duration_p50_ms", "rss_peak_mb")}
         summary["errors"] = sum(r["errors"] for r in rounds)
         summary["peak_open"] = min(r["peak_open"] for r in rounds)
         summary["rss_after_first_mb"] = rounds[0]["rss_after_mb"]
@@ -658,26 +747,32 @@ def slow_streams(target: Target, upstream: procs.Service, sampler: procs.RssSamp
 
 def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, body_file: Path) -> dict:
     pids = measured_pids(target, upstream)
-    result: dict = {"label": target.label, "settings": target.settings,
-                    "processes": len(pids), "rss_idle_mb": procs.rss_bytes(pids) / 2**20}
+    result: dict = {
+        "label": target.label,
+        "settings": target.settings,
+        "processes": len(pids),
+        "rss_idle_mb": procs.rss_bytes(pids) / 2**20,
+    }
     sampler = procs.RssSampler((target.service or upstream).pid)
     try:
         log(f"{target.name}: warm-up ({args.warmup} s)")
-        wrkrun.run(target.url(), connections=16, duration_s=args.warmup, body_file=body_file,
-                   headers=target.headers, core=LOAD_CORE)
+        wrkrun.run(target.url(), connections=16, duration_s=args.warmup, body_file=body_file, headers=target.headers, core=LOAD_CORE)
         result["rss_after_warmup_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
         log(f"{target.name}: load ({args.repeats} x {args.duration} s at {args.conns} connections)")
         result["load"] = load_runs(target, upstream, sampler, args, body_file)
         if target.name in ("gateway", "gateway-redis"):
             result["server_timing"] = server_timing(target, args)
-            log(f"  server-timing: {result['server_timing']['summary']['gateway_ms']['median']} ms gateway, "
-                f"{result['server_timing']['summary']['upstream_ms']['median']} ms upstream")
-        log(f"{target.name}: streams ({args.stream_count} sequential, {args.stream_chunks} events "
-            f"{args.stream_gap_ms} ms apart)")
+            log(
+                f"  server-timing: {result['server_timing']['summary']['gateway_ms']['median']} ms gateway, "
+                f"{result['server_timing']['summary']['upstream_ms']['median']} ms upstream"
+            )
+        log(f"{target.name}: streams ({args.stream_count} sequential, {args.stream_chunks} events {args.stream_gap_ms} ms apart)")
         result["stream_latency"] = stream_latency(target, args)
         if args.slow_levels:
-            log(f"{target.name}: concurrent slow streams {args.slow_levels} x {args.slow_rounds} rounds, "
-                f"each level's streams started over {args.slow_ramp_s:g} s")
+            log(
+                f"{target.name}: concurrent slow streams {args.slow_levels} x {args.slow_rounds} rounds, "
+                f"each level's streams started over {args.slow_ramp_s:g} s"
+            )
             result["slow_streams"] = slow_streams(target, upstream, sampler, args)
         result["rss_end_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
     finally:
@@ -702,14 +797,25 @@ def machine_info() -> dict:
     meminfo = Path("/proc/meminfo").read_text()
     mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M).group(1))
     versions = subprocess.run(
-        [str(GATEWAY_VENV / "bin" / "python"), "-c",
-         "import importlib.metadata as m, json, platform; print(json.dumps({'python': platform.python_version(), "
-         "**{n: m.version(n) for n in ('flask', 'werkzeug', 'gunicorn', 'gevent', 'requests', 'urllib3', "
-         "'flask-limiter', 'flask-cors', 'flask-talisman', 'pyjwt')}}))"],
-        capture_output=True, text=True, check=True).stdout
+        [
+            str(GATEWAY_VENV / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m, json, platform; print(json.dumps({'python': platform.python_version(), "
+            "**{n: m.version(n) for n in ('flask', 'werkzeug', 'gunicorn', 'gevent', 'requests', 'urllib3', "
+            "'flask-limiter', 'flask-cors', 'flask-talisman', 'pyjwt')}}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "wsgi.py",
-                                 "gunicorn.conf.py", "requirements.txt"], capture_output=True, text=True).stdout)
+    dirty = bool(
+        subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "wsgi.py", "gunicorn.conf.py", "requirements.txt"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     return {
         "nproc": _first_line(["nproc"]),
         "cpu_model": model.group(1).strip() if model else "unknown",
@@ -721,8 +827,12 @@ def machine_info() -> dict:
         "wrk": wrkrun.wrk_version(),
         "bench_python": platform.python_version(),
         "commit": commit + ("+dirty" if dirty else ""),
-        "placement": {"target": f"core {TARGET_CORE}", "upstream": f"core {LOAD_CORE}", "wrk": f"core {LOAD_CORE}",
-                      "stream client": f"core {LOAD_CORE}"},
+        "placement": {
+            "target": f"core {TARGET_CORE}",
+            "upstream": f"core {LOAD_CORE}",
+            "wrk": f"core {LOAD_CORE}",
+            "stream client": f"core {LOAD_CORE}",
+        },
     }
 
 
@@ -732,8 +842,9 @@ def machine_info() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     parser = argparse.ArgumentParser(description="direct vs gateway (vs peers) benchmark")
-    parser.add_argument("--targets", default="direct,gateway,gateway-redis",
-                        help="any of direct,gateway,gateway-redis,litellm,portkey")
+    parser.add_argument(
+        "--targets", default="direct,gateway,gateway-redis", help="any of direct,gateway,gateway-redis,litellm,portkey"
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each figure")
@@ -746,15 +857,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-rounds", type=int, default=3)
     parser.add_argument("--slow-chunks", type=int, default=10)
     parser.add_argument("--slow-gap-ms", type=float, default=500.0)
-    parser.add_argument("--slow-ramp-s", type=float, default=2.0,
-                        help="spread each round's N slow-stream connects evenly over this many seconds (stream i "
-                             "at i * ramp / N s), for every target alike; keep it below the stream's length "
-                             "(chunks x gap, 5 s) so all N are open together. 0: all N connect in one instant, "
-                             "which measures the client's connection storm (the upstream alone shows ~250 ms "
-                             "TTFB p99 for 1000 simultaneous connects here) rather than the target")
+    parser.add_argument(
+        "--slow-ramp-s",
+        type=float,
+        default=2.0,
+        help="spread each round's N slow-stream connects evenly over this many seconds (stream i "
+        "at i * ramp / N s), for every target alike; keep it below the stream's length "
+        "(chunks x gap, 5 s) so all N are open together. 0: all N connect in one instant, "
+        "which measures the client's connection storm (the upstream alone shows ~250 ms "
+        "TTFB p99 for 1000 simultaneous connects here) rather than the target",
+    )
     parser.add_argument("--port-base", type=int, default=9100, help="first of five local ports")
-    parser.add_argument("--max-foreign", type=float, default=0.10,
-                        help="other processes' use of the limiting core (in cores) above which a wrk run is repeated")
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.10,
+        help="other processes' use of the limiting core (in cores) above which a wrk run is repeated",
+    )
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed wrk run")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = parser.parse_args(argv)
@@ -787,15 +906,25 @@ def main(argv: list[str] | None = None) -> None:
         "generated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine,
         "config": {
-            "targets": targets, "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
-            "connections": args.conns, "wrk": "wrk -t1 -c<N> -d<duration> --latency -s bench/wrk/post.lua",
+            "targets": targets,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeats": args.repeats,
+            "connections": args.conns,
+            "wrk": "wrk -t1 -c<N> -d<duration> --latency -s bench/wrk/post.lua",
             "request": {"method": "POST", "path": PATH, "body": LOAD_BODY},
             "timing_samples": args.timing_samples,
             "stream_latency": {"count": args.stream_count, "chunks": args.stream_chunks, "gap_ms": args.stream_gap_ms},
-            "slow_streams": {"levels": args.slow_levels, "rounds": args.slow_rounds, "chunks": args.slow_chunks,
-                             "gap_ms": args.slow_gap_ms, "ramp_s": args.slow_ramp_s},
+            "slow_streams": {
+                "levels": args.slow_levels,
+                "rounds": args.slow_rounds,
+                "chunks": args.slow_chunks,
+                "gap_ms": args.slow_gap_ms,
+                "ramp_s": args.slow_ramp_s,
+            },
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-            "max_foreign": args.max_foreign, "retries": args.retries,
+            "max_foreign": args.max_foreign,
+            "retries": args.retries,
         },
         "targets": {},
     }
@@ -803,8 +932,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name in targets:
             if name == "direct":
-                target = Target("direct", "upstream direct", PORTS["upstream"], {}, None,
-                                {"server": "bench/upstream.py (asyncio, one process)"})
+                target = Target(
+                    "direct", "upstream direct", PORTS["upstream"], {}, None, {"server": "bench/upstream.py (asyncio, one process)"}
+                )
             else:
                 log(f"{name}: starting")
                 target = STARTERS[name]()

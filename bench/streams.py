@@ -91,8 +91,8 @@ class _Decoder:
                     break
                 if len(self.raw) < line_end + 2 + size + 2:
                     break
-                self.body += self.raw[line_end + 2:line_end + 2 + size]
-                del self.raw[:line_end + 2 + size + 2]
+                self.body += self.raw[line_end + 2 : line_end + 2 + size]
+                del self.raw[: line_end + 2 + size + 2]
         events = []
         while True:
             # events end with a blank line; accept \n\n and \r\n\r\n
@@ -102,23 +102,30 @@ class _Decoder:
                 break
             if cut_crlf >= 0 and (cut < 0 or cut_crlf < cut):
                 events.append(bytes(self.body[:cut_crlf]))
-                del self.body[:cut_crlf + 4]
+                del self.body[: cut_crlf + 4]
             else:
                 events.append(bytes(self.body[:cut]))
-                del self.body[:cut + 2]
+                del self.body[: cut + 2]
         return events
 
 
-async def one_stream(host: str, port: int, path: str, headers: Mapping[str, str], body: bytes,
-                     timeout_s: float = 60.0) -> StreamResult:
+async def one_stream(
+    host: str, port: int, path: str, headers: Mapping[str, str], body: bytes, timeout_s: float = 60.0
+) -> StreamResult:
     result = StreamResult()
     started = result.opened_ns = time.monotonic_ns()
     writer = None
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
-            head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
-                    "Accept: text/event-stream", f"Content-Length: {len(body)}", "Connection: close"]
+            head = [
+                f"POST {path} HTTP/1.1",
+                f"Host: {host}:{port}",
+                "Content-Type: application/json",
+                "Accept: text/event-stream",
+                f"Content-Length: {len(body)}",
+                "Connection: close",
+            ]
             head += [f"{k}: {v}" for k, v in headers.items()]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
             status_line = await reader.readline()
@@ -186,21 +193,20 @@ def _account(result: StreamResult, event: bytes, arrived: int, started: int) -> 
         result.delays_ms.append((arrived - int(match.group(1))) / 1e6)
 
 
-async def sequential(host: str, port: int, path: str, headers: Mapping[str, str], body: bytes,
-                     count: int) -> list[StreamResult]:
+async def sequential(host: str, port: int, path: str, headers: Mapping[str, str], body: bytes, count: int) -> list[StreamResult]:
     return [await one_stream(host, port, path, headers, body) for _ in range(count)]
 
 
-async def concurrent(host: str, port: int, path: str, headers: Mapping[str, str], body: bytes,
-                     count: int, timeout_s: float, ramp_s: float = 0.0) -> list[StreamResult]:
+async def concurrent(
+    host: str, port: int, path: str, headers: Mapping[str, str], body: bytes, count: int, timeout_s: float, ramp_s: float = 0.0
+) -> list[StreamResult]:
     """``count`` streams side by side; stream i connects ``i * ramp_s / count`` s after the start.
 
     ``ramp_s`` = 0: all connect at once (as before the ramp existed). ``timeout_s`` applies to
     each stream from its own connect, so the wait before it does not count against it.
     """
     if ramp_s <= 0:
-        return list(await asyncio.gather(
-            *(one_stream(host, port, path, headers, body, timeout_s) for _ in range(count))))
+        return list(await asyncio.gather(*(one_stream(host, port, path, headers, body, timeout_s) for _ in range(count))))
     loop = asyncio.get_running_loop()
     start = loop.time()
 
@@ -217,8 +223,7 @@ def peak_open(results: list[StreamResult]) -> int:
 
     Where one stream ends at the very nanosecond another connects, they are not counted as overlapping.
     """
-    edges = sorted([(r.opened_ns, 1) for r in results if r.opened_ns]
-                   + [(r.closed_ns, -1) for r in results if r.opened_ns])
+    edges = sorted([(r.opened_ns, 1) for r in results if r.opened_ns] + [(r.closed_ns, -1) for r in results if r.opened_ns])
     peak = open_now = 0
     for _, step in edges:  # at equal times -1 sorts before +1: an end before a connect
         open_now += step

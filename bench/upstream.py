@@ -121,8 +121,9 @@ def _event(path: str, index: int, last: bool) -> bytes:
             "object": "chat.completion.chunk",
             "created": 1700000000,
             "model": MODEL,
-            "choices": [{"index": 0, "delta": {"content": text} if index else {"role": "assistant", "content": text},
-                         "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "delta": {"content": text} if index else {"role": "assistant", "content": text}, "finish_reason": finish}
+            ],
         }
     else:
         obj = {
@@ -210,8 +211,8 @@ class HttpProtocol(asyncio.Protocol):
         else:
             if len(buf) < start + length:
                 return None
-            body = bytes(buf[start:start + length])
-            del buf[:start + length]
+            body = bytes(buf[start : start + length])
+            del buf[: start + length]
         path = target.split("?", 1)[0]
         return _Request(method, path, keep_alive, body)
 
@@ -289,7 +290,7 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes | None, int]:
             return bytes(body), trailer_end + 4
         if len(buf) < pos + size + 2:
             return None, 0
-        body += buf[pos:pos + size]
+        body += buf[pos : pos + size]
         pos += size + 2
 
 

@@ -78,14 +78,27 @@ def parse(output: str) -> dict:
     return result
 
 
-def run(url: str, *, connections: int, duration_s: int, body_file: Path,
-        headers: Mapping[str, str], core: str, timeout_s: int = 10) -> dict:
+def run(
+    url: str, *, connections: int, duration_s: int, body_file: Path, headers: Mapping[str, str], core: str, timeout_s: int = 10
+) -> dict:
     """One wrk run; returns the parsed figures plus the raw output."""
     env = dict(os.environ)
     env["BENCH_BODY_FILE"] = str(body_file)
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
-    argv = ["taskset", "-c", core, wrk_path(), "-t1", f"-c{connections}", f"-d{duration_s}s",
-            f"--timeout={timeout_s}s", "--latency", "-s", str(LUA), url]
+    argv = [
+        "taskset",
+        "-c",
+        core,
+        wrk_path(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        f"--timeout={timeout_s}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
     completed = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration_s + timeout_s + 30)
     if completed.returncode != 0:
         raise WrkError(f"wrk failed ({completed.returncode}): {completed.stderr}\n{completed.stdout}")

@@ -25,6 +25,7 @@ from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.store import Store, schema
 from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS, FieldError
+from gateway.store.keys import KeyRecord
 
 keys_cli = AppGroup("keys", help="Manage API keys (the same actions as /admin/keys).")
 db_cli = AppGroup("db", help="The database schema: upgrade, current, revision.")
@@ -48,7 +49,8 @@ ACTOR = "cli"
 
 
 def _store() -> Store:
-    return current_app.extensions["gateway.store"]
+    store: Store = current_app.extensions["gateway.store"]
+    return store
 
 
 def _echo_json(value: Any) -> None:
@@ -63,7 +65,8 @@ def _key_admin() -> Iterator[KeyAdmin]:
     except schema.SchemaError as error:
         raise click.ClickException(str(error)) from None
     try:
-        yield current_app.extensions["gateway.key_admin"]
+        admin: KeyAdmin = current_app.extensions["gateway.key_admin"]
+        yield admin
     except FieldError as error:
         raise click.BadParameter(str(error), param_hint=OPTIONS.get(error.param, error.param)) from None
     except KeyNotFound as error:
@@ -74,7 +77,7 @@ def _key_admin() -> Iterator[KeyAdmin]:
         raise click.ClickException(f"database unavailable ({type(error).__name__})") from None
 
 
-def _shown(record: Any, secret: str | None = None) -> dict[str, Any]:
+def _shown(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
     shown = record.public(utcnow())
     if secret is not None:
         shown["secret"] = secret
@@ -84,10 +87,11 @@ def _shown(record: Any, secret: str | None = None) -> dict[str, Any]:
 def _key_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The settable fields as options (see :mod:`gateway.store.key_fields` for what is valid)."""
     decorators = [
-        click.option("--metadata", help="Free-form JSON object, e.g. '{\"team\": \"web\"}'."),
+        click.option("--metadata", help='Free-form JSON object, e.g. \'{"team": "web"}\'.'),
         click.option("--expires-at", help="ISO 8601 time with a timezone, e.g. 2030-01-31T00:00:00Z."),
-        click.option("--allowed-model", "allowed_models", multiple=True,
-                     help="A model name or glob pattern (repeatable). Default: every model."),
+        click.option(
+            "--allowed-model", "allowed_models", multiple=True, help="A model name or glob pattern (repeatable). Default: every model."
+        ),
         click.option("--general-limit", "rate_limit_general", help="General quota, e.g. '100 per 15 minutes'."),
         click.option("--ai-limit", "rate_limit_ai", help="AI quota, e.g. '50 per 15 minutes'."),
         click.option("--tokens-per-minute", type=int),
@@ -158,8 +162,7 @@ def show_key(key_id: str) -> None:
 @click.argument("key_id")
 @click.option("--name", help="A new name.")
 @_key_options
-@click.option("--clear", multiple=True, type=click.Choice(CLEARABLE),
-              help="Reset a field to the gateway's default (repeatable).")
+@click.option("--clear", multiple=True, type=click.Choice(CLEARABLE), help="Reset a field to the gateway's default (repeatable).")
 def update_key(key_id: str, clear: tuple[str, ...], **options: Any) -> None:
     """Change an API key's fields; --clear FIELD resets one to the default."""
     document = _document(options)
@@ -190,8 +193,7 @@ def rotate_key(key_id: str) -> None:
     with _key_admin() as admin:
         record, secret = admin.rotate(key_id, actor=ACTOR)
     _echo_json(_shown(record, secret))
-    click.echo("The old secret stops working within KEY_CACHE_SECONDS; the new one is shown only this once.",
-               err=True)
+    click.echo("The old secret stops working within KEY_CACHE_SECONDS; the new one is shown only this once.", err=True)
 
 
 @db_cli.command("upgrade")

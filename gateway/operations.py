@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Operation:
+    """One AI function the gateway relays: where it is served, how it is called, and whether it streams."""
+
     name: str  # served at /api/ai/<name>
     method: str  # "POST" (JSON body) or "GET" (no body)
     upstream_path: str  # joined to the upstream's /v1 base; also served at /v1<upstream_path>
@@ -42,8 +44,14 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("chat", "POST", "/chat/completions", True, "Chat completion (OpenAI /v1/chat/completions)"),
     Operation("embeddings", "POST", "/embeddings", False, "Embeddings (OpenAI /v1/embeddings)"),
     Operation("images", "POST", "/images/generations", False, "Image generation (OpenAI /v1/images/generations)"),
-    Operation("models", "GET", "/models", False, "List the upstream's models (OpenAI /v1/models)",
-              item_summary="One model by id, from the upstream's list (OpenAI /v1/models/{model})"),
+    Operation(
+        "models",
+        "GET",
+        "/models",
+        False,
+        "List the upstream's models (OpenAI /v1/models)",
+        item_summary="One model by id, from the upstream's list (OpenAI /v1/models/{model})",
+    ),
 )
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in OPERATIONS}

@@ -55,14 +55,17 @@ def derive_pepper(settings: Settings) -> bytes:
 
 
 def new_secret() -> str:
+    """A managed key's secret: ``aip_`` and 256 random bits, URL-safe. Shown once, never stored."""
     return SECRET_PREFIX + secrets.token_urlsafe(SECRET_RANDOM_BYTES)
 
 
 def shown_prefix(secret: str) -> str:
+    """The part of a secret that may be stored and listed, to tell keys apart; it does not identify one."""
     return secret[:SHOWN_PREFIX_LENGTH]
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (the store refuses naive datetimes)."""
     return datetime.now(UTC)
 
 
@@ -123,11 +126,11 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: KeyStore) -> KeyRing:
-        return cls(settings.master_api_key, store, pepper=derive_pepper(settings),
-                   cache_seconds=settings.key_cache_seconds)
+        return cls(settings.master_api_key, store, pepper=derive_pepper(settings), cache_seconds=settings.key_cache_seconds)
 
     # --- secrets -------------------------------------------------------------------
     def hash_secret(self, secret: str) -> str:
+        """``HMAC-SHA256(pepper, secret)`` in hex: what the store keeps and looks a secret up by."""
         return hmac.digest(self._pepper, secret.encode("utf-8", "surrogateescape"), "sha256").hex()
 
     def issue_secret(self) -> tuple[str, str, str]:

@@ -52,8 +52,7 @@ class KeyAdmin:
         now = self.now()
         fields = parse_changes(document, creating=True, now=now)
         secret, prefix, secret_hash = self.ring.issue_secret()
-        record = self.store.create(key_id=new_key_id(), prefix=prefix, secret_hash=secret_hash,
-                                   created_at=now, fields=fields)
+        record = self.store.create(key_id=new_key_id(), prefix=prefix, secret_hash=secret_hash, created_at=now, fields=fields)
         self.ring.forget()  # a failed lookup of this secret may be cached as "unknown"
         self._audit("created", record.id, actor)
         return record, secret

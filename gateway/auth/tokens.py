@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -19,6 +20,9 @@ REQUIRED_CLAIMS = ("sub", "iat", "exp", "jti", "iss", "aud")
 
 @dataclass(frozen=True)
 class TokenConfig:
+    """What signs and checks tokens, from ``JWT_SECRET``, ``JWT_ISSUER``, ``JWT_AUDIENCE``,
+    ``JWT_EXPIRES_IN`` and ``JWT_LEEWAY`` (seconds)."""
+
     secret: str
     issuer: str
     audience: str
@@ -39,6 +43,7 @@ class InvalidToken(Exception):
 
 
 def mint(config: TokenConfig, subject: str, now: float | None = None) -> str:
+    """A token for the key id ``subject``, valid ``config.expires_in`` seconds from ``now`` (default: the clock)."""
     issued = int(time.time() if now is None else now)
     claims = {
         "sub": subject,
@@ -72,7 +77,7 @@ def verify(config: TokenConfig, token: str) -> str:
     return subject
 
 
-def _decode(config: TokenConfig, token: str, verify_exp: bool) -> dict:
+def _decode(config: TokenConfig, token: str, verify_exp: bool) -> dict[str, Any]:
     return jwt.decode(
         token,
         config.secret,

@@ -23,7 +23,7 @@ def issue_token() -> Response:
     _, body = json_object_body()
     api_key = body.get("apiKey")
     if not isinstance(api_key, str) or not api_key:
-        raise BadRequest("Send {\"apiKey\": \"<your key>\"}.", param="apiKey", error_code="missing_api_key")
+        raise BadRequest('Send {"apiKey": "<your key>"}.', param="apiKey", error_code="missing_api_key")
     key_id = current_app.extensions["gateway.keys"].identify(api_key)
     if key_id is None:
         raise Unauthorized()

@@ -8,6 +8,7 @@ from gateway.routes import admin, ai, meta, usage
 
 
 def init_app(app: Flask) -> None:
+    """Register every blueprint of the public API on ``app``."""
     app.register_blueprint(meta.blueprint)
     app.register_blueprint(ai.blueprint)
     app.register_blueprint(usage.blueprint)

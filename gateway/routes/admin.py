@@ -21,6 +21,7 @@ from gateway.body import json_object_body
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from gateway.routes.usage import admin_report
 from gateway.store.key_fields import FieldError
+from gateway.store.keys import KeyRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _admin() -> KeyAdmin:
-    return current_app.extensions["gateway.key_admin"]
+    admin: KeyAdmin = current_app.extensions["gateway.key_admin"]
+    return admin
 
 
 def _actor() -> str:
@@ -49,8 +51,9 @@ def require_master() -> None:
 @blueprint.errorhandler(SQLAlchemyError)
 def _database_unavailable(error: SQLAlchemyError) -> Any:
     log.warning("key management failed: database unavailable (%s)", type(error).__name__)
-    return current_app.handle_http_exception(ServiceUnavailable(
-        "The key database is unavailable; retry shortly.", headers={"Retry-After": "5"}))
+    return current_app.handle_http_exception(
+        ServiceUnavailable("The key database is unavailable; retry shortly.", headers={"Retry-After": "5"})
+    )
 
 
 def _json_body() -> dict[str, Any]:
@@ -66,7 +69,7 @@ def _not_found(key_id: str) -> NotFound:
     return NotFound("No API key has this id.", param="id", error_code="key_not_found")
 
 
-def _shown(record: Any, secret: str | None = None) -> dict[str, Any]:
+def _shown(record: KeyRecord, secret: str | None = None) -> dict[str, Any]:
     shown = record.public(utcnow())
     if secret is not None:
         shown["secret"] = secret

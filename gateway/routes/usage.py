@@ -26,6 +26,7 @@ from gateway import operations, payload, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.store import Store
 from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
 from gateway.store.usage_report import GROUPINGS, MAX_GROUPS, Totals, UsageFilter, UsageReport
@@ -36,8 +37,7 @@ blueprint = Blueprint("usage_api", __name__)
 
 ADMIN_PARAMS = ("key", "model", "operation", "from", "to", "group_by")
 OWN_PARAMS = ("model", "operation", "from", "to")
-_TIME_HINT = ("an ISO 8601 time such as 2026-11-01 or 2026-11-01T08:00:00Z (UTC without an offset; "
-              "in a URL, write '+' as %2B)")
+_TIME_HINT = "an ISO 8601 time such as 2026-11-01 or 2026-11-01T08:00:00Z (UTC without an offset; in a URL, write '+' as %2B)"
 
 # Settings that give the default for a key's unset limit. Token limits have no
 # gateway-wide default yet: unset stays null ("no limit").
@@ -45,7 +45,8 @@ DEFAULT_LIMIT_SETTINGS = {"rate_limit_general": "rate_limit_general", "rate_limi
 
 
 def _report() -> UsageReport:
-    return current_app.extensions["gateway.store"].usage
+    store: Store = current_app.extensions["gateway.store"]
+    return store.usage
 
 
 def _invalid(param: str, message: str) -> BadRequest:
@@ -100,8 +101,13 @@ def parse_filter(params: Mapping[str, str]) -> UsageFilter:
     end = parse_time("to", params["to"]) if "to" in params else None
     if start is not None and end is not None and start > end:
         raise _invalid("from", "'from' must not be after 'to' ('to' is exclusive).")
-    return UsageFilter(key_id=_text(params, "key", KEY_ID_LENGTH), model=_text(params, "model", MODEL_LENGTH),
-                       operation=_operation(params), start=start, end=end)
+    return UsageFilter(
+        key_id=_text(params, "key", KEY_ID_LENGTH),
+        model=_text(params, "model", MODEL_LENGTH),
+        operation=_operation(params),
+        start=start,
+        end=end,
+    )
 
 
 def parse_group_by(raw: str | None) -> tuple[str, ...]:
@@ -110,8 +116,7 @@ def parse_group_by(raw: str | None) -> tuple[str, ...]:
         return ()
     names = tuple(part.strip() for part in raw.split(","))
     if any(name not in GROUPINGS for name in names) or len(set(names)) != len(names):
-        raise _invalid("group_by", f"'group_by' must be one or more of {', '.join(GROUPINGS)}, separated by commas, "
-                                   "each once.")
+        raise _invalid("group_by", f"'group_by' must be one or more of {', '.join(GROUPINGS)}, separated by commas, each once.")
     return names
 
 
@@ -148,16 +153,23 @@ def admin_report(args: MultiDict[str, str]) -> Response:
             totals, groups, truncated = report.totals(where), None, False
     except SQLAlchemyError as error:
         raise _database_unavailable(error) from None
-    return _no_store({
-        "object": "usage.report",
-        "filters": {"key": where.key_id, "model": where.model, "operation": where.operation,
-                    "from": _iso(where.start), "to": _iso(where.end)},
-        "group_by": list(group_by),
-        "totals": totals.as_dict(),
-        "groups": groups,
-        "truncated": truncated,
-        "max_groups": MAX_GROUPS,
-    })
+    return _no_store(
+        {
+            "object": "usage.report",
+            "filters": {
+                "key": where.key_id,
+                "model": where.model,
+                "operation": where.operation,
+                "from": _iso(where.start),
+                "to": _iso(where.end),
+            },
+            "group_by": list(group_by),
+            "totals": totals.as_dict(),
+            "groups": groups,
+            "truncated": truncated,
+            "max_groups": MAX_GROUPS,
+        }
+    )
 
 
 def _month_start(day: datetime) -> datetime:
@@ -203,8 +215,13 @@ def own_usage() -> Response:
     month = _month_start(now)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     ranged = "from" in params or "to" in params
-    where = UsageFilter(key_id=caller.id, model=asked.model, operation=asked.operation,
-                        start=asked.start if ranged else month, end=asked.end if ranged else _next_month(month))
+    where = UsageFilter(
+        key_id=caller.id,
+        model=asked.model,
+        operation=asked.operation,
+        start=asked.start if ranged else month,
+        end=asked.end if ranged else _next_month(month),
+    )
     report = _report()
     try:
         daily = report.grouped(where, ("day",))
@@ -213,21 +230,21 @@ def own_usage() -> Response:
             today_totals = report.totals(dataclasses.replace(where, start=today, end=today + timedelta(days=1)))
         else:
             this_month = daily.totals
-            today_totals = next((g.totals for g in daily.groups if g.values["day"] == today.date().isoformat()),
-                                Totals())
+            today_totals = next((g.totals for g in daily.groups if g.values["day"] == today.date().isoformat()), Totals())
         limits = limits_of(caller.id)
     except SQLAlchemyError as error:
         raise _database_unavailable(error) from None
-    return _no_store({
-        "object": "usage",
-        "key": caller.id,
-        "filters": {"model": where.model, "operation": where.operation,
-                    "from": _iso(where.start), "to": _iso(where.end)},
-        "totals": daily.totals.as_dict(),
-        "by_day": [g.as_dict() for g in daily.groups],
-        "truncated": daily.truncated,
-        "today": today_totals.as_dict(),
-        "this_month": this_month.as_dict(),
-        "limits": limits,
-        "remaining": quotas.remaining_for_caller(),
-    })
+    return _no_store(
+        {
+            "object": "usage",
+            "key": caller.id,
+            "filters": {"model": where.model, "operation": where.operation, "from": _iso(where.start), "to": _iso(where.end)},
+            "totals": daily.totals.as_dict(),
+            "by_day": [g.as_dict() for g in daily.groups],
+            "truncated": daily.truncated,
+            "today": today_totals.as_dict(),
+            "this_month": this_month.as_dict(),
+            "limits": limits,
+            "remaining": quotas.remaining_for_caller(),
+        }
+    )

@@ -51,7 +51,7 @@ def database_url(settings: Settings) -> URL:
         return URL.create("sqlite", database=str(Path(settings.instance_path) / DEFAULT_SQLITE_NAME))
     for plain in ("postgresql://", "postgres://"):
         if raw.startswith(plain):
-            raw = "postgresql+psycopg://" + raw[len(plain):]
+            raw = "postgresql+psycopg://" + raw[len(plain) :]
     return make_url(raw)
 
 
@@ -108,7 +108,7 @@ class Store:
 
     def __init__(self, url: URL, *, auto_upgrade: bool, lock_file: Path | None = None) -> None:
         """:param lock_file: serialises automatic upgrades on this host; by default the
-            SQLite file's own ``<file>.lock``."""
+        SQLite file's own ``<file>.lock``."""
         self.url = url
         self.auto_upgrade = auto_upgrade
         self.lock_file = lock_file or Path(url.database or DEFAULT_SQLITE_NAME)
@@ -144,11 +144,17 @@ class Store:
                 upgraded = schema.upgrade_locked(self.engine, self.lock_file)
             except OSError as error:
                 folder = self.lock_file.parent
-                raise SchemaError(f"cannot write to {folder} as uid {os.getuid()} ({error.strerror}): make it "
-                                  "writable by this user, or set INSTANCE_PATH or DATABASE_URL") from None
+                raise SchemaError(
+                    f"cannot write to {folder} as uid {os.getuid()} ({error.strerror}): make it "
+                    "writable by this user, or set INSTANCE_PATH or DATABASE_URL"
+                ) from None
             if upgraded:
-                log.info("database %s upgraded to schema %s automatically at start (the default SQLite file, "
-                         "or DATABASE_AUTO_UPGRADE=true)", self.description, schema.head())
+                log.info(
+                    "database %s upgraded to schema %s automatically at start (the default SQLite file, "
+                    "or DATABASE_AUTO_UPGRADE=true)",
+                    self.description,
+                    schema.head(),
+                )
             return
         schema.require_current(self.engine)
 

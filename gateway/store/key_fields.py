@@ -48,10 +48,10 @@ def _storable(param: str, value: str) -> str:
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise FieldError("name", "'name' must be a non-empty string.")
-    value = _storable("name", value.strip())
-    if len(value) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    name = _storable("name", value.strip())
+    if len(name) > NAME_MAX or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise FieldError("name", f"'name' must be at most {NAME_MAX} printable characters.")
-    return value
+    return name
 
 
 def _strings_of(value: Any) -> list[str]:
@@ -115,8 +115,10 @@ def _expires_at(value: Any, now: datetime) -> datetime | None:
 def _allowed_models(value: Any) -> list[str] | None:
     if value is None:
         return None
-    message = (f"'allowed_models' must be null (every model) or a list of 1 to {MODELS_MAX} model names or "
-               f"glob patterns such as \"gpt-4o*\", each at most {MODEL_PATTERN_MAX} characters.")
+    message = (
+        f"'allowed_models' must be null (every model) or a list of 1 to {MODELS_MAX} model names or "
+        f'glob patterns such as "gpt-4o*", each at most {MODEL_PATTERN_MAX} characters.'
+    )
     if not isinstance(value, list) or not 1 <= len(value) <= MODELS_MAX:
         raise FieldError("allowed_models", message)
     patterns = []
@@ -130,8 +132,7 @@ def _allowed_models(value: Any) -> list[str] | None:
 def _rate_limit(param: str, value: Any) -> str | None:
     if value is None:
         return None
-    message = (f"'{param}' must be null (the gateway's default) or a rate limit such as \"50 per 15 minutes\" "
-               f"({RATE_LIMIT_BOUNDS}).")
+    message = f"'{param}' must be null (the gateway's default) or a rate limit such as \"50 per 15 minutes\" ({RATE_LIMIT_BOUNDS})."
     if not isinstance(value, str) or len(value) > LIMIT_STRING_MAX or not is_storable_text(value):
         raise FieldError(param, message)
     try:

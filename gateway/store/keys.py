@@ -67,6 +67,7 @@ class KeyRecord:
 
     def public(self, now: datetime) -> dict[str, Any]:
         """What the admin API and CLI show: everything but the hash."""
+
         def iso(value: datetime | None) -> str | None:
             return value.isoformat() if value is not None else None
 
@@ -119,8 +120,7 @@ class KeyStore:
             rows = connection.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)).all()
         return [KeyRecord.from_row(row) for row in rows]
 
-    def create(self, *, key_id: str, prefix: str, secret_hash: str, created_at: datetime,
-               fields: dict[str, Any]) -> KeyRecord:
+    def create(self, *, key_id: str, prefix: str, secret_hash: str, created_at: datetime, fields: dict[str, Any]) -> KeyRecord:
         """Insert a key; ``fields`` come from :func:`gateway.store.key_fields.parse_changes`."""
         values = {"id": key_id, "prefix": prefix, "secret_hash": secret_hash, "created_at": created_at, **fields}
         with self.engine.begin() as connection:
@@ -143,9 +143,7 @@ class KeyStore:
         if not is_storable_text(key_id):
             return None
         with self.engine.begin() as connection:
-            connection.execute(
-                update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
-            )
+            connection.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now))
         return self.get(key_id)
 
     def replace_secret(self, key_id: str, *, prefix: str, secret_hash: str) -> bool:

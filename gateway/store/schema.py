@@ -76,8 +76,9 @@ def current(engine: Engine) -> str | None:
 def _refuse_unknown(found: str | None, expected: str) -> None:
     """:raises SchemaError: ``found`` is a revision these migrations do not know (a newer gateway's)."""
     if found is not None and found not in {script.revision for script in _scripts().walk_revisions()}:
-        raise SchemaError(f"the database schema {found} is newer than this gateway knows (it expects {expected}); "
-                          "deploy the newer gateway")
+        raise SchemaError(
+            f"the database schema {found} is newer than this gateway knows (it expects {expected}); deploy the newer gateway"
+        )
 
 
 def require_current(engine: Engine) -> None:

@@ -121,7 +121,8 @@ def _value_of(value: Any) -> str | None:
     """A group's value as JSON shows it: days as ``YYYY-MM-DD`` on both databases."""
     if isinstance(value, date):
         return value.isoformat()
-    return value
+    grouped: str | None = value  # every other grouping column is a string column (or NULL)
+    return grouped
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,7 @@ class UsageReport:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         truncated = len(rows) > max_groups
-        groups = [UsageGroup({name: _value_of(getattr(row, name)) for name in group_by}, _totals_of(row))
-                  for row in rows[:max_groups]]
+        groups = [UsageGroup({name: _value_of(getattr(row, name)) for name in group_by}, _totals_of(row)) for row in rows[:max_groups]]
         if truncated:
             totals = self.totals(where)
         else:

@@ -39,8 +39,9 @@ def _error(response) -> dict:
 
 
 def test_create_shows_the_secret_once_and_the_key_works(db_client: FlaskClient, upstream) -> None:
-    created = _create(db_client, metadata={"team": "web"}, rate_limit_ai="50 per 15 minutes",
-                      allowed_models=["gpt-4o*"], max_tokens_cap=512)
+    created = _create(
+        db_client, metadata={"team": "web"}, rate_limit_ai="50 per 15 minutes", allowed_models=["gpt-4o*"], max_tokens_cap=512
+    )
     secret = created["secret"]
     assert secret.startswith("aip_") and created["prefix"] == secret[:12]
     assert created["id"].startswith("key_") and created["status"] == "active"
@@ -72,8 +73,7 @@ def test_listings_and_details_never_show_a_secret(db_client: FlaskClient) -> Non
 
 def test_patch_changes_only_the_named_fields(db_client: FlaskClient) -> None:
     created = _create(db_client, rate_limit_ai="5 per minute", tokens_per_day=100)
-    changed = db_client.patch(f"/admin/keys/{created['id']}", json={"name": "renamed", "rate_limit_ai": None},
-                              headers=KEY_HEADERS)
+    changed = db_client.patch(f"/admin/keys/{created['id']}", json={"name": "renamed", "rate_limit_ai": None}, headers=KEY_HEADERS)
     assert changed.status_code == 200
     body = changed.get_json()
     assert body["name"] == "renamed" and body["rate_limit_ai"] is None and body["tokens_per_day"] == 100
@@ -155,8 +155,12 @@ def test_only_the_master_key_may_administer(db_app: Flask) -> None:
         for method, path in routes:
             response = client.open(path, method=method, json={"name": "x"}, headers=headers)
             assert response.status_code == 403, (method, path)
-            assert _error(response) == {"message": _error(response)["message"], "type": "permission_error",
-                                        "code": "admin_only", "param": None}
+            assert _error(response) == {
+                "message": _error(response)["message"],
+                "type": "permission_error",
+                "code": "admin_only",
+                "param": None,
+            }
     master_token = _token(client, KEY_HEADERS["X-API-Key"])
     assert client.get("/admin/keys", headers=master_token).status_code == 200
     assert len(client.get("/admin/keys", headers=KEY_HEADERS).get_json()["data"]) == 1
@@ -170,8 +174,12 @@ def test_admin_routes_need_credentials(db_app: Flask) -> None:
 
 
 def test_unknown_keys_are_404(db_client: FlaskClient) -> None:
-    for method, path in [("GET", "/admin/keys/key_nope"), ("PATCH", "/admin/keys/key_nope"),
-                         ("DELETE", "/admin/keys/key_nope"), ("POST", "/admin/keys/key_nope/rotate")]:
+    for method, path in [
+        ("GET", "/admin/keys/key_nope"),
+        ("PATCH", "/admin/keys/key_nope"),
+        ("DELETE", "/admin/keys/key_nope"),
+        ("POST", "/admin/keys/key_nope/rotate"),
+    ]:
         response = db_client.open(path, method=method, json={"name": "x"}, headers=KEY_HEADERS)
         assert response.status_code == 404 and _error(response)["code"] == "key_not_found"
 
@@ -203,9 +211,11 @@ def test_invalid_fields_are_400_naming_the_field(client: FlaskClient, body: dict
 
 def test_bodies_must_be_json_objects(db_client: FlaskClient) -> None:
     created = _create(db_client)
-    for kwargs, status in [({"data": "name=x", "content_type": "application/x-www-form-urlencoded"}, 415),
-                           ({"data": "[1]", "content_type": "application/json"}, 400),
-                           ({"data": '{"name": "a", "name": "b"}', "content_type": "application/json"}, 400)]:
+    for kwargs, status in [
+        ({"data": "name=x", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ({"data": "[1]", "content_type": "application/json"}, 400),
+        ({"data": '{"name": "a", "name": "b"}', "content_type": "application/json"}, 400),
+    ]:
         assert db_client.post("/admin/keys", headers=KEY_HEADERS, **kwargs).status_code == status
         assert db_client.patch(f"/admin/keys/{created['id']}", headers=KEY_HEADERS, **kwargs).status_code == status
 

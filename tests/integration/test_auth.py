@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
@@ -87,8 +88,20 @@ def test_api_key_credentials_are_accepted(client, upstream, headers) -> None:
         {"X-API-Key": CANARY_MASTER_KEY, "Authorization": "Bearer wrong"},
         {"X-API-Key": "wrong", "Authorization": f"Bearer {CANARY_MASTER_KEY}"},
     ],
-    ids=["first-char", "last-char", "shorter", "longer", "empty", "trailing-space", "basic", "bearer-empty",
-         "bearer-wrong", "bearer-bad-jwt", "good-key-bad-bearer", "bad-key-good-bearer"],
+    ids=[
+        "first-char",
+        "last-char",
+        "shorter",
+        "longer",
+        "empty",
+        "trailing-space",
+        "basic",
+        "bearer-empty",
+        "bearer-wrong",
+        "bearer-bad-jwt",
+        "good-key-bad-bearer",
+        "bad-key-good-bearer",
+    ],
 )
 def test_bad_credentials_are_401_and_never_reach_upstream(client, upstream, headers) -> None:
     response = client.post("/api/ai/completion", json={"model": "m"}, headers=headers)
@@ -143,10 +156,9 @@ def test_token_flow(client, upstream) -> None:
         ({"data": "apiKey=x", "content_type": "application/x-www-form-urlencoded"}, 415),
         ({"data": "{not json", "content_type": "application/json"}, 400),
         ({}, 415),
-        ({"data": '{"apiKey": "%s"}' % CANARY_MASTER_KEY}, 415),
+        ({"data": json.dumps({"apiKey": CANARY_MASTER_KEY})}, 415),
     ],
-    ids=["wrong-key", "missing", "number", "null", "empty", "array", "form", "broken-json", "no-body",
-         "json-not-declared"],
+    ids=["wrong-key", "missing", "number", "null", "empty", "array", "form", "broken-json", "no-body", "json-not-declared"],
 )
 def test_token_endpoint_rejects_bad_requests(client, kwargs, status) -> None:
     response = client.post("/auth/token", **kwargs)
@@ -172,8 +184,15 @@ def test_successful_token_requests_do_not_count_as_failures(make_app) -> None:
 
 def _signed(**changes) -> str:
     now = int(time.time())
-    claims = {"sub": "master", "iat": now, "exp": now + 600, "jti": "j", "iss": "ai-proxy-gateway",
-              "aud": "ai-proxy-gateway", **changes}
+    claims = {
+        "sub": "master",
+        "iat": now,
+        "exp": now + 600,
+        "jti": "j",
+        "iss": "ai-proxy-gateway",
+        "aud": "ai-proxy-gateway",
+        **changes,
+    }
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, CANARY_JWT_SECRET, algorithm="HS256")
 
 
@@ -201,7 +220,7 @@ def test_minted_token_and_its_key_share_one_identity(client) -> None:
 
 def test_token_endpoint_has_the_content_type_rule_of_every_json_endpoint(client) -> None:
     """One rule: a JSON body is declared as JSON, on /auth/token as on the AI endpoints."""
-    body = '{"apiKey": "%s"}' % CANARY_MASTER_KEY
+    body = json.dumps({"apiKey": CANARY_MASTER_KEY})
     for path, headers in (("/auth/token", {}), ("/v1/completions", KEY_HEADERS)):
         refused = client.post(path, data=body, headers=headers)
         assert refused.status_code == 415, path
@@ -233,8 +252,11 @@ def test_minted_token_expires_with_its_own_message(make_app) -> None:
 @pytest.mark.parametrize(
     "make_token",
     [
-        lambda: jwt.encode({"sub": "master", "iat": 1, "exp": 2, "jti": "j", "iss": "ai-proxy-gateway",
-                            "aud": "ai-proxy-gateway"}, "not-our-secret-" * 3, algorithm="HS256"),
+        lambda: jwt.encode(
+            {"sub": "master", "iat": 1, "exp": 2, "jti": "j", "iss": "ai-proxy-gateway", "aud": "ai-proxy-gateway"},
+            "not-our-secret-" * 3,
+            algorithm="HS256",
+        ),
         lambda: _signed(exp=int(time.time()) - 300, aud="other"),
         lambda: _signed(exp=int(time.time()) - 300, sub=None),
     ],

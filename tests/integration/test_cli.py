@@ -34,9 +34,27 @@ def _json(result) -> dict | list:
 
 
 def test_create_use_and_revoke_a_key_from_the_command_line(db_app: Flask) -> None:
-    created = _json(_run(db_app, "keys", "create", "--name", "web-app", "--ai-limit", "50 per 15 minutes",
-                         "--allowed-model", "gpt-4o*", "--allowed-model", "llama3", "--metadata", '{"team": "web"}',
-                         "--tokens-per-day", "100000", "--max-tokens", "1024"))
+    created = _json(
+        _run(
+            db_app,
+            "keys",
+            "create",
+            "--name",
+            "web-app",
+            "--ai-limit",
+            "50 per 15 minutes",
+            "--allowed-model",
+            "gpt-4o*",
+            "--allowed-model",
+            "llama3",
+            "--metadata",
+            '{"team": "web"}',
+            "--tokens-per-day",
+            "100000",
+            "--max-tokens",
+            "1024",
+        )
+    )
     assert created["name"] == "web-app" and created["rate_limit_ai"] == "50 per 15 minutes"
     assert created["allowed_models"] == ["gpt-4o*", "llama3"] and created["metadata"] == {"team": "web"}
     assert created["tokens_per_day"] == 100000 and created["max_tokens_cap"] == 1024
@@ -63,8 +81,7 @@ def test_list_and_show_never_print_a_secret(db_app: Flask) -> None:
 
 def test_update_sets_and_clears_fields(db_app: Flask) -> None:
     key_id = _json(_run(db_app, "keys", "create", "--name", "a", "--ai-limit", "5 per minute"))["id"]
-    updated = _json(_run(db_app, "keys", "update", key_id, "--name", "b", "--budget-month", "9000",
-                         "--clear", "rate_limit_ai"))
+    updated = _json(_run(db_app, "keys", "update", key_id, "--name", "b", "--budget-month", "9000", "--clear", "rate_limit_ai"))
     assert updated["name"] == "b" and updated["budget_tokens_month"] == 9000 and updated["rate_limit_ai"] is None
     assert _json(_run(db_app, "keys", "show", key_id)) == updated
 
@@ -140,23 +157,35 @@ def test_db_upgrade_brings_an_empty_database_to_the_current_schema(upstream, tmp
 
 
 def _operator_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("DATABASE_", "KEY_", "NODE_", "MASTER_", "JWT_", "FLASK_"))}
-    env.update({"AI_PROXY_ENV_FILE": str(tmp_path / "none.env"), "INSTANCE_PATH": str(tmp_path / "instance"),
-                "MASTER_API_KEY": CANARY_MASTER_KEY, "JWT_SECRET": CANARY_JWT_SECRET, **extra})
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DATABASE_", "KEY_", "NODE_", "MASTER_", "JWT_", "FLASK_"))
+    }
+    env.update(
+        {
+            "AI_PROXY_ENV_FILE": str(tmp_path / "none.env"),
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+            "MASTER_API_KEY": CANARY_MASTER_KEY,
+            "JWT_SECRET": CANARY_JWT_SECRET,
+            **extra,
+        }
+    )
     return env
 
 
 def _flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.timeout(120)
 def test_the_operator_walkthrough_with_the_real_flask_command(tmp_path: Path) -> None:
     with postgres_schema() as database_url:  # PostgreSQL only: the in-process tests cover both databases
-        _walkthrough(_operator_env(tmp_path, DATABASE_URL=database_url, NODE_ENV="production",
-                                   MASTER_API_KEY="m" * 40, JWT_SECRET="j" * 40))
+        _walkthrough(
+            _operator_env(tmp_path, DATABASE_URL=database_url, NODE_ENV="production", MASTER_API_KEY="m" * 40, JWT_SECRET="j" * 40)
+        )
 
 
 def _walkthrough(env: dict[str, str]) -> None:

@@ -17,6 +17,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRONG = "p" * 40
 
+pytestmark = pytest.mark.slow  # each test starts the real `flask` command in a fresh interpreter
+
 
 def _flask(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     base = {name: value for name, value in os.environ.items()

@@ -96,6 +96,7 @@ def test_default_strategy_never_admits_more_than_the_quota_in_any_window(make_ap
     assert _most_surely_within(admitted, 2.0) <= 5
 
 
+@pytest.mark.slow  # waits for a real window boundary
 def test_fixed_window_would_admit_a_double_burst_at_the_boundary(make_app) -> None:
     """The same traffic under fixed-window: why it is not the default."""
     client = make_app(rate_limit_ai="5 per 2 seconds", rate_limit_general="1000 per minute",

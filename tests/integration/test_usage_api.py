@@ -48,22 +48,41 @@ def _write(app: Flask, *records: UsageRecord) -> None:
     assert writer.flush(timeout=5)
 
 
-def _row(ts: str, key_id: str, operation: str = "chat", model: str | None = "m1", status: int = 200,
-         tokens: tuple[int, int] | None = None, estimated: bool = False) -> UsageRecord:
+def _row(
+    ts: str,
+    key_id: str,
+    operation: str = "chat",
+    model: str | None = "m1",
+    status: int = 200,
+    tokens: tuple[int, int] | None = None,
+    estimated: bool = False,
+) -> UsageRecord:
     counts = {}
     if tokens is not None:
-        counts = {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens),
-                  "tokens_estimated": estimated}
-    return UsageRecord(ts=_at(ts), key_id=key_id, operation=operation, model=model, status=status,
-                       duration_ms=10.0, upstream_ms=8.0, request_id=None, **counts)
+        counts = {
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+            "total_tokens": sum(tokens),
+            "tokens_estimated": estimated,
+        }
+    return UsageRecord(
+        ts=_at(ts),
+        key_id=key_id,
+        operation=operation,
+        model=model,
+        status=status,
+        duration_ms=10.0,
+        upstream_ms=8.0,
+        request_id=None,
+        **counts,
+    )
 
 
 @pytest.fixture
 def seeded(usage_app: Flask) -> dict:
     """Two managed keys ``a`` and ``b`` and five rows around the March/April 2030 boundary."""
     client = usage_app.test_client()
-    a, a_headers = _create_key(client, rate_limit_ai="5 per minute", tokens_per_day=1000,
-                               allowed_models=["m1", "gpt-4o*"])
+    a, a_headers = _create_key(client, rate_limit_ai="5 per minute", tokens_per_day=1000, allowed_models=["m1", "gpt-4o*"])
     b, b_headers = _create_key(client)
     _write(
         usage_app,
@@ -77,8 +96,14 @@ def seeded(usage_app: Flask) -> dict:
 
 
 def _totals(requests: int, errors: int = 0, prompt: int = 0, completion: int = 0, estimated: int = 0) -> dict:
-    return {"requests": requests, "errors": errors, "prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion, "estimated_requests": estimated}
+    return {
+        "requests": requests,
+        "errors": errors,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "estimated_requests": estimated,
+    }
 
 
 def _admin(client: FlaskClient, query: str = "", headers: dict | None = None):
@@ -143,8 +168,12 @@ def test_grouped_by_operation_and_by_two_dimensions(seeded: dict) -> None:
     body = _ok(_admin(seeded["client"], "?group_by=day,model"))
     assert body["group_by"] == ["day", "model"]
     assert [(g["day"], g["model"], g["requests"]) for g in body["groups"]] == [
-        ("2030-03-30", "m1", 1), ("2030-03-31", "m1", 1), ("2030-03-31", "m2", 1),
-        ("2030-04-01", "m1", 1), ("2030-04-01", None, 1)]
+        ("2030-03-30", "m1", 1),
+        ("2030-03-31", "m1", 1),
+        ("2030-03-31", "m2", 1),
+        ("2030-04-01", "m1", 1),
+        ("2030-04-01", None, 1),
+    ]
 
 
 def test_filters_by_key_model_and_operation(seeded: dict) -> None:
@@ -218,8 +247,7 @@ def test_admin_usage_is_for_the_master_key_only(seeded: dict) -> None:
 
 
 def test_groups_are_bounded_and_the_answer_says_so(usage_app: Flask) -> None:
-    _write(usage_app, *(_row("2030-03-01T00:00:00", "master", model=f"m{i:04d}", tokens=(1, 1))
-                        for i in range(MAX_GROUPS + 1)))
+    _write(usage_app, *(_row("2030-03-01T00:00:00", "master", model=f"m{i:04d}", tokens=(1, 1)) for i in range(MAX_GROUPS + 1)))
     body = _ok(_admin(usage_app.test_client(), "?group_by=model"))
     assert body["truncated"] is True and len(body["groups"]) == MAX_GROUPS
     assert body["groups"][-1]["model"] == f"m{MAX_GROUPS - 1:04d}"
@@ -243,10 +271,16 @@ def test_a_managed_key_sees_this_month_and_today_by_default(seeded: dict) -> Non
     with time_machine.travel(_at("2030-03-31T15:00:00"), tick=False):
         body = _ok(_own(seeded["client"], seeded["a_headers"]))
     assert body["key"] == seeded["a"]
-    assert body["filters"] == {"model": None, "operation": None,
-                               "from": "2030-03-01T00:00:00+00:00", "to": "2030-04-01T00:00:00+00:00"}
-    assert body["by_day"] == [{"day": "2030-03-30", **_totals(1, prompt=10, completion=5)},
-                              {"day": "2030-03-31", **_totals(1, prompt=3, completion=4, estimated=1)}]
+    assert body["filters"] == {
+        "model": None,
+        "operation": None,
+        "from": "2030-03-01T00:00:00+00:00",
+        "to": "2030-04-01T00:00:00+00:00",
+    }
+    assert body["by_day"] == [
+        {"day": "2030-03-30", **_totals(1, prompt=10, completion=5)},
+        {"day": "2030-03-31", **_totals(1, prompt=3, completion=4, estimated=1)},
+    ]
     assert body["totals"] == body["this_month"] == _totals(2, prompt=13, completion=9, estimated=1)
     assert body["today"] == _totals(1, prompt=3, completion=4, estimated=1)
     assert body["truncated"] is False
@@ -280,16 +314,25 @@ def test_an_explicit_range_and_filters(seeded: dict) -> None:
 
 def test_limits_are_the_keys_own_or_the_gateways_defaults(seeded: dict) -> None:
     limits = _ok(_own(seeded["client"], seeded["a_headers"]))["limits"]
-    assert limits == {"rate_limit_general": "100 per 15 minutes", "rate_limit_ai": "5 per minute",
-                      "tokens_per_minute": None, "tokens_per_day": 1000, "budget_tokens_day": None,
-                      "budget_tokens_month": None, "max_tokens_cap": None, "allowed_models": ["m1", "gpt-4o*"]}
+    assert limits == {
+        "rate_limit_general": "100 per 15 minutes",
+        "rate_limit_ai": "5 per minute",
+        "tokens_per_minute": None,
+        "tokens_per_day": 1000,
+        "budget_tokens_day": None,
+        "budget_tokens_month": None,
+        "max_tokens_cap": None,
+        "allowed_models": ["m1", "gpt-4o*"],
+    }
     defaults = _ok(_own(seeded["client"], KEY_HEADERS))["limits"]
     assert defaults["rate_limit_ai"] == "20 per 15 minutes" and defaults["allowed_models"] is None
     assert defaults["tokens_per_day"] is None
 
 
-@pytest.mark.parametrize(("query", "param"), [("?key=master", "key"), ("?group_by=day", "group_by"),
-                                               ("?from=soon", "from"), ("?operation=dance", "operation")])
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [("?key=master", "key"), ("?group_by=day", "group_by"), ("?from=soon", "from"), ("?operation=dance", "operation")],
+)
 def test_api_usage_refuses_what_it_does_not_accept(seeded: dict, query: str, param: str) -> None:
     error = _error(_own(seeded["client"], seeded["a_headers"], query), 400)
     assert error["param"] == param and error["code"] == "invalid_parameter"

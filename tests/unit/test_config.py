@@ -140,6 +140,7 @@ def test_development_generates_secrets_once_and_shares_them(tmp_path: Path) -> N
     assert set(first.generated) == {"master_api_key", "jwt_secret"}
 
 
+@pytest.mark.slow  # six fresh interpreters
 def test_concurrent_workers_agree_on_generated_secrets(tmp_path: Path) -> None:
     code = (
         "from gateway.config import load;"

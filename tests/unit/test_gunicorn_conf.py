@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHECK_FREEZE = """
@@ -18,6 +20,7 @@ print(before, gc.get_freeze_count())
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_worker_freezes_what_it_loaded_out_of_the_garbage_collectors_walks(tmp_path: Path) -> None:
     env = {**os.environ, "AI_PROXY_ENV_FILE": "/dev/null", "NODE_ENV": "development",
            "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40, "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}
@@ -50,6 +53,7 @@ def _worker_class(tmp_path: Path, **env: str) -> str:
     return done.stdout.split()[0]
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_gunicorn_runs_the_gateways_worker_classes(tmp_path: Path) -> None:
     assert _worker_class(tmp_path) == "gateway.server.GeventWorker"
     assert _worker_class(tmp_path, GATEWAY_WORKER_CLASS="gthread") == "gateway.server.ThreadWorker"

@@ -40,10 +40,12 @@ def test_creating_needs_only_a_name() -> None:
 
 
 def test_null_resets_a_field_to_the_default() -> None:
-    changes = parse_changes({"rate_limit_ai": None, "allowed_models": None, "expires_at": None, "metadata": None,
-                             "max_tokens_cap": None}, creating=False, now=NOW)
-    assert changes == {"rate_limit_ai": None, "allowed_models": None, "expires_at": None, "metadata": {},
-                       "max_tokens_cap": None}
+    changes = parse_changes(
+        {"rate_limit_ai": None, "allowed_models": None, "expires_at": None, "metadata": None, "max_tokens_cap": None},
+        creating=False,
+        now=NOW,
+    )
+    assert changes == {"rate_limit_ai": None, "allowed_models": None, "expires_at": None, "metadata": {}, "max_tokens_cap": None}
 
 
 def test_a_patch_may_change_nothing_but_what_it_names() -> None:

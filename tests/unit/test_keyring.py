@@ -53,10 +53,24 @@ class Clock:
 
 
 def _record(ring: KeyRing, secret: str, **changes) -> KeyRecord:
-    base = KeyRecord(id="key_00000000000000aa", name="n", prefix=secret[:12], secret_hash=ring.hash_secret(secret),
-                     metadata={}, created_at=datetime.now(UTC), expires_at=None, revoked_at=None,
-                     allowed_models=None, rate_limit_general=None, rate_limit_ai=None, tokens_per_minute=None,
-                     tokens_per_day=None, budget_tokens_day=None, budget_tokens_month=None, max_tokens_cap=None)
+    base = KeyRecord(
+        id="key_00000000000000aa",
+        name="n",
+        prefix=secret[:12],
+        secret_hash=ring.hash_secret(secret),
+        metadata={},
+        created_at=datetime.now(UTC),
+        expires_at=None,
+        revoked_at=None,
+        allowed_models=None,
+        rate_limit_general=None,
+        rate_limit_ai=None,
+        tokens_per_minute=None,
+        tokens_per_day=None,
+        budget_tokens_day=None,
+        budget_tokens_month=None,
+        max_tokens_cap=None,
+    )
     return replace(base, **changes)
 
 

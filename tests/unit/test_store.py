@@ -23,8 +23,14 @@ from tests.conftest import settings_for
 
 
 def _key_row(key_id: str = "key_0000000000000001") -> dict:
-    return {"id": key_id, "name": "n", "prefix": "aip_abcdefgh", "secret_hash": key_id.ljust(64, "0"),
-            "metadata": {"team": "web"}, "created_at": datetime.now(UTC)}
+    return {
+        "id": key_id,
+        "name": "n",
+        "prefix": "aip_abcdefgh",
+        "secret_hash": key_id.ljust(64, "0"),
+        "metadata": {"team": "web"},
+        "created_at": datetime.now(UTC),
+    }
 
 
 @pytest.fixture
@@ -79,8 +85,9 @@ def test_times_come_back_aware_utc(store: Store) -> None:
 def test_naive_times_are_refused(store: Store) -> None:
     schema.upgrade(store.engine)
     with pytest.raises(Exception, match="naive"), store.engine.begin() as connection:
-        connection.execute(insert(usage).values(ts=datetime.now(), key_id="k", operation="chat", status=200,
-                                                tokens_estimated=False, duration_ms=1.0))
+        connection.execute(
+            insert(usage).values(ts=datetime.now(), key_id="k", operation="chat", status=200, tokens_estimated=False, duration_ms=1.0)
+        )
 
 
 def test_an_empty_database_is_refused_with_the_upgrade_command(store: Store) -> None:
@@ -114,8 +121,16 @@ def test_the_app_refuses_to_start_on_a_database_that_is_behind(upstream, tmp_pat
 
 def test_production_never_upgrades_a_configured_database_itself(upstream, tmp_path) -> None:
     with pytest.raises(schema.SchemaError, match="db upgrade"):
-        create_app(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40,
-                                jwt_secret="j" * 40, database_url=f"sqlite:///{tmp_path}/configured.db"))
+        create_app(
+            settings_for(
+                upstream,
+                tmp_path,
+                node_env="production",
+                master_api_key="m" * 40,
+                jwt_secret="j" * 40,
+                database_url=f"sqlite:///{tmp_path}/configured.db",
+            )
+        )
 
 
 def test_development_upgrades_the_default_sqlite_file_on_first_start(upstream, tmp_path, caplog) -> None:
@@ -136,8 +151,7 @@ def test_workers_starting_together_upgrade_the_file_once(tmp_path) -> None:
     path = tmp_path / "gateway.db"
     stores = [Store(make_url(f"sqlite:///{path}"), auto_upgrade=True) for _ in range(8)]
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda s=s: results.append(schema.upgrade_locked(s.engine, path)))
-               for s in stores]
+    threads = [threading.Thread(target=lambda s=s: results.append(schema.upgrade_locked(s.engine, path))) for s in stores]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -180,16 +194,14 @@ def test_other_database_urls_are_refused_without_showing_them(raw: str, tmp_path
     assert "DATABASE_URL" in str(caught.value) and raw not in str(caught.value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("KEY_CACHE_SECONDS", "-1"), ("KEY_CACHE_SECONDS", "301"),
-                                             ("KEY_CACHE_SECONDS", "soon")])
+@pytest.mark.parametrize(("name", "value"), [("KEY_CACHE_SECONDS", "-1"), ("KEY_CACHE_SECONDS", "301"), ("KEY_CACHE_SECONDS", "soon")])
 def test_bad_key_cache_seconds_is_refused(name: str, value: str, tmp_path) -> None:
     with pytest.raises(ConfigError, match=name):
         load(environ={name: value}, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
 
 
 def test_a_short_pepper_is_refused_in_production(tmp_path) -> None:
-    environ = {"NODE_ENV": "production", "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40,
-               "KEY_HASH_PEPPER": "short-pepper-value"}
+    environ = {"NODE_ENV": "production", "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40, "KEY_HASH_PEPPER": "short-pepper-value"}
     with pytest.raises(ConfigError) as caught:
         load(environ=environ, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
     assert "KEY_HASH_PEPPER" in str(caught.value) and "short-pepper-value" not in str(caught.value)

@@ -12,8 +12,7 @@ import pytest
 from gateway.auth import tokens
 
 SECRET = "x" * 48
-CONFIG = tokens.TokenConfig(secret=SECRET, issuer="ai-proxy-gateway", audience="ai-proxy-gateway",
-                            expires_in=3600, leeway=30)
+CONFIG = tokens.TokenConfig(secret=SECRET, issuer="ai-proxy-gateway", audience="ai-proxy-gateway", expires_in=3600, leeway=30)
 
 
 def _claims(**changes):
