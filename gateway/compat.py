@@ -29,7 +29,7 @@ from gateway import response_headers
 
 # --- http.client (the standard library) -----------------------------------------------
 
-HTTP_CLIENT_WRITTEN_AGAINST = "CPython 3.11"
+HTTP_CLIENT_WRITTEN_AGAINST = "3.11 (CPython's standard library)"
 
 
 def http_response_begin(parse_headers: Callable[..., http.client.HTTPMessage]) -> Callable[[http.client.HTTPResponse], None]:
