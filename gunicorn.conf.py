@@ -27,6 +27,7 @@ per core, all counting against the same quotas.
 """
 
 import os
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -85,7 +86,7 @@ proxy_allow_ips = ""
 control_socket_disable = True
 
 
-def on_starting(server) -> None:  # noqa: ANN001
+def on_starting(server: Any) -> None:
     """Log the mode and the upstream, then refuse to start, in one line, when the
     database schema is behind the code.
 
@@ -112,26 +113,26 @@ def on_starting(server) -> None:  # noqa: ANN001
     metrics.prepare_directory(_settings)
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001
+def post_worker_init(worker: Any) -> None:
     """Once the worker has loaded the app: move everything alive now (the app, its
     modules, their caches) out of the garbage collector's sight. These objects live
-    as long as the worker, but a full collection would walk them all every time: with
-    them, one took 30-60 ms here, during which the worker serves nothing (a visible
-    latency tail); without them, about 1.5 ms."""
+    as long as the worker, but a full collection would walk them all every time, and
+    the worker serves nothing while it runs: a visible latency tail (figures in
+    bench/results/profile.md, "The latency tail")."""
     import gc
 
     gc.collect()
     gc.freeze()
 
 
-def worker_exit(server, worker) -> None:  # noqa: ANN001
+def worker_exit(server: Any, worker: Any) -> None:
     """Graceful stop or reload: write the worker's queued usage records before it exits."""
     from gateway import usage
 
     usage.stop_all()
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+def child_exit(server: Any, worker: Any) -> None:
     """In the master, once a worker has exited (stopped, recycled or crashed): its live
     gauges (streams in flight, usage queue) stop counting; its counters stay."""
     from gateway import metrics
