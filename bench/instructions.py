@@ -174,11 +174,11 @@ def _apply(variant: str) -> None:
             )
             return client.UpstreamResponse(answer.raw)
 
-        client.UpstreamClient.send = send  # type: ignore[method-assign]
+        client.UpstreamClient.send = send  # type: ignore[method-assign]  # the variant replaces the method
     elif variant == "getpid":  # prometheus-client's default process identifier
         from gateway import metrics
 
-        metrics.process_id = os.getpid  # type: ignore[assignment]
+        metrics.process_id = os.getpid  # type: ignore[assignment]  # the variant uses the plain function
 
 
 def inner(requests: int, variant: str) -> None:

@@ -81,8 +81,7 @@ def use_multiprocess_values(process_identifier: Callable[[], int]) -> None:
     worker's. Done once: a value class already multiprocess is left as it is.
     """
     if not getattr(values.ValueClass, "_multiprocess", False):
-        # prometheus-client's MultiProcessValue has no annotations
-        values.ValueClass = values.MultiProcessValue(process_identifier=process_identifier)  # type: ignore[no-untyped-call]
+        values.ValueClass = values.MultiProcessValue(process_identifier=process_identifier)  # type: ignore[no-untyped-call]  # unannotated
 
 
 # --- flask-talisman ---------------------------------------------------------------------

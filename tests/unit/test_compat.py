@@ -72,7 +72,7 @@ def test_http_client_begin_still_reads_the_head_through_its_module_parse_headers
         return http.client.parse_headers(fp, _class)
 
     begin = compat.http_response_begin(parse_headers)
-    answer = http.client.HTTPResponse(_Socket(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"))  # type: ignore[arg-type]
+    answer = http.client.HTTPResponse(_Socket(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"))  # type: ignore[arg-type]  # a socket stand-in
     begin(answer)
     assert seen == [True], hint
     assert (answer.status, answer.getheader("X-A"), answer.read()) == (200, "1", b"ok"), hint
