@@ -4,16 +4,17 @@ Worker class: gevent by default. A stream holds its worker slot for its whole
 life; gevent holds a thousand of them in one process where gthread needs a thread
 each and the sync worker one process each (and kills any request longer than
 ``timeout``). Per non-streamed request gevent is also no dearer: the same Flask +
-urllib3 relay costs about the same CPU under gevent as under gthread with 32 threads
-(which could hold only 32 streams), and less than under gthread with the 1000
-threads a thousand streams would need (``make bench-floor``, bench/results/profile.md).
-gunicorn's other gevent worker, ``gevent_pywsgi`` (gevent's own HTTP server), relayed
-the same Flask app for about 13 % less CPU here, but it has no keep-alive timeout (an
-idle client holds its slot for ever) and it bypasses gunicorn's request handling, so
-``max_requests`` and gunicorn's request line and header limits do not apply: not worth
-it for a gateway facing clients.
+urllib3 relay costs about the same CPU under gevent as under a gthread worker with
+a few dozen threads (which could hold only that many streams), and less than under
+gthread with the thousand threads a thousand streams would need (``make bench-floor``;
+figures in bench/results/profile.md). gunicorn's other gevent worker,
+``gevent_pywsgi`` (gevent's own HTTP server), relays the same Flask app for somewhat
+less CPU (bench/results/profile.md), but it has no keep-alive timeout (an idle client
+holds its slot for ever) and it bypasses gunicorn's request handling, so
+``max_requests`` and gunicorn's request line and header limits do not apply: not
+worth it for a gateway facing clients.
 
-Worker class: the gateway's own subclasses of gunicorn's (gateway.server): gunicorn's
+Worker class: the gateway's own subclasses of gunicorn's (gateway.server.workers): gunicorn's
 refusals of malformed requests answer in the gateway's JSON envelope; with gevent
 also a deadline on request bodies (``REQUEST_BODY_TIMEOUT``), a cap on unauthenticated
 connections per client address (``MAX_CONNECTIONS_PER_ADDRESS``) and a drain that cuts what is
@@ -26,6 +27,7 @@ per core, all counting against the same quotas.
 """
 
 import os
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -57,8 +59,9 @@ except ConfigError as error:
 gunicorn.http.wsgi.SERVER = "ai-proxy"
 
 bind = f"{_settings.ai_proxy_host}:{_settings.ai_proxy_port}"
-worker_class = {"gevent": "gateway.server.GeventWorker",
-                "gthread": "gateway.server.ThreadWorker"}[_settings.gateway_worker_class]
+worker_class = {"gevent": "gateway.server.workers.GeventWorker", "gthread": "gateway.server.workers.ThreadWorker"}[
+    _settings.gateway_worker_class
+]
 workers = _settings.worker_processes
 threads = _settings.gateway_threads
 worker_connections = _settings.gateway_worker_connections
@@ -66,7 +69,7 @@ worker_connections = _settings.gateway_worker_connections
 # For gevent/gthread the timeout is a heartbeat: long streams are not killed by it.
 timeout = _settings.gateway_timeout
 # On SIGTERM/SIGHUP, in-flight requests and streams get this long to finish (less the
-# worker's margin: gateway.server.drain_seconds), then the master kills the worker.
+# worker's margin: gateway.server.workers.drain_seconds), then the master kills the worker.
 graceful_timeout = _settings.gateway_graceful_timeout
 keepalive = 5
 max_requests = _settings.gateway_max_requests
@@ -83,7 +86,7 @@ proxy_allow_ips = ""
 control_socket_disable = True
 
 
-def on_starting(server) -> None:  # noqa: ANN001
+def on_starting(server: Any) -> None:
     """Log the mode and the upstream, then refuse to start, in one line, when the
     database schema is behind the code.
 
@@ -110,26 +113,26 @@ def on_starting(server) -> None:  # noqa: ANN001
     metrics.prepare_directory(_settings)
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001
+def post_worker_init(worker: Any) -> None:
     """Once the worker has loaded the app: move everything alive now (the app, its
     modules, their caches) out of the garbage collector's sight. These objects live
-    as long as the worker, but a full collection would walk them all every time: with
-    them, one took 30-60 ms here, during which the worker serves nothing (a visible
-    latency tail); without them, about 1.5 ms."""
+    as long as the worker, but a full collection would walk them all every time, and
+    the worker serves nothing while it runs: a visible latency tail (figures in
+    bench/results/profile.md, "The latency tail")."""
     import gc
 
     gc.collect()
     gc.freeze()
 
 
-def worker_exit(server, worker) -> None:  # noqa: ANN001
+def worker_exit(server: Any, worker: Any) -> None:
     """Graceful stop or reload: write the worker's queued usage records before it exits."""
     from gateway import usage
 
     usage.stop_all()
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+def child_exit(server: Any, worker: Any) -> None:
     """In the master, once a worker has exited (stopped, recycled or crashed): its live
     gauges (streams in flight, usage queue) stop counting; its counters stay."""
     from gateway import metrics

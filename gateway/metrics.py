@@ -40,10 +40,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 
-from gateway import limits
+from gateway import compat, limits
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
@@ -222,8 +222,7 @@ def _write_values_to(settings: Settings) -> str:
     # imported, which may have been before the directory was known (the gunicorn master
     # imports this module while reading gunicorn.conf.py). Every metric made after this
     # line writes to the directory's files.
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue(process_identifier=process_id)
+    compat.use_multiprocess_values(process_id)
     return _directory
 
 

@@ -3,10 +3,10 @@
 Pure code: lines in, ``(name, value)`` pairs out; no sockets, no Flask.
 
 ``http.client`` hands every answer's header block to ``email.parser`` (a general
-MIME parser) and then queries the result through ``email.message``: together about
-5 % of a relayed request's CPU. An HTTP/1.1 field line is simpler (RFC 9112,
+MIME parser) and then queries the result through ``email.message``: together a
+visible share of a relayed request's CPU (bench/results/profile.md). An HTTP/1.1 field line is simpler (RFC 9112,
 section 5): ``name ":" OWS value OWS``, where the name has no whitespace. This
-module parses exactly that, and :mod:`gateway.upstream.client` gives the pool's
+module parses exactly that, and :mod:`gateway.upstream.connection` gives the pool's
 connections a response class that uses it (:data:`MAX_LINE` and :data:`MAX_FIELDS`
 are ``http.client``'s own limits).
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gateway.server import drain_seconds
+from gateway.server.workers import drain_seconds
 from tests.e2e.conftest import AUTH, HOST, EventStream, GatewayServer
 from tests.fakes.upstream import Behavior
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import socket
 
-from gateway.upstream.client import UpstreamClient, UpstreamConfig, _QuickHeadResponse, _QuickLivenessCheck
+from gateway.upstream.client import UpstreamClient, UpstreamConfig
+from gateway.upstream.connection import QuickHeadResponse, QuickLivenessCheck
 from tests.fakes.upstream import FakeUpstream
 
 BODY = b'{"model": "m", "prompt": "hi"}'
 
 
 def _client(upstream: FakeUpstream) -> UpstreamClient:
-    return UpstreamClient(UpstreamConfig(base_url=upstream.base_url, api_key="sk-test", connect_timeout=2,
-                                         read_timeout=5, pool_size=4, trust_env=False))
+    return UpstreamClient(
+        UpstreamConfig(base_url=upstream.base_url, api_key="sk-test", connect_timeout=2, read_timeout=5, pool_size=4, trust_env=False)
+    )
 
 
 def _call(client: UpstreamClient) -> int:
@@ -36,10 +38,10 @@ def test_a_kept_alive_connection_is_reused() -> None:
 def test_answers_are_parsed_by_the_quick_head_response() -> None:
     with FakeUpstream() as upstream:
         client = _client(upstream)
-        assert client._current_route().pool.ConnectionCls.response_class is _QuickHeadResponse
+        assert client._current_route().pool.ConnectionCls.response_class is QuickHeadResponse
         answer = client.send("POST", "/completions", BODY, "req-1", stream=False)
         try:
-            assert isinstance(answer.raw._original_response, _QuickHeadResponse)
+            assert isinstance(answer.raw._original_response, QuickHeadResponse)
             assert answer.headers["content-type"].startswith("application/json")
             assert int(answer.headers["Content-Length"]) == len(answer.raw.read())
         finally:
@@ -53,7 +55,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_replaced_not_reused() ->
     # would fail the next call (no retries upstream); the pool must see it is gone.
     with FakeUpstream(idle_timeout=0.2) as upstream:
         client = _client(upstream)
-        assert issubclass(client._current_route().pool.ConnectionCls, _QuickLivenessCheck)
+        assert issubclass(client._current_route().pool.ConnectionCls, QuickLivenessCheck)
         assert _call(client) == 200
         assert upstream.wait_for_open_connections(1, 2)
         assert upstream.wait_until_no_open_connections(3)  # closed by the upstream
@@ -62,7 +64,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_replaced_not_reused() ->
         client.close()
 
 
-class _Connection(_QuickLivenessCheck):
+class _Connection(QuickLivenessCheck):
     def __init__(self, sock: socket.socket | None) -> None:
         self.sock = sock
 

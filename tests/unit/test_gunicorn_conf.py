@@ -55,8 +55,8 @@ def _worker_class(tmp_path: Path, **env: str) -> str:
 
 @pytest.mark.slow  # two fresh interpreters
 def test_gunicorn_runs_the_gateways_worker_classes(tmp_path: Path) -> None:
-    assert _worker_class(tmp_path) == "gateway.server.GeventWorker"
-    assert _worker_class(tmp_path, GATEWAY_WORKER_CLASS="gthread") == "gateway.server.ThreadWorker"
+    assert _worker_class(tmp_path) == "gateway.server.workers.GeventWorker"
+    assert _worker_class(tmp_path, GATEWAY_WORKER_CLASS="gthread") == "gateway.server.workers.ThreadWorker"
 
 
 def test_systemd_waits_longer_than_a_stop_right_after_a_reload() -> None:

@@ -22,6 +22,7 @@ from gunicorn.workers import base, base_async, ggevent
 from gateway import server
 from gateway.auth import AUTHENTICATED_ENVIRON_KEY
 from gateway.errors import RequestBodyTimeout
+from gateway.server import bodies, connections, rejections, workers
 from tests.conftest import CANARY_MASTER_KEY
 
 
@@ -31,8 +32,10 @@ def _params(func: object) -> list[str]:
 
 def test_gunicorn_still_offers_what_the_worker_subclasses_use() -> None:
     found = gunicorn.__version__
-    hint = (f"gunicorn {found}: gateway/server.py was written against gunicorn {server.GUNICORN_VERSION}; "
-            "re-check its overrides against this version")
+    hint = (
+        f"gunicorn {found}: gateway/server/ was written against gunicorn {server.GUNICORN_VERSION}; "
+        "re-check its overrides against this version"
+    )
     expected = {
         base.Worker.handle_error: ["self", "req", "client", "addr", "exc"],
         base.Worker.handle_exit: ["self", "sig", "frame"],
@@ -51,43 +54,48 @@ def test_gunicorn_still_offers_what_the_worker_subclasses_use() -> None:
     assert "self.req.should_close()" in inspect.getsource(wsgi.Response.should_close), hint
     # The drain relies on the gevent worker polling its connection pool until it is empty.
     assert "free_count()" in inspect.getsource(ggevent.GeventWorker.run), hint
-    for kind, *_ in server.REJECTIONS:
+    for kind, *_ in rejections.REJECTIONS:
         assert issubclass(kind, http_errors.ParseException), f"{hint}: {kind.__name__}"
 
 
-@pytest.mark.parametrize(("exc", "status", "code"), [
-    (http_errors.LimitRequestLine(9000, 4094), 414, "request_line_too_long"),
-    (http_errors.LimitRequestHeaders("limit request headers fields"), 431, "headers_too_large"),
-    (http_errors.InvalidHTTPVersion((2, 0)), 400, "unsupported_http_version"),
-    (http_errors.UnsupportedTransferCoding("xchunked"), 400, "unsupported_transfer_encoding"),
-    (http_errors.InvalidHeader("CONTENT-LENGTH"), 400, "invalid_header"),
-    (http_errors.InvalidRequestLine("bare LF"), 400, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (http_errors.LimitRequestLine(9000, 4094), 414, "request_line_too_long"),
+        (http_errors.LimitRequestHeaders("limit request headers fields"), 431, "headers_too_large"),
+        (http_errors.InvalidHTTPVersion((2, 0)), 400, "unsupported_http_version"),
+        (http_errors.UnsupportedTransferCoding("xchunked"), 400, "unsupported_transfer_encoding"),
+        (http_errors.InvalidHeader("CONTENT-LENGTH"), 400, "invalid_header"),
+        (http_errors.InvalidRequestLine("bare LF"), 400, "invalid_request"),
+    ],
+)
 def test_refusals_map_to_a_4xx(exc: BaseException, status: int, code: str) -> None:
-    answer = server.rejection(exc)
+    answer = rejections.rejection(exc)
     assert answer is not None and answer[0] == status and answer[2] == code
 
 
 def test_a_bad_header_from_the_app_stays_a_500() -> None:
-    assert server.rejection(http_errors.InvalidResponseHeader("X")) is None
-    assert server.rejection(RuntimeError("bug")) is None
+    assert rejections.rejection(http_errors.InvalidResponseHeader("X")) is None
+    assert rejections.rejection(RuntimeError("bug")) is None
 
 
 def test_raw_error_is_a_whole_response_in_the_envelope() -> None:
-    data = server.raw_error(429, "Too Many Requests", "too_many_connections", "Slow down.", "rate_limit_error",
-                            headers=[("Retry-After", "1")])
+    data = rejections.raw_error(
+        429, "Too Many Requests", "too_many_connections", "Slow down.", "rate_limit_error", headers=[("Retry-After", "1")]
+    )
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.1 429 Too Many Requests"
     assert "Connection: close" in lines and "Retry-After: 1" in lines
     assert f"Content-Length: {len(body)}" in lines
-    assert json.loads(body) == {"error": {"message": "Slow down.", "type": "rate_limit_error",
-                                          "code": "too_many_connections", "param": None}}
+    assert json.loads(body) == {
+        "error": {"message": "Slow down.", "type": "rate_limit_error", "code": "too_many_connections", "param": None}
+    }
 
 
 @pytest.mark.parametrize(("graceful", "drain"), [(30, 24.0), (6, 4.0), (10, 8.0), (1, 0.0), (0, 0.0)])
 def test_the_drain_ends_before_the_graceful_timeout_by_a_margin(graceful: int, drain: float) -> None:
-    assert server.drain_seconds(graceful) == drain
+    assert workers.drain_seconds(graceful) == drain
 
 
 class _TrickledBody:
@@ -101,14 +109,14 @@ class _TrickledBody:
 
 def test_a_body_read_past_its_deadline_is_a_408() -> None:
     expired = []
-    body = server._BodyWithDeadline(_TrickledBody(5.0), time.monotonic() + 0.1, lambda: expired.append(True))
+    body = bodies.BodyWithDeadline(_TrickledBody(5.0), time.monotonic() + 0.1, lambda: expired.append(True))
     with pytest.raises(RequestBodyTimeout):
         gevent.spawn(body.read).get(timeout=3)
     assert expired == [True]
 
 
 def test_a_body_read_within_its_deadline_is_untouched() -> None:
-    body = server._BodyWithDeadline(_TrickledBody(0.01), time.monotonic() + 5, lambda: pytest.fail("expired"))
+    body = bodies.BodyWithDeadline(_TrickledBody(0.01), time.monotonic() + 5, lambda: pytest.fail("expired"))
     assert gevent.spawn(body.read, 2).get(timeout=3) == b"{}"
 
 
@@ -122,7 +130,7 @@ def test_the_auth_hook_and_the_worker_agree_on_the_environ_key() -> None:
 
 
 def test_connections_without_an_admitted_request_are_capped_per_address() -> None:
-    counted = server.UnauthenticatedConnections(2)
+    counted = connections.UnauthenticatedConnections(2)
     first, second = counted.open("10.0.0.1"), counted.open("10.0.0.1")
     assert first is not None and second is not None
     counted.begin(first, {})  # a request that was not admitted (public, or refused)
@@ -134,7 +142,7 @@ def test_connections_without_an_admitted_request_are_capped_per_address() -> Non
 
 
 def test_an_admitted_request_frees_its_connection_for_the_rest_of_its_life() -> None:
-    counted = server.UnauthenticatedConnections(2)
+    counted = connections.UnauthenticatedConnections(2)
     streaming = [counted.open("10.0.0.1") for _ in range(2)]
     for connection in streaming:
         assert connection is not None
@@ -159,7 +167,7 @@ def test_an_admitted_request_frees_its_connection_for_the_rest_of_its_life() -> 
 
 
 def test_an_admitted_request_is_noticed_when_the_next_one_begins() -> None:
-    counted = server.UnauthenticatedConnections(1)
+    counted = connections.UnauthenticatedConnections(1)
     connection = counted.open("10.0.0.1")
     assert connection is not None
     counted.begin(connection, dict(ADMITTED))
@@ -170,7 +178,7 @@ def test_an_admitted_request_is_noticed_when_the_next_one_begins() -> None:
 
 @pytest.mark.parametrize("mark", [None, False, "true", 1])
 def test_only_the_hooks_own_mark_admits(mark: object) -> None:
-    counted = server.UnauthenticatedConnections(1)
+    counted = connections.UnauthenticatedConnections(1)
     connection = counted.open("10.0.0.1")
     assert connection is not None
     counted.begin(connection, {} if mark is None else {"gateway.authenticated": mark})
@@ -179,19 +187,23 @@ def test_only_the_hooks_own_mark_admits(mark: object) -> None:
 
 def test_the_cap_is_at_least_one() -> None:
     with pytest.raises(ValueError):
-        server.UnauthenticatedConnections(0)
+        connections.UnauthenticatedConnections(0)
 
 
-@pytest.mark.parametrize(("method", "path", "headers", "status", "admitted"), [
-    ("GET", "/v1/models", {"X-API-Key": CANARY_MASTER_KEY}, 200, True),
-    ("GET", "/v1/models", {"Authorization": f"Bearer {CANARY_MASTER_KEY}"}, 200, True),
-    ("GET", "/v1/models", {"X-API-Key": "mk-wrong-" + "x" * 40}, 401, False),
-    ("GET", "/v1/models", {}, 401, False),
-    ("GET", "/health", {"X-API-Key": CANARY_MASTER_KEY}, 200, False),  # public: no admission
-    ("POST", "/auth/token", {}, 401, False),
-])
-def test_the_auth_hook_marks_only_requests_it_admits(make_app, method: str, path: str, headers: dict[str, str],
-                                                     status: int, admitted: bool) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "admitted"),
+    [
+        ("GET", "/v1/models", {"X-API-Key": CANARY_MASTER_KEY}, 200, True),
+        ("GET", "/v1/models", {"Authorization": f"Bearer {CANARY_MASTER_KEY}"}, 200, True),
+        ("GET", "/v1/models", {"X-API-Key": "mk-wrong-" + "x" * 40}, 401, False),
+        ("GET", "/v1/models", {}, 401, False),
+        ("GET", "/health", {"X-API-Key": CANARY_MASTER_KEY}, 200, False),  # public: no admission
+        ("POST", "/auth/token", {}, 401, False),
+    ],
+)
+def test_the_auth_hook_marks_only_requests_it_admits(
+    make_app, method: str, path: str, headers: dict[str, str], status: int, admitted: bool
+) -> None:
     """The mark lands in the environ a WSGI wrapper (the worker's) passed to the app."""
     app = make_app()
     seen: list[dict] = []

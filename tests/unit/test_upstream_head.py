@@ -7,25 +7,35 @@ import io
 
 import pytest
 
-from gateway.upstream.client import parse_head
+from gateway.upstream.connection import parse_head
 from gateway.upstream.head import MAX_FIELDS, MAX_LINE, parse_fields
 
 
 def test_fields_keep_order_case_and_repeats_and_drop_surrounding_whitespace() -> None:
-    lines = [b"Content-Type: application/json\r\n", b"x-request-id:abc\r\n", b"Set-Cookie: a=1 \r\n",
-             b"Set-Cookie:\tb=2\r\n", b"Empty:\r\n"]
-    assert parse_fields(lines) == [("Content-Type", "application/json"), ("x-request-id", "abc"),
-                                   ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Empty", "")]
+    lines = [
+        b"Content-Type: application/json\r\n",
+        b"x-request-id:abc\r\n",
+        b"Set-Cookie: a=1 \r\n",
+        b"Set-Cookie:\tb=2\r\n",
+        b"Empty:\r\n",
+    ]
+    assert parse_fields(lines) == [
+        ("Content-Type", "application/json"),
+        ("x-request-id", "abc"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Empty", ""),
+    ]
 
 
 def test_a_folded_line_continues_the_previous_value_with_one_space() -> None:
     assert parse_fields([b"X-Long: part one\r\n", b"   part two\r\n", b"\tpart three\r\n"]) == [
-        ("X-Long", "part one part two part three")]
+        ("X-Long", "part one part two part three")
+    ]
     assert parse_fields([b"  folded before any field\r\n", b"A: b\r\n"]) == [("A", "b")]
 
 
-@pytest.mark.parametrize("line", [b"no colon here\r\n", b"Content-Length : 5\r\n", b"Bad Name: x\r\n",
-                                  b": no name\r\n"])
+@pytest.mark.parametrize("line", [b"no colon here\r\n", b"Content-Length : 5\r\n", b"Bad Name: x\r\n", b": no name\r\n"])
 def test_a_line_that_is_not_a_field_is_ignored(line: bytes) -> None:
     assert parse_fields([b"A: 1\r\n", line, b"B: 2\r\n"]) == [("A", "1"), ("B", "2")]
 
@@ -37,8 +47,7 @@ def test_bytes_are_latin_1_like_http_client() -> None:
 BLOCKS = [
     b"Content-Type: application/json\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\n",
     b"content-type: text/event-stream\r\ntransfer-encoding: chunked\r\nCache-Control: no-cache\r\n\r\n",
-    b"Retry-After: 7\r\nX-RateLimit-Remaining: 0\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: Fri, 27 Nov 2026 "
-    b"10:00:00 GMT\r\n\r\n",
+    b"Retry-After: 7\r\nX-RateLimit-Remaining: 0\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: Fri, 27 Nov 2026 10:00:00 GMT\r\n\r\n",
     b"Server: x\nContent-Length: 0\n\n",  # bare LF line ends
     b"\r\n",  # no fields at all
 ]
