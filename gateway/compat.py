@@ -61,7 +61,8 @@ def adapter_pool(adapter: HTTPAdapter, request: PreparedRequest, verify: bool | 
     every call is worked out once and each call goes straight to this pool; going
     through ``Session.request`` costs more than the 3 % threshold (bench/results/profile.md).
     """
-    return adapter.get_connection_with_tls_context(request, verify, proxies, cert)
+    # Session.merge_environment_settings never leaves verify unset; None would mean requests' default, True.
+    return adapter.get_connection_with_tls_context(request, True if verify is None else verify, proxies, cert)
 
 
 # --- prometheus-client ------------------------------------------------------------------

@@ -19,7 +19,7 @@ def linger(client: Any) -> None:
     the answer."""
     try:
         client.shutdown(socket.SHUT_WR)
-        with gevent.Timeout(1.0, False):
+        with gevent.Timeout(1.0, False):  # type: ignore[arg-type]  # gevent's documented silent form; the stubs type only exceptions
             while client.recv(65536):
                 pass
     except OSError:
@@ -34,7 +34,8 @@ class KeepAliveWait:
 
     def __init__(self, idle: dict[Any, KeepAliveWait], seconds: float) -> None:
         self._idle = idle
-        self.timeout = gevent.Timeout(seconds, False)  # on expiry: no request, the connection closes
+        # On expiry: no request, the connection closes. False is gevent's documented silent form.
+        self.timeout = gevent.Timeout(seconds, False)  # type: ignore[arg-type]  # the stubs type only exceptions
         self.greenlet: Any = None
 
     def __enter__(self) -> KeepAliveWait:

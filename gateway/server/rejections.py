@@ -88,7 +88,9 @@ def raw_error(
 
 def rejection(exc: BaseException) -> tuple[int, str, str, str] | None:
     """How gunicorn's refusal ``exc`` is answered; ``None``: not the client's fault."""
-    if isinstance(exc, (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)):
+    # types-gunicorn lacks these two classes; gunicorn 27 has them (tests/unit/test_server.py checks).
+    response_header_errors = (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName)  # type: ignore[attr-defined]
+    if isinstance(exc, response_header_errors):
         return None  # the app tried to send a bad header: gunicorn's 500
     for kind, status, reason, code, message in REJECTIONS:
         if isinstance(exc, kind):

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _select = get_original("select", "select")  # never yields to the hub
 
 
-class ThreadWorker(EnvelopeErrors, _GunicornThreadWorker):  # type: ignore[misc]  # gunicorn has no type information
+class ThreadWorker(EnvelopeErrors, _GunicornThreadWorker):
     """gunicorn's gthread worker, answering its refusals in the gateway's envelope."""
 
 
@@ -36,7 +36,7 @@ def drain_seconds(graceful_timeout: float) -> float:
     return max(0.0, graceful_timeout - max(2.0, graceful_timeout * 0.2))
 
 
-class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):  # type: ignore[misc]  # gunicorn has no type information
+class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):
     """gunicorn's gevent worker with a body deadline, a per-address cap on unauthenticated
     connections and a drain that ends before the master's SIGKILL (see the module docstring)."""
 
@@ -152,7 +152,7 @@ class GeventWorker(EnvelopeErrors, _GunicornGeventWorker):  # type: ignore[misc]
                 self._lingering.discard(req)
                 linger(sock)
 
-    def timeout_ctx(self) -> KeepAliveWait:
+    def timeout_ctx(self) -> KeepAliveWait:  # type: ignore[override]  # gunicorn uses it as a context manager; its stubs say None
         # Draining, on a kept-alive connection: serve a request already waiting on it, else
         # close it now. A new connection's first request is awaited as usual: its client has
         # just connected to send one (during a reload the old worker may have accepted it).
