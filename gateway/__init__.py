@@ -10,7 +10,21 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import auth, cli, config, edge, errors, limits, metrics, observability, routes, store, upstream, usage
+from gateway import (
+    auth,
+    cli,
+    config,
+    edge,
+    errors,
+    exchange,
+    limits,
+    metrics,
+    observability,
+    routes,
+    store,
+    upstream,
+    usage,
+)
 
 
 class GatewayFlask(Flask):
@@ -49,6 +63,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
     observability.init_app(app)
+    exchange.init_app(app)  # every request's record: made first, finished at its response or stream's end
     edge.init_app(app)
     store.init_app(app)
     auth.init_app(app)
@@ -58,4 +73,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     usage.init_app(app)
     cli.init_app(app)
     metrics.init_app(app)
+    # Where every finished request record goes, in order (see gateway.exchange).
+    exchange.add_sink(app, observability.access_log)
+    exchange.add_sink(app, usage.usage_rows(app))
+    exchange.add_sink(app, metrics.request_metrics(app))
     return app

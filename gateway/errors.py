@@ -15,9 +15,11 @@ import http.client
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, g, json, request
+from flask import Flask, Response, current_app, json, request
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
+
+from gateway.exchange import current_or_none
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +199,10 @@ def error_response(
     param: str | None = None,
     headers: Any = None,
 ) -> Response:
-    """Build an error response in the gateway's one envelope."""
-    g.error_code = code
+    """Build an error response in the gateway's one envelope (noting its code on the request's record)."""
+    exchange = current_or_none()
+    if exchange is not None:
+        exchange.error_code = code
     response = current_app.response_class(
         json.dumps(envelope(message, error_type, code, param)),
         status=status,
@@ -245,7 +249,8 @@ def _render_storage_error(error: StorageError) -> Response:
 
 
 def _render_unexpected(error: Exception) -> Response:
-    log.exception("unhandled error request_id=%s", g.get("request_id"))
+    exchange = current_or_none()
+    log.exception("unhandled error request_id=%s", exchange.request_id if exchange is not None else None)
     return error_response(500, "The gateway failed to handle the request.", "api_error", "internal_error")
 
 

@@ -1,8 +1,8 @@
 """Quotas: flask-limiter's store and strategy, applied per request by our own hook.
 
 - ``RATE_LIMIT_GENERAL``: one application-wide bucket per caller, every endpoint but
-  the probes and scrapes given to :func:`exempt` (``/health``, ``/health/ready``,
-  ``/metrics``) and CORS preflights.
+  the probes and scrapes in :data:`gateway.auth.endpoints.QUOTA_EXEMPT_ENDPOINTS`
+  (``/health``, ``/health/ready``, ``/metrics``) and CORS preflights.
 - ``RATE_LIMIT_AI``: one more bucket per caller shared by every AI endpoint, counting
   only the requests the gateway sends upstream (see :meth:`Quotas.hold`).
 - ``RATE_LIMIT_AUTH_FAILURES``: failed ``POST /auth/token`` attempts per client address.
@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
@@ -67,14 +67,14 @@ from limits.storage import MemoryStorage
 from limits.strategies import STRATEGIES, RateLimiter
 
 from gateway import auth, quotas, response_headers
+from gateway.auth.endpoints import AI_BLUEPRINT, AUTH_FAILURE_BLUEPRINT, QUOTA_EXEMPT_ENDPOINTS
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
 from gateway.errors import GatewayError, LimitStorageUnavailable
+from gateway.exchange import current
 from gateway.inflight import InFlight
 from gateway.outage import is_outage
 from gateway.redis_windows import RedisWindows, Window
-from gateway.routes.ai import blueprint as ai_blueprint
-from gateway.routes.meta import health, ready
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,6 @@ class Quotas:
         self.health = StorageHealth()
         self.fail_open = settings.rate_limit_on_storage_error == "open"
         self.prefix: tuple[str, ...] = (settings.rate_limit_key_prefix,) if settings.rate_limit_key_prefix else ()
-        self.exempt: set[str] = set()
         # Every request quota in one Redis round trip, where that is exact (moving window, not a cluster).
         self.windows = RedisWindows.for_strategy(limiter.limiter)
         self._probe_interval = PROBE_MIN_SECONDS
@@ -230,11 +229,11 @@ class Quotas:
                 if not self.fail_open:
                     raise  # errors.py answers 503
                 counted = _hit_all(self, self.strategy, ai, key)
-        ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup
-        ctx.quotas_counted = counted
+        exchange = current()
+        exchange.quotas_counted = counted
         if counted and counted[-1].breached:
             breached = counted[-1]
-            ctx.quota_breached = breached.policy
+            exchange.quota_refused = breached.policy
             raise RateLimited(f"Rate limit exceeded: {breached.item} ({breached.policy}). "
                               "Retry after the time in Retry-After.")
 
@@ -271,7 +270,7 @@ class Quotas:
             self._next_probe = time.monotonic() + self._probe_interval
 
 
-AI_ENDPOINT_PREFIX = f"{ai_blueprint.name}."
+AI_ENDPOINT_PREFIX = f"{AI_BLUEPRINT}."
 
 
 def _state() -> Quotas:
@@ -320,10 +319,9 @@ def _hold_to_quotas() -> None:
     endpoint = request.endpoint
     if not endpoint or auth.is_preflight() or endpoint.startswith(AI_ENDPOINT_PREFIX):
         return
-    state = _state()
-    if endpoint in state.exempt:
+    if endpoint in QUOTA_EXEMPT_ENDPOINTS:
         return
-    state.hold(ai=False)
+    _state().hold(ai=False)
 
 
 def remaining_requests(policy: quotas.CallerPolicy) -> dict[str, dict[str, int] | None]:
@@ -346,18 +344,6 @@ def remaining_requests(policy: quotas.CallerPolicy) -> dict[str, dict[str, int] 
     return found
 
 
-def breached_policy() -> str | None:
-    """The quota that refused the current request (for metrics), if one did."""
-    if "quota_breached" in g:
-        return g.quota_breached
-    if request.blueprint != auth_blueprint.name:
-        return None
-    for limit in current_app.extensions["gateway.limiter"].current_limits:
-        if limit.breached:
-            return AUTH_FAILURE_SCOPE
-    return None
-
-
 def _window(strategy: RateLimiter, each: Counted) -> tuple[int, int]:
     """(remaining, reset_at) of a counter."""
     if each.window is not None:
@@ -374,10 +360,13 @@ def _rate_limit_headers(response: Response) -> Response:
         state.health.failed()
     elif state.health.down_since is not None and response.status_code != 503:
         state.health.recovered()
-    counted: list[Counted] = list(g.get("quotas_counted", ()))
-    if request.blueprint == auth_blueprint.name:  # the auth-failure limit, checked by flask-limiter there
+    exchange = current()
+    counted: list[Counted] = list(exchange.quotas_counted or ())
+    if request.blueprint == AUTH_FAILURE_BLUEPRINT:  # the auth-failure limit, checked by flask-limiter there
         for limit in limiter.current_limits:
             counted.append(Counted(AUTH_FAILURE_SCOPE, limit.limit, tuple(limit.request_args), limit.breached))
+            if limit.breached:
+                exchange.quota_refused = AUTH_FAILURE_SCOPE
     if not counted:
         return response
     strategy = state.strategy
@@ -409,7 +398,7 @@ def _rate_limit_headers(response: Response) -> Response:
 def describe(endpoint: str) -> list[str]:
     """The quotas that apply to an endpoint, for ``GET /``."""
     settings = current_app.config["GATEWAY"]
-    if endpoint in _state().exempt:
+    if endpoint in QUOTA_EXEMPT_ENDPOINTS:
         return []
     described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
     if endpoint.startswith(AI_ENDPOINT_PREFIX):
@@ -417,7 +406,7 @@ def describe(endpoint: str) -> list[str]:
                          "a key may have its own)")
         if settings.rate_limit_concurrent:
             described.append(f"{settings.rate_limit_concurrent} concurrent requests per caller")
-    if endpoint.startswith(f"{auth_blueprint.name}."):
+    if endpoint.startswith(f"{AUTH_FAILURE_BLUEPRINT}."):
         described.append(f"{settings.rate_limit_auth_failures} failed attempts per client address")
     return described
 
@@ -437,14 +426,6 @@ def storage_ready() -> bool:
     else:
         state.health.failed()
     return answers
-
-
-def exempt(app: Flask, view: Callable[..., Any], endpoint: str) -> None:
-    """No quota at all for ``view`` (served at ``endpoint``): probes and scrapes that
-    infrastructure calls often and that never reach the upstream. Who may call it is
-    still the auth hook's decision."""
-    app.extensions["gateway.limiter"].exempt(view)
-    app.extensions["gateway.quotas"].exempt.add(endpoint)
 
 
 def _scope_hooks_to_blueprint(app: Flask, limiter: Limiter, blueprint: str) -> None:
@@ -477,14 +458,12 @@ def init_app(app: Flask) -> None:
     )
     limiter.init_app(app)
     # flask-limiter checks only the auth-failure limit; _hold_to_quotas does the rest.
-    _scope_hooks_to_blueprint(app, limiter, auth_blueprint.name)
+    _scope_hooks_to_blueprint(app, limiter, AUTH_FAILURE_BLUEPRINT)
     limiter.request_filter(auth.is_preflight)
     app.extensions["gateway.limiter"] = limiter
     state = app.extensions["gateway.quotas"] = Quotas(limiter, settings)
     app.extensions["gateway.limits.health"] = state.health
     app.before_request(_hold_to_quotas)
-    exempt(app, health, "meta.health")
-    exempt(app, ready, "meta.ready")
     limiter.limit(
         settings.rate_limit_auth_failures,
         key_func=auth.client_address,

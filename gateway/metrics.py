@@ -22,8 +22,9 @@ only the first :data:`MODEL_LABELS` / :data:`KEY_LABELS` distinct values in a
 process are kept, later ones count as ``other``. No label carries a secret, a
 header value or prompt text.
 
-The facts come from hooks: one ``after_request`` for every response, the relay
-views' stream-end callback (:func:`on_stream_end`) and the usage writer's watcher.
+The facts come from finished request records (:func:`request_metrics` is one of the
+app's sinks, see :mod:`gateway.exchange`), the relay view's :func:`stream_opened` for
+the live stream gauge, and the usage writer's watcher.
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 
-from gateway import limits
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
 from gateway.errors import Forbidden
-from gateway.upstream.accounting import Usage
+from gateway.exchange import Exchange
+from gateway.upstream.accounting import TokenUsage
 from gateway.upstream.relay import STREAM_ERROR_CODES
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class Instruments:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def count_tokens(self, key_id: str, model: str | None, usage: Usage) -> None:
+    def count_tokens(self, key_id: str, model: str | None, usage: TokenUsage) -> None:
         if not (usage.prompt_tokens or usage.completion_tokens):
             return
         key, model_label = self.keys(key_id), self.models(model)
@@ -259,93 +260,61 @@ def _process_instruments() -> Instruments:
     return _instruments
 
 
-# --- the hooks ------------------------------------------------------------------------
-class _StreamWatch:
-    """One stream: counted in flight from its response until its end."""
-
-    __slots__ = ("operation", "key_id", "model", "open")
-
-    def __init__(self, operation: str, key_id: str, model: str | None) -> None:
-        self.operation = operation
-        self.key_id = key_id
-        self.model = model
-        self.open = False
-
-
-def on_stream_end(then: Callable[[str, Usage | None], None]) -> Callable[[str, Usage | None], None]:
-    """Wrap a relay view's stream-end callback so the stream is counted: in flight while
-    it runs, then how it ended, its tokens, and an upstream error if it broke off.
-
-    Built during the request (the request context is gone when the stream ends).
-    """
-    instruments: Instruments = current_app.extensions["gateway.metrics"]
-    caller = current_caller()
-    watch = _StreamWatch(request.endpoint.rpartition(".")[2] if request.endpoint else UNMATCHED,
-                         caller.id if caller else "unknown", g.get("model"))
-    g.metrics_stream = watch
-
-    def finished(outcome: str, usage: Usage | None = None) -> None:
-        try:
-            then(outcome, usage)
-        finally:
-            if watch.open:
-                watch.open = False
-                instruments.child(instruments.streams_in_flight, watch.operation).dec()
-            instruments.child(instruments.streams, watch.operation, outcome).inc()
-            code = STREAM_ERROR_CODES.get(outcome)
-            if code is not None:
-                instruments.child(instruments.upstream_errors, code).inc()
-            if usage is not None:
-                instruments.count_tokens(watch.key_id, watch.model, usage)
-
-    return finished
-
-
-def _count_refusal(instruments: Instruments, code: str) -> None:
-    """An error response the gateway made itself (``g.error_code``)."""
+# --- the sink ------------------------------------------------------------------------
+def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> None:
+    """An error response the gateway made itself (:attr:`Exchange.error_code`)."""
     if code.startswith("upstream_"):
         instruments.child(instruments.upstream_errors, code).inc()
     elif code == "gateway_rate_limited":
-        kind = limits.breached_policy() or OTHER
-        instruments.child(instruments.quota_rejections, kind).inc()
+        instruments.child(instruments.quota_rejections, quota or OTHER).inc()
     elif code in QUOTA_CODES:
         instruments.child(instruments.quota_rejections, QUOTA_CODES[code]).inc()
 
 
-def _observe(response: Response) -> Response:
+def stream_opened(operation: str) -> None:
+    """A relayed stream starts: counted in flight until its record is finished (:func:`request_metrics`)."""
     instruments: Instruments = current_app.extensions["gateway.metrics"]
-    ctx = g._get_current_object()  # one context lookup rather than one per attribute
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    status = response.status_code
-    rule = req.url_rule
-    route = rule.endpoint if rule is not None else UNMATCHED
-    method = req.method if req.method in METHODS else OTHER
-    instruments.child(instruments.requests, route, method, str(status)).inc()
-    started = ctx.get("started")
-    upstream_ms = ctx.get("upstream_ms")
-    if started is not None:
-        elapsed = time.perf_counter() - started
-        instruments.child(instruments.duration, route).observe(elapsed)
-        if upstream_ms is not None:
+    instruments.child(instruments.streams_in_flight, operation).inc()
+
+
+def request_metrics(app: Flask) -> Callable[[Exchange], None]:
+    """Sink: count a finished record: its response (route, method, status, time until the
+    response, upstream time, an error the gateway made) and, for a stream, how it ended."""
+    instruments: Instruments = app.extensions["gateway.metrics"]
+
+    def count_request(exchange: Exchange) -> None:
+        status = exchange.status
+        route = exchange.endpoint or UNMATCHED
+        method = exchange.method if exchange.method in METHODS else OTHER
+        instruments.child(instruments.requests, route, method, str(status)).inc()
+        upstream_ms = exchange.upstream_ms
+        if exchange.response_ms is not None:
+            elapsed = exchange.response_ms / 1000
+            instruments.child(instruments.duration, route).observe(elapsed)
+            if upstream_ms is not None:
+                operation = route.rpartition(".")[2]
+                upstream = upstream_ms / 1000
+                instruments.child(instruments.upstream, operation).observe(upstream)
+                instruments.child(instruments.overhead, operation).observe(max(0.0, elapsed - upstream))
+        code = exchange.error_code
+        if code is not None:
+            _count_refusal(instruments, code, exchange.quota_refused)
+        elif status == 429 and upstream_ms is not None:
+            # The upstream's own 429, passed through (its body may carry any code).
+            instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
+        if exchange.stream:
             operation = route.rpartition(".")[2]
-            upstream = upstream_ms / 1000
-            instruments.child(instruments.upstream, operation).observe(upstream)
-            instruments.child(instruments.overhead, operation).observe(max(0.0, elapsed - upstream))
-    code = ctx.get("error_code")
-    if code is not None:
-        _count_refusal(instruments, code)
-    elif status == 429 and upstream_ms is not None:
-        # The upstream's own 429, passed through (its body may carry any code).
-        instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
-    usage = ctx.get("usage")
-    if usage is not None:
-        caller = current_caller()
-        instruments.count_tokens(caller.id if caller else "unknown", ctx.get("model"), usage)
-    watch = ctx.get("metrics_stream")
-    if watch is not None and response.is_streamed:
-        watch.open = True
-        instruments.child(instruments.streams_in_flight, watch.operation).inc()
-    return response
+            instruments.child(instruments.streams_in_flight, operation).dec()
+            instruments.child(instruments.streams, operation, exchange.outcome).inc()
+            stream_code = STREAM_ERROR_CODES.get(exchange.outcome)
+            if stream_code is not None:
+                instruments.child(instruments.upstream_errors, stream_code).inc()
+        usage = exchange.usage
+        if usage is not None:
+            caller = exchange.caller
+            instruments.count_tokens(caller.id if caller else "unknown", exchange.model, usage)
+
+    return count_request
 
 
 # --- the endpoint -----------------------------------------------------------------------
@@ -372,6 +341,4 @@ def init_app(app: Flask) -> None:
     app.extensions["gateway.metrics.directory"] = _write_values_to(settings)
     instruments = app.extensions["gateway.metrics"] = _process_instruments()
     app.register_blueprint(blueprint)
-    limits.exempt(app, scrape, "metrics.scrape")
-    app.after_request(_observe)
     app.extensions["gateway.usage"].watch(instruments.usage_changed)

@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, g
+from flask import current_app
 
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
 from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.exchange import current
 from gateway.outage import on_store
 from gateway.store.keys import KeyRecord
 
@@ -274,19 +275,17 @@ class TokenLedger:
 
 def caller_policy() -> CallerPolicy:
     """The current caller's policy, worked out once per request."""
-    ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
-    policy = ctx.get("caller_policy")
+    exchange = current()
+    policy = exchange.policy
     if policy is None:
-        from gateway import auth
-
-        caller = auth.current_caller()
+        caller = exchange.caller
         settings: Settings = current_app.config["GATEWAY"]
         key_id = caller.id if caller else "anonymous"
         record = None
         if caller is not None and key_id != MASTER_KEY_ID:
             record = current_app.extensions["gateway.keys"].record(key_id)
         policy = CallerPolicy.build(key_id, record, settings)
-        ctx.caller_policy = policy
+        exchange.policy = policy
     return policy
 
 

@@ -23,15 +23,14 @@ or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The q
   before its timeout is logged with its count.
 - :meth:`UsageWriter.watch` lets metrics follow the queue's depth and drops.
 
-The relay views call :func:`account_request` when a request reaches them and wrap
-their stream-end callback with :func:`on_stream_end`; an ``after_request`` hook
-records the rest. Token counts come from :mod:`gateway.upstream.accounting`.
+The rows come from finished request records: :func:`usage_rows` is one of the
+app's sinks (:mod:`gateway.exchange`), and :func:`row_of` decides which record gets
+a row. Token counts come from :mod:`gateway.upstream.accounting`.
 """
 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import threading
@@ -41,15 +40,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from flask import Flask, Response, current_app, g
+from flask import Flask
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from gateway import auth
+from gateway.exchange import Exchange
 from gateway.payload import storable_text
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
-from gateway.upstream.accounting import Usage
+from gateway.upstream.accounting import TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -347,68 +347,56 @@ def stop_all(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 atexit.register(stop_all)
 
 
-# --- what the relay views call ---------------------------------------------------------
-def account_request(operation: str) -> None:
-    """Mark the current request for accounting: one row is recorded when its response is
-    made (errors included), or for a stream when the stream ends (:func:`on_stream_end`)."""
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    ctx.usage_operation = operation
-    ctx.usage_ts = datetime.now(UTC)
-
-
-def _token_fields(usage: Usage | None) -> dict[str, object]:
+# --- the sink ------------------------------------------------------------------------
+def _token_fields(usage: TokenUsage | None) -> dict[str, Any]:
     if usage is None:
         return {}
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens, "tokens_estimated": usage.estimated}
 
 
-def _pending(status: int, duration_ms: float, upstream_ms: float | None) -> UsageRecord:
-    ctx = g._get_current_object()  # one context lookup rather than one per attribute
-    caller = auth.current_caller()
+def row_of(exchange: Exchange) -> UsageRecord | None:
+    """The usage row of a finished record, or ``None`` when it gets none.
+
+    This is where "one usage row per AI request" holds: a record gets a row when the
+    relay view took it in as an AI operation (:attr:`Exchange.operation`, errors
+    included) and no request quota refused it (such a refusal, as on any endpoint,
+    leaves no row). A record is finished once, so it gives at most one row.
+    ``upstream_ms`` of a stream runs until the stream's end, not its first byte.
+    """
+    if exchange.operation is None or exchange.quota_refused is not None:
+        return None
+    caller = exchange.caller
+    attempt = exchange.upstream
+    if attempt is None:
+        upstream_ms = None
+    elif exchange.stream and exchange.ended is not None:
+        upstream_ms = round((exchange.ended - attempt.started) * 1000, 2)
+    else:
+        upstream_ms = round(attempt.duration_ms, 2) if attempt.duration_ms is not None else None
     return UsageRecord(
-        ts=ctx.usage_ts,
+        ts=exchange.accounted_at or datetime.now(UTC),
         key_id=caller.id if caller else "unknown",
-        operation=ctx.usage_operation,
-        model=ctx.get("model"),
-        status=status,
-        duration_ms=round(duration_ms, 2),
-        upstream_ms=round(upstream_ms, 2) if upstream_ms is not None else None,
-        request_id=ctx.get("request_id"),
-        **_token_fields(ctx.get("usage")),  # type: ignore[arg-type]
+        operation=exchange.operation,
+        model=exchange.model,
+        status=exchange.status,
+        duration_ms=round(exchange.duration_ms or 0.0, 2),
+        upstream_ms=upstream_ms,
+        request_id=exchange.request_id,
+        **_token_fields(exchange.usage),
     )
 
 
-def _record_response(response: Response) -> Response:
-    ctx = g._get_current_object()
-    if "usage_operation" in ctx and not response.is_streamed:
-        writer: UsageWriter = current_app.extensions["gateway.usage"]
-        writer.record(_pending(response.status_code, (time.perf_counter() - ctx.started) * 1000, ctx.get("upstream_ms")))
-    return response
+def usage_rows(app: Flask) -> Callable[[Exchange], None]:
+    """Sink: queue the record's usage row (if it gets one) on ``app``'s writer."""
+    writer: UsageWriter = app.extensions["gateway.usage"]
 
+    def record_usage(exchange: Exchange) -> None:
+        row = row_of(exchange)
+        if row is not None:
+            writer.record(row)
 
-def on_stream_end(
-    then: Callable[[str, Usage | None], None], upstream_started: float
-) -> Callable[[str, Usage | None], None]:
-    """Wrap a stream-end callback so the stream is also recorded when it ends.
-
-    Built during the request (the request context is gone when the stream ends).
-    For a stream, ``upstream_ms`` runs until the stream's end, not its first byte.
-    """
-    writer: UsageWriter = current_app.extensions["gateway.usage"]
-    started = g.started
-    pending = _pending(200, 0.0, None)
-
-    def finished(outcome: str, usage: Usage | None = None) -> None:
-        try:
-            then(outcome, usage)
-        finally:
-            ended = time.perf_counter()
-            writer.record(dataclasses.replace(pending, duration_ms=round((ended - started) * 1000, 2),
-                                              upstream_ms=round((ended - upstream_started) * 1000, 2),
-                                              **_token_fields(usage)))  # type: ignore[arg-type]
-
-    return finished
+    return record_usage
 
 
 def init_app(app: Flask) -> None:
@@ -416,4 +404,3 @@ def init_app(app: Flask) -> None:
     app.extensions["gateway.usage"] = UsageWriter(app.extensions["gateway.store"].engine,
                                                   queue_size=settings.usage_queue_size,
                                                   interval=settings.usage_batch_seconds)
-    app.after_request(_record_response)

@@ -1,6 +1,6 @@
 """Authentication: one app-level ``before_request`` hook, deny by default.
 
-Only the endpoints in :data:`PUBLIC_ENDPOINTS` and CORS preflights are served
+Only the endpoints in :data:`gateway.auth.endpoints.PUBLIC_ENDPOINTS` and CORS preflights are served
 without credentials; every other route, including ones added later, needs an API
 key (``X-API-Key`` or ``Authorization: Bearer <key>``) or a JWT from
 ``POST /auth/token`` (``Authorization: Bearer <jwt>``).
@@ -10,7 +10,7 @@ Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
 :mod:`gateway.store`); a JWT counts only while the key it names is active.
 
 ``METRICS_TOKEN`` is not an API key: it is accepted only on the endpoints in
-:data:`METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
+:data:`gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
 as the request's one credential. Anywhere else it is an unknown key (401).
 
 A request admitted with a credential (any of the above) is marked in its WSGI
@@ -28,31 +28,19 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, request
 
 from gateway.auth import tokens
+from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
 from gateway.auth.keys import KeyRing
 from gateway.auth.management import KeyAdmin
 from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import TokenExpired, Unauthorized
+from gateway.exchange import current, current_or_none
 
 log = logging.getLogger(__name__)
 
-# (endpoint, method) pairs served without credentials. HEAD follows GET.
-PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("meta.index", "GET"),
-        ("meta.index", "HEAD"),
-        ("meta.health", "GET"),
-        ("meta.health", "HEAD"),
-        ("meta.ready", "GET"),
-        ("meta.ready", "HEAD"),
-        ("auth.issue_token", "POST"),
-    }
-)
-# (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
-METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
 METRICS_SCRAPER_ID = "metrics-scraper"
 # WSGI environ key set to True on a request the hook admitted with a credential.
 AUTHENTICATED_ENVIRON_KEY = "gateway.authenticated"
@@ -77,7 +65,9 @@ def is_public() -> bool:
 
 
 def current_caller() -> Caller | None:
-    return g.get("caller")
+    """Who is calling the current request (``None``: nobody authenticated, or no request record)."""
+    exchange = current_or_none()
+    return exchange.caller if exchange is not None else None
 
 
 def client_address() -> str:
@@ -169,11 +159,9 @@ def authenticate() -> Caller:
 
 
 def require_credentials() -> None:
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    ctx.caller = None
     if is_public():
         return
-    ctx.caller = _from_metrics_token() or authenticate()
+    current().caller = _from_metrics_token() or authenticate()
     request.environ[AUTHENTICATED_ENVIRON_KEY] = True
 
 

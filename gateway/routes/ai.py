@@ -5,20 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from limits.errors import StorageError
 
-from gateway import metrics, observability, quotas
+from gateway import metrics, quotas
 from gateway.auth import caller_key
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
+from gateway.exchange import UpstreamAttempt, current
 from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamClient
-from gateway.usage import account_request, on_stream_end
 
 blueprint = Blueprint("ai", __name__)
 
@@ -55,7 +56,7 @@ def read_request(op: Operation) -> ClientCall:
         raise BadRequest(f"The {op.name} operation does not stream.", param="stream")
     model = document.get("model")
     if isinstance(model, str):
-        g.model = model[:200]
+        current().model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
     reserve, guess = quotas.check_request(document, prompt_estimate)
     call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve,
@@ -100,9 +101,11 @@ def models_for_caller(response: Response, item_id: str | None) -> Response:
 
 def _view_for(op: Operation) -> Callable[..., Response]:
     def relay_operation(item_id: str | None = None) -> Response:
-        account_request(op.name)  # a usage row is written for this request, whatever its outcome
+        exchange = current()
+        # An AI request: its record gets one usage row, whatever its outcome (see gateway.usage.row_of).
+        exchange.operation = op.name
+        exchange.accounted_at = datetime.now(UTC)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
-        ctx = g._get_current_object()
         settings = app.config["GATEWAY"]
         client: UpstreamClient = app.extensions["gateway.upstream"]
         request_quotas = app.extensions["gateway.quotas"]  # gateway.limits.Quotas
@@ -118,26 +121,18 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         except Exception as error:
             slot.release()
             reservation.settle(0)
-            try:
-                if "quotas_counted" not in ctx and not isinstance(error, (StorageError, LimitStorageUnavailable)):
-                    # Refused before the upstream call (malformed, too large, not allowed, over a
-                    # token quota, ...): the general quota only. A 429 if that one is full.
-                    request_quotas.hold(ai=False)
-            finally:
-                if "quota_breached" in ctx:  # refused by a request quota: no usage row, as for any endpoint
-                    ctx.pop("usage_operation", None)
+            if exchange.quotas_counted is None and not isinstance(error, (StorageError, LimitStorageUnavailable)):
+                # Refused before the upstream call (malformed, too large, not allowed, over a
+                # token quota, ...): the general quota only. A 429 if that one is full.
+                request_quotas.hold(ai=False)
             raise
-        started = time.perf_counter()
-        # Only a stream outlives the request: its log line, usage row and metrics are made when it ends.
-        log_and_record = (metrics.on_stream_end(on_stream_end(observability.stream_logger(), started))
-                          if call.stream else None)
+        attempt = exchange.upstream = UpstreamAttempt(started=time.perf_counter())
 
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
             reservation.settle(usage.total_tokens if usage else 0)
-            if log_and_record is not None:
-                log_and_record(outcome, usage)
+            exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 
         streaming = False
         try:
@@ -146,21 +141,25 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 max_bytes=settings.max_response_bytes,
                 max_event_bytes=settings.max_stream_event_bytes,
             )
-            upstream = client.send(op.method, op.upstream_path, call.body, ctx.request_id, call.stream,
+            upstream = client.send(op.method, op.upstream_path, call.body, exchange.request_id, call.stream,
                                    deadline=limits.deadline)
             response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
                                          on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
+            if streaming:
+                exchange.stream = True
+                metrics.stream_opened(op.name)
             if op.item_summary is not None and response.status_code == 200 and not streaming:
                 response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
-                ctx.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
+                exchange.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None),
+                                                            call.prompt_estimate)
             return response
         finally:
-            ctx.upstream_ms = (time.perf_counter() - started) * 1000
+            attempt.duration_ms = (time.perf_counter() - attempt.started) * 1000
             if not streaming:
                 slot.release()
-                usage = ctx.get("usage")
+                usage = exchange.usage
                 reservation.settle(usage.total_tokens if usage else 0)
 
     relay_operation.__name__ = f"relay_{op.name}"
