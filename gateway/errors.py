@@ -186,7 +186,31 @@ _HTTP_TYPES: dict[int, tuple[str, str]] = {
 }
 
 
+class RateLimited(GatewayError):
+    """A request quota is full (see :mod:`gateway.quotas.windows`)."""
+
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "gateway_rate_limited"
+    description = "Rate limit exceeded. Retry after the time in Retry-After."
+
+
+class InsufficientQuota(GatewayError):
+    """A token quota or budget of the key is used up (see :mod:`gateway.quotas.tokens`)."""
+
+    code = 429
+    error_type = "insufficient_quota"
+    error_code = "insufficient_quota"
+    description = "This key's token quota is used up."
+
+
 def envelope(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """The gateway's one error body, OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}``.
+
+    Pure: the JSON error handler (:func:`error_response`), the SSE error event
+    (:func:`gateway.upstream.sse.error_event`) and the relay's answer for an upstream
+    rejection without a usable body (:mod:`gateway.upstream.relay`) all build it here.
+    """
     return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
 
 
@@ -243,7 +267,7 @@ def _render_http_exception(error: HTTPException) -> Response:
 
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
-    # gateway.limits falls back to per-process counting and never gets here).
+    # gateway.quotas.windows falls back to per-process counting and never gets here).
     current_app.extensions["gateway.limits.health"].failed()
     return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
 

@@ -40,8 +40,8 @@ from gateway import response_headers
 
 if TYPE_CHECKING:
     from gateway.auth import Caller
-    from gateway.quotas import CallerPolicy
-    from gateway.limits import Counted
+    from gateway.quotas.policy import CallerPolicy
+    from gateway.quotas.windows import Counted
     from gateway.upstream.accounting import TokenUsage
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ class Exchange:
             try:
                 sink(self)
             except Exception:  # one sink's failure must not cost the others their record
-                log.exception("request sink %s failed", getattr(sink, "__qualname__", sink),
-                              extra={"fields": {"request_id": self.request_id}})
+                log.exception(
+                    "request sink %s failed", getattr(sink, "__qualname__", sink), extra={"fields": {"request_id": self.request_id}}
+                )
 
 
 def current() -> Exchange:

@@ -22,8 +22,8 @@ only the first :data:`MODEL_LABELS` / :data:`KEY_LABELS` distinct values in a
 process are kept, later ones count as ``other``. No label carries a secret, a
 header value or prompt text.
 
-The facts come from finished request records (:func:`request_metrics` is one of the
-app's sinks, see :mod:`gateway.exchange`), the relay view's :func:`stream_opened` for
+The facts come from finished request records (:func:`gateway.request_metrics.request_metrics`
+is one of the app's sinks, see :mod:`gateway.exchange`), the relay view's :func:`stream_opened` for
 the live stream gauge, and the usage writer's watcher.
 """
 
@@ -36,9 +36,8 @@ import re
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
@@ -48,9 +47,7 @@ from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
 from gateway.errors import Forbidden
-from gateway.exchange import Exchange
 from gateway.upstream.accounting import TokenUsage
-from gateway.upstream.relay import STREAM_ERROR_CODES
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +58,27 @@ OTHER = "other"
 UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Sub-millisecond to minutes: a relayed answer can take as long as UPSTREAM_TOTAL_TIMEOUT.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 # The gateway's own share of a request: tenths of a millisecond up.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # error.code of responses the gateway refused for a quota -> the rejection's kind.
@@ -108,36 +124,51 @@ class Instruments:
         def histogram(name: str, doc: str, label: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, (label,), buckets=buckets, registry=None)
 
-        self.requests = counter("aiproxy_requests", "Responses by route, method and status.",
-                                ("route", "method", "status"))
-        self.duration = histogram("aiproxy_request_duration_seconds",
-                                  "Time until the response starts (a stream's first byte), by route.",
-                                  "route", LATENCY_BUCKETS)
-        self.upstream = histogram("aiproxy_upstream_duration_seconds",
-                                  "Time in the upstream call until its answer (a stream's headers), by operation.",
-                                  "operation", LATENCY_BUCKETS)
-        self.overhead = histogram("aiproxy_gateway_overhead_seconds",
-                                  "Request time minus upstream time, for requests that called the upstream.",
-                                  "operation", OVERHEAD_BUCKETS)
-        self.tokens = counter("aiproxy_tokens", "Tokens used, by key id, model and kind (prompt, completion).",
-                              ("key_id", "model", "kind"))
+        self.requests = counter("aiproxy_requests", "Responses by route, method and status.", ("route", "method", "status"))
+        self.duration = histogram(
+            "aiproxy_request_duration_seconds",
+            "Time until the response starts (a stream's first byte), by route.",
+            "route",
+            LATENCY_BUCKETS,
+        )
+        self.upstream = histogram(
+            "aiproxy_upstream_duration_seconds",
+            "Time in the upstream call until its answer (a stream's headers), by operation.",
+            "operation",
+            LATENCY_BUCKETS,
+        )
+        self.overhead = histogram(
+            "aiproxy_gateway_overhead_seconds",
+            "Request time minus upstream time, for requests that called the upstream.",
+            "operation",
+            OVERHEAD_BUCKETS,
+        )
+        self.tokens = counter(
+            "aiproxy_tokens", "Tokens used, by key id, model and kind (prompt, completion).", ("key_id", "model", "kind")
+        )
         self.quota_rejections = counter("aiproxy_quota_rejections", "Requests refused by a quota, by kind.", ("kind",))
-        self.upstream_errors = counter("aiproxy_upstream_errors", "Upstream failures, by the error.code reported.",
-                                       ("kind",))
-        self.streams = counter("aiproxy_streams", "Streams that ended, by operation and outcome.",
-                               ("operation", "outcome"))
-        self.streams_in_flight = Gauge("aiproxy_streams_in_flight", "Streams being relayed now, by operation.",
-                                       ("operation",), multiprocess_mode="livesum", registry=None)
-        self.usage_queue_depth = Gauge("aiproxy_usage_queue_depth", "Usage records waiting to be written.",
-                                       multiprocess_mode="livesum", registry=None)
-        self.usage_dropped = counter("aiproxy_usage_records_dropped",
-                                     "Usage records lost (queue full, database refused, stop timed out).")
+        self.upstream_errors = counter("aiproxy_upstream_errors", "Upstream failures, by the error.code reported.", ("kind",))
+        self.streams = counter("aiproxy_streams", "Streams that ended, by operation and outcome.", ("operation", "outcome"))
+        self.streams_in_flight = Gauge(
+            "aiproxy_streams_in_flight",
+            "Streams being relayed now, by operation.",
+            ("operation",),
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.usage_queue_depth = Gauge(
+            "aiproxy_usage_queue_depth", "Usage records waiting to be written.", multiprocess_mode="livesum", registry=None
+        )
+        self.usage_dropped = counter(
+            "aiproxy_usage_records_dropped", "Usage records lost (queue full, database refused, stop timed out)."
+        )
         self.models = BoundedLabel(MODEL_LABELS)
         self.keys = BoundedLabel(KEY_LABELS)
         # Label children, looked up once: labels() costs more than the increment itself.
         self._children: dict[tuple[object, ...], Counter | Histogram | Gauge] = {}
 
-    def child(self, metric: Counter | Histogram | Gauge, *labels: str):  # noqa: ANN201
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: a labelled child is looked up once per process."""
         key = (id(metric), *labels)
         found = self._children.get(key)
         if found is None:
@@ -205,7 +236,7 @@ def prepare_directory(settings: Settings) -> str:
 def process_gone(pid: int) -> None:
     """A worker has exited (gunicorn ``child_exit``): its live gauges no longer count."""
     if _exported is not None:
-        multiprocess.mark_process_dead(pid, _exported)
+        multiprocess.mark_process_dead(pid, _exported)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 def _write_values_to(settings: Settings) -> str:
@@ -216,8 +247,7 @@ def _write_values_to(settings: Settings) -> str:
         _directory = wanted or _create_own_directory()
         Path(_directory).mkdir(parents=True, exist_ok=True)
     elif wanted and wanted != _directory:
-        log.warning("metrics: PROMETHEUS_MULTIPROC_DIR changed after this process started writing; keeping %s",
-                    _directory)
+        log.warning("metrics: PROMETHEUS_MULTIPROC_DIR changed after this process started writing; keeping %s", _directory)
     os.environ[ENV_NAME] = _directory
     # prometheus-client picks its value storage from the environment when it is first
     # imported, which may have been before the directory was known (the gunicorn master
@@ -260,61 +290,11 @@ def _process_instruments() -> Instruments:
     return _instruments
 
 
-# --- the sink ------------------------------------------------------------------------
-def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> None:
-    """An error response the gateway made itself (:attr:`Exchange.error_code`)."""
-    if code.startswith("upstream_"):
-        instruments.child(instruments.upstream_errors, code).inc()
-    elif code == "gateway_rate_limited":
-        instruments.child(instruments.quota_rejections, quota or OTHER).inc()
-    elif code in QUOTA_CODES:
-        instruments.child(instruments.quota_rejections, QUOTA_CODES[code]).inc()
-
-
+# --- the live stream gauge ------------------------------------------------------------------------
 def stream_opened(operation: str) -> None:
-    """A relayed stream starts: counted in flight until its record is finished (:func:`request_metrics`)."""
+    """A relayed stream starts: counted in flight until its record is finished (:mod:`gateway.request_metrics`)."""
     instruments: Instruments = current_app.extensions["gateway.metrics"]
     instruments.child(instruments.streams_in_flight, operation).inc()
-
-
-def request_metrics(app: Flask) -> Callable[[Exchange], None]:
-    """Sink: count a finished record: its response (route, method, status, time until the
-    response, upstream time, an error the gateway made) and, for a stream, how it ended."""
-    instruments: Instruments = app.extensions["gateway.metrics"]
-
-    def count_request(exchange: Exchange) -> None:
-        status = exchange.status
-        route = exchange.endpoint or UNMATCHED
-        method = exchange.method if exchange.method in METHODS else OTHER
-        instruments.child(instruments.requests, route, method, str(status)).inc()
-        upstream_ms = exchange.upstream_ms
-        if exchange.response_ms is not None:
-            elapsed = exchange.response_ms / 1000
-            instruments.child(instruments.duration, route).observe(elapsed)
-            if upstream_ms is not None:
-                operation = route.rpartition(".")[2]
-                upstream = upstream_ms / 1000
-                instruments.child(instruments.upstream, operation).observe(upstream)
-                instruments.child(instruments.overhead, operation).observe(max(0.0, elapsed - upstream))
-        code = exchange.error_code
-        if code is not None:
-            _count_refusal(instruments, code, exchange.quota_refused)
-        elif status == 429 and upstream_ms is not None:
-            # The upstream's own 429, passed through (its body may carry any code).
-            instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
-        if exchange.stream:
-            operation = route.rpartition(".")[2]
-            instruments.child(instruments.streams_in_flight, operation).dec()
-            instruments.child(instruments.streams, operation, exchange.outcome).inc()
-            stream_code = STREAM_ERROR_CODES.get(exchange.outcome)
-            if stream_code is not None:
-                instruments.child(instruments.upstream_errors, stream_code).inc()
-        usage = exchange.usage
-        if usage is not None:
-            caller = exchange.caller
-            instruments.count_tokens(caller.id if caller else "unknown", exchange.model, usage)
-
-    return count_request
 
 
 # --- the endpoint -----------------------------------------------------------------------
@@ -326,10 +306,14 @@ def scrape() -> Response:
     """
     caller = current_caller()
     if caller is None or not (caller.id == MASTER_KEY_ID or caller.via == "metrics_token"):
-        raise Forbidden("Only the master key (or a token minted from it) or METRICS_TOKEN can read metrics.",
-                        error_code="metrics_forbidden")
+        raise Forbidden(
+            "Only the master key (or a token minted from it) or METRICS_TOKEN can read metrics.", error_code="metrics_forbidden"
+        )
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=current_app.extensions["gateway.metrics.directory"])
+    # prometheus-client leaves the collector's __init__ unannotated.
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+        registry, path=current_app.extensions["gateway.metrics.directory"]
+    )
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = Response(encode(registry), content_type=content_type)
     response.headers["Cache-Control"] = "no-store"

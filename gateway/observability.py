@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from flask import Flask
 
 from gateway.exchange import Exchange
-from gateway.inflight import stream_cut
+from gateway.quotas.slots import stream_cut
 from gateway.upstream.accounting import TokenUsage
 
 log = logging.getLogger("gateway.access")
@@ -41,15 +41,15 @@ class JsonFormatter(logging.Formatter):
         return _encode(line)
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is at the time of the record."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # noqa: ANN001
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
@@ -75,8 +75,7 @@ def configure_logging(level: str) -> None:
 def _usage_fields(usage: TokenUsage | None) -> dict[str, Any]:
     if usage is None:
         return {}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "tokens_estimated": usage.estimated}
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "tokens_estimated": usage.estimated}
 
 
 def access_log(exchange: Exchange) -> None:

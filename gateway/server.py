@@ -63,7 +63,8 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 
-from gateway import config, inflight, usage
+from gateway import config, usage
+from gateway.quotas import slots as inflight
 from gateway.auth import AUTHENTICATED_ENVIRON_KEY
 from gateway.errors import RequestBodyTimeout, envelope
 from gateway.upstream.sse import error_event

@@ -82,11 +82,13 @@ def caller_key() -> str:
 
 
 def _keys() -> KeyRing:
-    return current_app.extensions["gateway.keys"]
+    keys: KeyRing = current_app.extensions["gateway.keys"]
+    return keys
 
 
 def _token_config() -> tokens.TokenConfig:
-    return current_app.extensions["gateway.tokens"]
+    config: tokens.TokenConfig = current_app.extensions["gateway.tokens"]
+    return config
 
 
 def _from_api_key(secret: str) -> Caller:
@@ -168,15 +170,15 @@ def require_credentials() -> None:
 def _explain_development_secrets(settings: Settings) -> None:
     if settings.generated:
         names = ", ".join(name.upper() for name in settings.generated)
-        log.warning("development mode: %s not set; using generated values kept in %s/secrets.json",
-                    names, settings.instance_path)
+        log.warning("development mode: %s not set; using generated values kept in %s/secrets.json", names, settings.instance_path)
         if "master_api_key" in settings.generated:
             log.warning(
-                "authenticate with: X-API-Key: $(python3 -c \"import json; "
-                "print(json.load(open('%s/secrets.json'))['master_api_key'])\")", settings.instance_path)
+                'authenticate with: X-API-Key: $(python3 -c "import json; '
+                "print(json.load(open('%s/secrets.json'))['master_api_key'])\")",
+                settings.instance_path,
+            )
     if not settings.production and len(settings.master_api_key) < MIN_SECRET_LENGTH:
-        log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it",
-                    MIN_SECRET_LENGTH)
+        log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it", MIN_SECRET_LENGTH)
 
 
 def init_app(app: Flask) -> None:

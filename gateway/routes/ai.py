@@ -6,17 +6,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 from limits.errors import StorageError
 
-from gateway import metrics, quotas
+from gateway import metrics
 from gateway.auth import caller_key
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
 from gateway.exchange import UpstreamAttempt, current
-from gateway.inflight import Slot
 from gateway.operations import OPERATIONS, Operation
+from gateway.quotas.policy import caller_policy, check_request
+from gateway.quotas.slots import Slot
+from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
+from gateway.quotas.windows import Quotas
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamClient
@@ -58,9 +62,8 @@ def read_request(op: Operation) -> ClientCall:
     if isinstance(model, str):
         current().model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
-    reserve, guess = quotas.check_request(document, prompt_estimate)
-    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve,
-                      reserve_is_guess=guess)
+    reserve, guess = check_request(document, prompt_estimate)
+    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve, reserve_is_guess=guess)
     if stream:
         asked = accounting.client_asked_for_usage(document)
         if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
@@ -77,26 +80,32 @@ def models_for_caller(response: Response, item_id: str | None) -> Response:
     :raises 404: no model of that id the key may use (``model_not_found``).
     :raises 502: the upstream's answer has no ``data`` list to look the id up in.
     """
-    answer = getattr(response, "upstream_answer", None)
+    answer: dict[str, Any] | None = getattr(response, relay.UPSTREAM_ANSWER, None)
     entries = answer.get("data") if answer is not None else None
-    if not isinstance(entries, list):
+    if answer is None or not isinstance(entries, list):
         if item_id is None:
             return response
-        raise UpstreamError("The AI backend's model list has no 'data' array.",
-                            error_code="upstream_invalid_response")
-    policy = quotas.caller_policy()
-    usable = [entry for entry in entries
-              if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])]
+        raise UpstreamError("The AI backend's model list has no 'data' array.", error_code="upstream_invalid_response")
+    policy = caller_policy()
+    usable = [
+        entry for entry in entries if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])
+    ]
     if item_id is None:
         return response if len(usable) == len(entries) else jsonify({**answer, "data": usable})
     for entry in usable:
         if entry["id"] == item_id:
             created = entry.get("created")
-            return jsonify({**entry, "object": "model",
-                            "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
-                            "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream"})
-    raise NotFound(f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.",
-                   error_code="model_not_found", param="model")
+            return jsonify(
+                {
+                    **entry,
+                    "object": "model",
+                    "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+                    "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream",
+                }
+            )
+    raise NotFound(
+        f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.", error_code="model_not_found", param="model"
+    )
 
 
 def _view_for(op: Operation) -> Callable[..., Response]:
@@ -108,13 +117,13 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         settings = app.config["GATEWAY"]
         client: UpstreamClient = app.extensions["gateway.upstream"]
-        request_quotas = app.extensions["gateway.quotas"]  # gateway.limits.Quotas
-        reservation = quotas.NO_RESERVATION
+        request_quotas: Quotas = app.extensions["gateway.quotas"]
+        reservation = NO_RESERVATION
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
             call = read_request(op)
             if call.reserve:
-                reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess)
+                reservation = reserve_tokens(call.reserve, call.reserve_is_guess)
             slot = app.extensions["gateway.inflight"].acquire(caller_key())
             # Going upstream: the general and the AI quota, in one count.
             request_quotas.hold(ai=True)
@@ -141,10 +150,8 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 max_bytes=settings.max_response_bytes,
                 max_event_bytes=settings.max_stream_event_bytes,
             )
-            upstream = client.send(op.method, op.upstream_path, call.body, exchange.request_id, call.stream,
-                                   deadline=limits.deadline)
-            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
-                                         on_stream_end=stream_ended, tap=call.tap)
+            upstream = client.send(op.method, op.upstream_path, call.body, exchange.request_id, call.stream, deadline=limits.deadline)
+            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits, on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
             if streaming:
                 exchange.stream = True
@@ -152,8 +159,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             if op.item_summary is not None and response.status_code == 200 and not streaming:
                 response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
-                exchange.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None),
-                                                            call.prompt_estimate)
+                exchange.usage = accounting.usage_of_answer(getattr(response, relay.UPSTREAM_ANSWER, None), call.prompt_estimate)
             return response
         finally:
             attempt.duration_ms = (time.perf_counter() - attempt.started) * 1000

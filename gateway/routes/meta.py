@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Any
 
 from flask import Blueprint, Response, current_app, json, jsonify
 from werkzeug.routing import Rule
 
 from gateway import operations
+from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
 from gateway.errors import error_response
+from gateway.quotas import describe
+from gateway.quotas.windows import storage_ready
 
 blueprint = Blueprint("meta", __name__)
 
@@ -19,11 +23,9 @@ _AUTH_METRICS = _AUTH_ADMIN + ", or Authorization: Bearer <METRICS_TOKEN>"
 
 
 def _auth_of(endpoint: str, method: str) -> str:
-    from gateway import auth
-
-    if (endpoint, method) in auth.PUBLIC_ENDPOINTS:
+    if (endpoint, method) in PUBLIC_ENDPOINTS:
         return "none"
-    if (endpoint, method) in auth.METRICS_TOKEN_ENDPOINTS:
+    if (endpoint, method) in METRICS_TOKEN_ENDPOINTS:
         return _AUTH_METRICS
     return _AUTH_ADMIN if endpoint.startswith("admin.") else _AUTH_ANY_KEY
 
@@ -39,14 +41,11 @@ def health() -> Response:
 @blueprint.get("/health/ready")
 def ready() -> Response:
     """Readiness: 200 while the quota store answers, 503 (with the error envelope) while it does not."""
-    from gateway import limits
-
-    checks = {"rate_limit_storage": "ok" if limits.storage_ready() else "unreachable"}
+    checks = {"rate_limit_storage": "ok" if storage_ready() else "unreachable"}
     if all(value == "ok" for value in checks.values()):
         response = jsonify(status="ready", checks=checks)
     else:
-        response = error_response(503, "Not ready: the rate limit storage does not answer.", "api_error",
-                                  "not_ready")
+        response = error_response(503, "Not ready: the rate limit storage does not answer.", "api_error", "not_ready")
         response.set_data(json.dumps({**json.loads(response.get_data()), "status": "not_ready", "checks": checks}))
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -61,7 +60,7 @@ def plain_summary(doc: str | None) -> str:
     paragraph = inspect.cleandoc(doc or "").split("\n\n", 1)[0]
     field = _DOC_FIELD.search(paragraph)
     if field is not None:
-        paragraph = paragraph[:field.start()]
+        paragraph = paragraph[: field.start()]
     return " ".join(paragraph.replace("``", "").split())
 
 
@@ -76,18 +75,17 @@ def _summary(endpoint: str, rule: Rule) -> str:
 @blueprint.get("/")
 def index() -> Response:
     """This document: every endpoint with its method, auth and quotas."""
-    from gateway import limits  # the route table is only complete once the app is built
 
     endpoints = []
     for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint == "static":
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            entry = {
+            entry: dict[str, Any] = {
                 "method": method,
                 "path": rule.rule,
                 "auth": _auth_of(rule.endpoint, method),
-                "rate_limits": limits.describe(rule.endpoint),
+                "rate_limits": describe(rule.endpoint),
                 "description": _summary(rule.endpoint, rule),
             }
             op = operations.BY_NAME.get(rule.endpoint.rpartition(".")[2]) if rule.endpoint.startswith("ai.") else None
@@ -99,7 +97,7 @@ def index() -> Response:
         description="Authenticated, rate-limited gateway to an OpenAI-compatible LLM backend.",
         authentication={
             "api_key": "X-API-Key: <key> or Authorization: Bearer <key>",
-            "jwt": "POST /auth/token with {\"apiKey\": \"<key>\"}, then Authorization: Bearer <token>",
+            "jwt": 'POST /auth/token with {"apiKey": "<key>"}, then Authorization: Bearer <token>',
         },
         endpoints=endpoints,
     )

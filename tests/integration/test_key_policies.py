@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import time_machine
 
-from gateway.quotas import CallerPolicy, window_of
+from gateway.quotas.policy import CallerPolicy
+from gateway.quotas.tokens import window_of
 from tests.conftest import KEY_HEADERS, REDIS_URL
 from tests.fakes.upstream import Behavior
 
@@ -178,7 +179,7 @@ def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -
 
 
 def test_remaining_says_unknown_when_the_store_is_down() -> None:
-    from gateway.quotas import TokenLedger
+    from gateway.quotas.tokens import TokenLedger
 
     class Down:
         def used(self, key: str) -> int:

@@ -12,25 +12,39 @@ from flask import Flask
 from gateway import metrics, observability
 from gateway.auth import Caller
 from gateway.exchange import Exchange, Sink, UpstreamAttempt
+from gateway.request_metrics import request_metrics
 from gateway.upstream.accounting import TokenUsage
-from gateway.usage import UsageRecord, row_of, usage_rows
+from gateway.usage.rows import UsageRecord, row_of, usage_rows
 
 TS = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def record(sinks: list[Sink] | None = None, **fields: Any) -> Exchange:
-    exchange = Exchange(request_id="req-1", started=100.0, method="POST", path="/v1/chat/completions",
-                        endpoint="ai.chat", sinks=sinks if sinks is not None else [])
+    exchange = Exchange(
+        request_id="req-1",
+        started=100.0,
+        method="POST",
+        path="/v1/chat/completions",
+        endpoint="ai.chat",
+        sinks=sinks if sinks is not None else [],
+    )
     for name, value in fields.items():
         setattr(exchange, name, value)
     return exchange
 
 
 def ai_record(**fields: Any) -> Exchange:
-    values: dict[str, Any] = {"caller": Caller("k1", "api_key"), "operation": "chat", "accounted_at": TS,
-                              "model": "m", "status": 200, "response_ms": 12.5, "duration_ms": 12.5,
-                              "upstream": UpstreamAttempt(started=100.001, duration_ms=10.0),
-                              "usage": TokenUsage(9, 3, 12)}
+    values: dict[str, Any] = {
+        "caller": Caller("k1", "api_key"),
+        "operation": "chat",
+        "accounted_at": TS,
+        "model": "m",
+        "status": 200,
+        "response_ms": 12.5,
+        "duration_ms": 12.5,
+        "upstream": UpstreamAttempt(started=100.001, duration_ms=10.0),
+        "usage": TokenUsage(9, 3, 12),
+    }
     values.update(fields)
     return record(**values)
 
@@ -64,10 +78,21 @@ def test_access_log_sink_writes_one_line_without_secrets(caplog: pytest.LogCaptu
         observability.access_log(exchange)
     (line,) = [r for r in caplog.records if r.name == "gateway.access"]
     fields = line.fields  # type: ignore[attr-defined]
-    assert fields == {"request_id": "req-1", "method": "POST", "path": "/v1/chat/completions", "status": 200,
-                      "duration_ms": 12.5, "upstream_ms": 10.0, "caller": "k1", "model": "m", "error": None,
-                      "prompt_tokens": 9, "completion_tokens": 3, "tokens_estimated": False,
-                      "stream": "completed"}
+    assert fields == {
+        "request_id": "req-1",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "duration_ms": 12.5,
+        "upstream_ms": 10.0,
+        "caller": "k1",
+        "model": "m",
+        "error": None,
+        "prompt_tokens": 9,
+        "completion_tokens": 3,
+        "tokens_estimated": False,
+        "stream": "completed",
+    }
 
 
 def test_access_log_of_a_plain_request_has_no_stream_or_token_fields(caplog: pytest.LogCaptureFixture) -> None:
@@ -81,10 +106,20 @@ def test_access_log_of_a_plain_request_has_no_stream_or_token_fields(caplog: pyt
 
 
 def test_usage_row_of_an_ai_request() -> None:
-    assert row_of(ai_record()) == UsageRecord(ts=TS, key_id="k1", operation="chat", model="m", status=200,
-                                              duration_ms=12.5, upstream_ms=10.0, request_id="req-1",
-                                              prompt_tokens=9, completion_tokens=3, total_tokens=12,
-                                              tokens_estimated=False)
+    assert row_of(ai_record()) == UsageRecord(
+        ts=TS,
+        key_id="k1",
+        operation="chat",
+        model="m",
+        status=200,
+        duration_ms=12.5,
+        upstream_ms=10.0,
+        request_id="req-1",
+        prompt_tokens=9,
+        completion_tokens=3,
+        total_tokens=12,
+        tokens_estimated=False,
+    )
 
 
 def test_usage_row_of_a_stream_counts_upstream_time_to_its_end() -> None:
@@ -125,14 +160,13 @@ def _sample(instruments: metrics.Instruments, metric: Any, name: str, **labels: 
 
 
 def test_metrics_sink_counts_the_response_the_refusal_and_the_stream() -> None:
-    instruments = metrics._process_instruments()
+    instruments = metrics.Instruments()  # its own, not the process's (which the app tests read)
     app = Flask(__name__)
     app.extensions["gateway.metrics"] = instruments
-    sink = metrics.request_metrics(app)
+    sink = request_metrics(app)
 
     def requests(status: str) -> float:
-        return _sample(instruments, instruments.requests, "aiproxy_requests_total",
-                       route="ai.chat", method="POST", status=status)
+        return _sample(instruments, instruments.requests, "aiproxy_requests_total", route="ai.chat", method="POST", status=status)
 
     def rejected(kind: str) -> float:
         return _sample(instruments, instruments.quota_rejections, "aiproxy_quota_rejections_total", kind=kind)

@@ -23,6 +23,7 @@ from gateway.config import ConfigError, Settings, load
 from gateway.store import Store, schema
 from gateway.store.tables import usage
 from gateway.usage import UsageRecord, UsageWriter
+from gateway.usage import writer as usage_writer
 from tests.conftest import POSTGRES_URL
 
 
@@ -158,7 +159,7 @@ def test_stop_flushes_everything_queued(engine: Engine) -> None:
         writer.record(_record(i))
     usage_module.stop_all(timeout=5)
     assert _count(engine) == 25 and writer.written == 25
-    assert writer not in usage_module._started
+    assert writer not in usage_writer._started
 
 
 def test_a_database_outage_is_retried_without_losing_rows(writers, caplog, tmp_path) -> None:

@@ -168,7 +168,7 @@ def test_concurrent_callers_get_exactly_the_limit(make_app, redis_prefix, upstre
 
 
 def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
-    from gateway.inflight import RedisSlots
+    from gateway.quotas.slots import RedisSlots
 
     slots = RedisSlots(redis.Redis.from_url(REDIS_URL), redis_prefix)
     assert slots.acquire("key:x", "a", 1, ttl=0.2)
@@ -182,7 +182,7 @@ def test_open_policy_serves_when_redis_answers_but_refuses_the_quota_commands(re
     """A Redis that answers PING but refuses the counting commands (here: the counters' keys
     hold fixed-window strings, and the moving window needs lists) gets the policy for each
     such request: with ``open`` the gateway counts it in the process and serves, with
-    ``closed`` it answers 503. A refused command is not an outage (gateway.outage.is_outage):
+    ``closed`` it answers 503. A refused command is not an outage (gateway.quotas.outage.is_outage):
     it is logged once, and the store stays in use for every caller whose commands it takes."""
     fixed = redis_app(rate_limit_strategy="fixed-window", rate_limit_on_storage_error="open").test_client()
     assert fixed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 200
@@ -278,7 +278,7 @@ def test_one_round_trip_counts_exactly_as_the_library_does(redis_prefix) -> None
     from limits.storage import storage_from_string
     from limits.strategies import MovingWindowRateLimiter
 
-    from gateway.redis_windows import RedisWindows
+    from gateway.quotas.redis_script import RedisWindows
 
     strategy = MovingWindowRateLimiter(storage_from_string(REDIS_URL))
     windows = RedisWindows.for_strategy(strategy)
@@ -307,7 +307,7 @@ def test_one_round_trip_is_used_only_where_it_is_exact() -> None:
     from limits.storage import MemoryStorage, storage_from_string
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
-    from gateway.redis_windows import RedisWindows
+    from gateway.quotas.redis_script import RedisWindows
 
     shared = storage_from_string(REDIS_URL)
     assert RedisWindows.for_strategy(MovingWindowRateLimiter(MemoryStorage())) is None

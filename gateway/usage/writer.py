@@ -1,31 +1,7 @@
-"""Usage accounting: one row per AI request, written off the request's path.
+"""The usage writer: a bounded queue per process and one thread writing it in batches.
 
-:meth:`UsageWriter.record` only puts a :class:`UsageRecord` on a bounded in-memory
-queue and returns; it never waits for the database, and it does not wake the
-writer either (a wake-up per request would cost a thread switch per request). One
-background thread per worker process (started on the first record, so after
-gunicorn's fork) writes the queue in batches: every ``USAGE_BATCH_SECONDS`` (0.5),
-or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The queue holds
-``USAGE_QUEUE_SIZE`` (10,000) records.
-
-- A full queue drops the new record, counts it (:attr:`UsageWriter.dropped`) and
-  logs the count at most once per :data:`DROP_LOG_INTERVAL_SECONDS`: never silently.
-- A database outage keeps the batch and retries with exponential backoff (up to
-  :data:`MAX_BACKOFF_SECONDS`); meanwhile the queue holds what arrives, up to its bound.
-- A batch the database refuses (a row it cannot take: a number out of range, a value
-  the driver cannot encode) is written again row by row, so one bad row never takes
-  the others with it; a row refused again is dropped, counted and logged (its key,
-  operation, status and request id: never its text). Text fields are made storable
-  first (:func:`gateway.payload.storable_text`), so a NUL or lone surrogate that
-  reached a record is replaced rather than refused.
-- :meth:`UsageWriter.flush` writes everything queued (graceful stop: gunicorn's
-  ``worker_exit`` hook and ``atexit`` call :func:`stop_all`); what cannot be written
-  before its timeout is logged with its count.
-- :meth:`UsageWriter.watch` lets metrics follow the queue's depth and drops.
-
-The rows come from finished request records: :func:`usage_rows` is one of the
-app's sinks (:mod:`gateway.exchange`), and :func:`row_of` decides which record gets
-a row. Token counts come from :mod:`gateway.upstream.accounting`.
+See :mod:`gateway.usage` for the contract (never waits for the database; drops are
+counted and logged; outages retried; a refused batch written row by row).
 """
 
 from __future__ import annotations
@@ -38,60 +14,24 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
-from flask import Flask
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from gateway.exchange import Exchange
 from gateway.payload import storable_text
-from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
-from gateway.upstream.accounting import TokenUsage
+from gateway.store.tables import usage
+from gateway.usage.rows import UsageRecord
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
-BATCH_SIZE = 50  # an insert runs in the worker's thread: 50 rows hold it about 0.5 ms, 200 about 2 ms
+BATCH_SIZE = 50  # an insert runs in the worker's thread: a bigger batch holds it longer (docs/benchmarks.md)
 BATCH_INTERVAL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 DROP_LOG_INTERVAL_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
 
 _INSERT_USAGE = insert(usage)
-
-
-@dataclass
-class UsageRecord:
-    """One AI request. Token counts are ``None`` until the upstream's usage is read.
-
-    Treated as immutable once made (:func:`dataclasses.replace` makes changed copies);
-    not ``frozen``, whose ``__init__`` costs a ``object.__setattr__`` call per field."""
-
-    ts: datetime  # when the request started, aware UTC
-    key_id: str
-    operation: str
-    model: str | None
-    status: int
-    duration_ms: float
-    upstream_ms: float | None
-    request_id: str | None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    tokens_estimated: bool = False
-
-    def row(self) -> dict[str, object]:
-        values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
-        # Column widths and storable text (no NUL, no lone surrogate) are enforced here, so a
-        # long or odd model name cannot fail a batch.
-        values["key_id"] = storable_text(self.key_id)
-        values["operation"] = storable_text(self.operation[:OPERATION_LENGTH])
-        values["model"] = storable_text(self.model[:MODEL_LENGTH]) if self.model is not None else None
-        values["request_id"] = storable_text(self.request_id[:REQUEST_ID_LENGTH]) if self.request_id is not None else None
-        return values
 
 
 def _is_outage(error: Exception) -> bool:
@@ -195,8 +135,10 @@ class UsageWriter:
             if not self._unreported_drops or (not force and now - self._last_drop_log < DROP_LOG_INTERVAL_SECONDS):
                 return
             count, self._unreported_drops, self._last_drop_log = self._unreported_drops, 0, now
-        log.warning("usage records dropped: the queue was full", extra={"fields": {
-            "dropped": count, "dropped_total": self.dropped, "queue_size": self.queue_size}})
+        log.warning(
+            "usage records dropped: the queue was full",
+            extra={"fields": {"dropped": count, "dropped_total": self.dropped, "queue_size": self.queue_size}},
+        )
 
     # --- the writer thread -----------------------------------------------------------
     def _collect(self) -> list[UsageRecord]:
@@ -234,8 +176,11 @@ class UsageWriter:
                     break  # every row written or dropped
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
-                    log.warning("usage write failed (%s); retrying with backoff", type(outage).__name__,
-                                extra={"fields": {"attempt": failures, "queued": self._unwritten}})
+                    log.warning(
+                        "usage write failed (%s); retrying with backoff",
+                        type(outage).__name__,
+                        extra={"fields": {"attempt": failures, "queued": self._unwritten}},
+                    )
                 if self._stopping:
                     return  # stop() accounts for what is left
                 time.sleep(backoff)
@@ -255,18 +200,29 @@ class UsageWriter:
         :returns: the rows not yet written when an outage stopped it, and its error;
             else no rows and ``None``.
         """
-        log.warning("usage batch refused by the database (%s); writing its rows one by one", type(refused).__name__,
-                    extra={"fields": {"rows": len(rows)}})
+        log.warning(
+            "usage batch refused by the database (%s); writing its rows one by one",
+            type(refused).__name__,
+            extra={"fields": {"rows": len(rows)}},
+        )
         for index, item in enumerate(rows):
             try:
                 self._insert([item])
             except Exception as error:
                 if _is_outage(error):
                     return rows[index:], error
-                log.error("usage record refused by the database (%s); it is dropped", type(error).__name__,
-                          extra={"fields": {"key_id": storable_text(item.key_id),
-                                            "operation": storable_text(item.operation), "status": item.status,
-                                            "request_id": storable_text(item.request_id or "")}})
+                log.error(
+                    "usage record refused by the database (%s); it is dropped",
+                    type(error).__name__,
+                    extra={
+                        "fields": {
+                            "key_id": storable_text(item.key_id),
+                            "operation": storable_text(item.operation),
+                            "status": item.status,
+                            "request_id": storable_text(item.request_id or ""),
+                        }
+                    },
+                )
                 self._settle(1, dropped=True)
             else:
                 self._settle(1, dropped=False)
@@ -289,8 +245,9 @@ class UsageWriter:
                 try:
                     self._write(batch)
                 except Exception:  # a bug, not an outage: lose this batch, loudly, and keep the thread
-                    log.exception("usage batch could not be written; its records are dropped",
-                                  extra={"fields": {"dropped": len(batch)}})
+                    log.exception(
+                        "usage batch could not be written; its records are dropped", extra={"fields": {"dropped": len(batch)}}
+                    )
                     self._settle(len(batch), dropped=True)
             self._report_drops()
             if self._stopping:
@@ -327,8 +284,10 @@ class UsageWriter:
                 lost, self._unwritten = self._unwritten, 0
                 self.dropped += lost
                 self._changed(dropped=lost)
-            log.error("usage records lost at stop: the database did not take them in time",
-                      extra={"fields": {"lost": lost, "timeout_s": timeout}})
+            log.error(
+                "usage records lost at stop: the database did not take them in time",
+                extra={"fields": {"lost": lost, "timeout_s": timeout}},
+            )
         self._report_drops(force=True)
         self._thread = None
         _started.discard(self)
@@ -345,62 +304,3 @@ def stop_all(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 
 
 atexit.register(stop_all)
-
-
-# --- the sink ------------------------------------------------------------------------
-def _token_fields(usage: TokenUsage | None) -> dict[str, Any]:
-    if usage is None:
-        return {}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "tokens_estimated": usage.estimated}
-
-
-def row_of(exchange: Exchange) -> UsageRecord | None:
-    """The usage row of a finished record, or ``None`` when it gets none.
-
-    This is where "one usage row per AI request" holds: a record gets a row when the
-    relay view took it in as an AI operation (:attr:`Exchange.operation`, errors
-    included) and no request quota refused it (such a refusal, as on any endpoint,
-    leaves no row). A record is finished once, so it gives at most one row.
-    ``upstream_ms`` of a stream runs until the stream's end, not its first byte.
-    """
-    if exchange.operation is None or exchange.quota_refused is not None:
-        return None
-    caller = exchange.caller
-    attempt = exchange.upstream
-    if attempt is None:
-        upstream_ms = None
-    elif exchange.stream and exchange.ended is not None:
-        upstream_ms = round((exchange.ended - attempt.started) * 1000, 2)
-    else:
-        upstream_ms = round(attempt.duration_ms, 2) if attempt.duration_ms is not None else None
-    return UsageRecord(
-        ts=exchange.accounted_at or datetime.now(UTC),
-        key_id=caller.id if caller else "unknown",
-        operation=exchange.operation,
-        model=exchange.model,
-        status=exchange.status,
-        duration_ms=round(exchange.duration_ms or 0.0, 2),
-        upstream_ms=upstream_ms,
-        request_id=exchange.request_id,
-        **_token_fields(exchange.usage),
-    )
-
-
-def usage_rows(app: Flask) -> Callable[[Exchange], None]:
-    """Sink: queue the record's usage row (if it gets one) on ``app``'s writer."""
-    writer: UsageWriter = app.extensions["gateway.usage"]
-
-    def record_usage(exchange: Exchange) -> None:
-        row = row_of(exchange)
-        if row is not None:
-            writer.record(row)
-
-    return record_usage
-
-
-def init_app(app: Flask) -> None:
-    settings = app.config["GATEWAY"]
-    app.extensions["gateway.usage"] = UsageWriter(app.extensions["gateway.store"].engine,
-                                                  queue_size=settings.usage_queue_size,
-                                                  interval=settings.usage_batch_seconds)
