@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, json, request
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
+from gateway import extensions
 from gateway.exchange import current_or_none
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ def _render_http_exception(error: HTTPException) -> Response:
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
     # gateway.quotas.windows falls back to per-process counting and never gets here).
-    current_app.extensions["gateway.limits.health"].failed()
+    extensions.request_windows().health.failed()
     return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
 
 

@@ -39,10 +39,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 
+from gateway import extensions
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
@@ -293,7 +294,7 @@ def _process_instruments() -> Instruments:
 # --- the live stream gauge ------------------------------------------------------------------------
 def stream_opened(operation: str) -> None:
     """A relayed stream starts: counted in flight until its record is finished (:mod:`gateway.request_metrics`)."""
-    instruments: Instruments = current_app.extensions["gateway.metrics"]
+    instruments = extensions.instruments()
     instruments.child(instruments.streams_in_flight, operation).inc()
 
 
@@ -312,7 +313,7 @@ def scrape() -> Response:
     registry = CollectorRegistry()
     # prometheus-client leaves the collector's __init__ unannotated.
     multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
-        registry, path=current_app.extensions["gateway.metrics.directory"]
+        registry, path=extensions.metrics_directory()
     )
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = Response(encode(registry), content_type=content_type)
@@ -322,7 +323,7 @@ def scrape() -> Response:
 
 def init_app(app: Flask) -> None:
     settings: Settings = app.config["GATEWAY"]
-    app.extensions["gateway.metrics.directory"] = _write_values_to(settings)
-    instruments = app.extensions["gateway.metrics"] = _process_instruments()
+    app.extensions[extensions.METRICS_DIRECTORY] = _write_values_to(settings)
+    instruments = app.extensions[extensions.INSTRUMENTS] = _process_instruments()
     app.register_blueprint(blueprint)
-    app.extensions["gateway.usage"].watch(instruments.usage_changed)
+    extensions.usage_writer(app).watch(instruments.usage_changed)

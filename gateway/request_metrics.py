@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from gateway import extensions
 from gateway.exchange import Exchange
 from gateway.metrics import METHODS, OTHER, QUOTA_CODES, UNMATCHED, Instruments
 from gateway.upstream.relay import STREAM_ERROR_CODES
@@ -30,7 +31,7 @@ def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> No
 def request_metrics(app: Flask) -> Callable[[Exchange], None]:
     """Sink: count a finished record: its response (route, method, status, time until the
     response, upstream time, an error the gateway made) and, for a stream, how it ended."""
-    instruments: Instruments = app.extensions["gateway.metrics"]
+    instruments = extensions.instruments(app)
 
     def count_request(exchange: Exchange) -> None:
         status = exchange.status

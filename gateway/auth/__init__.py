@@ -28,8 +28,9 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 
+from gateway import extensions
 from gateway.auth import tokens
 from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
 from gateway.auth.keys import KeyRing
@@ -82,13 +83,11 @@ def caller_key() -> str:
 
 
 def _keys() -> KeyRing:
-    keys: KeyRing = current_app.extensions["gateway.keys"]
-    return keys
+    return extensions.keys()
 
 
 def _token_config() -> tokens.TokenConfig:
-    config: tokens.TokenConfig = current_app.extensions["gateway.tokens"]
-    return config
+    return extensions.tokens()
 
 
 def _from_api_key(secret: str) -> Caller:
@@ -123,7 +122,7 @@ def _digest(secret: str) -> bytes:
 
 def _from_metrics_token() -> Caller | None:
     """The scraper, when ``Bearer <METRICS_TOKEN>`` is the only credential on a metrics endpoint."""
-    expected: bytes | None = current_app.extensions["gateway.metrics_token"]
+    expected = extensions.metrics_token()
     if expected is None or (request.endpoint, request.method) not in METRICS_TOKEN_ENDPOINTS:
         return None
     if "X-API-Key" in request.headers:
@@ -184,16 +183,16 @@ def _explain_development_secrets(settings: Settings) -> None:
 def init_app(app: Flask) -> None:
     settings = app.config["GATEWAY"]
     _explain_development_secrets(settings)
-    key_store = app.extensions["gateway.store"].keys
-    app.extensions["gateway.keys"] = KeyRing.from_settings(settings, key_store)
-    app.extensions["gateway.key_admin"] = KeyAdmin(app.extensions["gateway.keys"], key_store)
-    app.extensions["gateway.tokens"] = tokens.TokenConfig(
+    key_store = extensions.store(app).keys
+    key_ring = app.extensions[extensions.KEYS] = KeyRing.from_settings(settings, key_store)
+    app.extensions[extensions.KEY_ADMIN] = KeyAdmin(key_ring, key_store)
+    app.extensions[extensions.TOKENS] = tokens.TokenConfig(
         secret=settings.jwt_secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         expires_in=settings.jwt_expires_in,
         leeway=settings.jwt_leeway,
     )
-    app.extensions["gateway.metrics_token"] = _digest(settings.metrics_token) if settings.metrics_token else None
+    app.extensions[extensions.METRICS_TOKEN] = _digest(settings.metrics_token) if settings.metrics_token else None
     app.before_request(require_credentials)
     app.register_blueprint(blueprint)

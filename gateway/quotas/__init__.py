@@ -16,7 +16,7 @@
 Which endpoint pays which quota is data, in :mod:`gateway.auth.endpoints`. This module
 wires them: :func:`init_app` sets up flask-limiter, and the ``before_request`` hook
 counts each request against the general quota. The AI relay view counts its own
-requests (:meth:`~gateway.quotas.windows.Quotas.hold`), once it knows whether the
+requests (:meth:`~gateway.quotas.windows.RequestWindows.hold`), once it knows whether the
 request goes upstream: with the AI quota just before the upstream call, or the general
 quota only when refused before it (malformed, not allowed, over a token quota, ...).
 
@@ -36,7 +36,7 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 
-from gateway import auth
+from gateway import auth, extensions
 from gateway.auth.endpoints import AI_BLUEPRINT, AUTH_FAILURE_BLUEPRINT, QUOTA_EXEMPT_ENDPOINTS
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
@@ -44,7 +44,7 @@ from gateway.quotas.headers import rate_limit_headers
 from gateway.quotas.policy import caller_policy
 from gateway.quotas.slots import InFlight
 from gateway.quotas.tokens import TokenLedger
-from gateway.quotas.windows import AUTH_FAILURE_QUOTA, Quotas, app_quotas, remaining_requests, storage_options
+from gateway.quotas.windows import AUTH_FAILURE_QUOTA, RequestWindows, app_windows, remaining_requests, storage_options
 
 AI_ENDPOINT_PREFIX = f"{AI_BLUEPRINT}."
 
@@ -55,14 +55,14 @@ def _failed_attempt(response: Response) -> bool:
 
 def _hold_to_quotas() -> None:
     """``before_request``: count the request against the caller's general quota. AI
-    endpoints are left to their view, which calls :meth:`Quotas.hold` once it knows
+    endpoints are left to their view, which calls :meth:`RequestWindows.hold` once it knows
     whether the request goes upstream."""
     endpoint = request.endpoint
     if not endpoint or auth.is_preflight() or endpoint.startswith(AI_ENDPOINT_PREFIX):
         return
     if endpoint in QUOTA_EXEMPT_ENDPOINTS:
         return
-    app_quotas().hold(ai=False)
+    app_windows().hold(ai=False)
 
 
 def describe(endpoint: str) -> list[str]:
@@ -90,7 +90,7 @@ def remaining_for_caller() -> dict[str, Any]:
     remaining tokens and seconds until it resets.
     """
     policy = caller_policy()
-    ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
+    ledger = extensions.token_ledger()
     return {"requests": remaining_requests(policy), "tokens": ledger.remaining(policy)}
 
 
@@ -128,9 +128,8 @@ def init_app(app: Flask) -> None:
     # flask-limiter checks only the auth-failure limit; _hold_to_quotas does the rest.
     _scope_hooks_to_blueprint(app, limiter, AUTH_FAILURE_BLUEPRINT)
     limiter.request_filter(auth.is_preflight)
-    app.extensions["gateway.limiter"] = limiter
-    state = app.extensions["gateway.quotas"] = Quotas(limiter, settings)
-    app.extensions["gateway.limits.health"] = state.health
+    app.extensions[extensions.LIMITER] = limiter
+    app.extensions[extensions.REQUEST_WINDOWS] = RequestWindows(limiter, settings)
     app.before_request(_hold_to_quotas)
     limiter.limit(
         settings.rate_limit_auth_failures,
@@ -140,5 +139,5 @@ def init_app(app: Flask) -> None:
         override_defaults=False,
     )(auth_blueprint)
     app.after_request(rate_limit_headers)
-    app.extensions["gateway.inflight"] = InFlight.from_settings(settings, limiter.storage)
-    app.extensions["gateway.tokens_ledger"] = TokenLedger.from_settings(settings, limiter.storage)
+    app.extensions[extensions.SLOTS] = InFlight.from_settings(settings, limiter.storage)
+    app.extensions[extensions.TOKEN_LEDGER] = TokenLedger.from_settings(settings, limiter.storage)

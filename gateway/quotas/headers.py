@@ -17,7 +17,7 @@ from limits.strategies import RateLimiter
 from gateway import compat, response_headers
 from gateway.auth.endpoints import AUTH_FAILURE_BLUEPRINT
 from gateway.exchange import current
-from gateway.quotas.windows import AUTH_FAILURE_QUOTA, Counted, app_quotas
+from gateway.quotas.windows import AUTH_FAILURE_QUOTA, Counted, app_windows
 
 # The headers a browser client may read (CORS), see gateway.edge.
 EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "RateLimit", "RateLimit-Policy")
@@ -34,7 +34,7 @@ def _window(strategy: RateLimiter, each: Counted) -> tuple[int, int]:
 def rate_limit_headers(response: Response) -> Response:
     """``after_request``: the headers of the tightest window (see the module); also notes an
     outage or recovery flask-limiter saw, and the auth-failure limit when it refused."""
-    state = app_quotas()
+    state = app_windows()
     limiter = state.limiter
     # flask-limiter switches to its in-memory fallback (open policy) by setting this flag.
     if compat.limiter_storage_dead(limiter):

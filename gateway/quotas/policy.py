@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import current_app
 
+from gateway import extensions
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
 from gateway.errors import BadRequest, Forbidden
@@ -71,7 +72,7 @@ def caller_policy() -> CallerPolicy:
         key_id = caller.id if caller else "anonymous"
         record = None
         if caller is not None and key_id != MASTER_KEY_ID:
-            record = current_app.extensions["gateway.keys"].record(key_id)
+            record = extensions.keys().record(key_id)
         policy = CallerPolicy.build(key_id, record, settings)
         exchange.policy = policy
     return policy

@@ -36,8 +36,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from flask import current_app
-
+from gateway import extensions
 from gateway.config import Settings
 from gateway.errors import InsufficientQuota
 from gateway.quotas.outage import on_store
@@ -233,5 +232,5 @@ class TokenLedger:
 
 
 def reserve_tokens(amount: int, flexible: bool) -> Reservation:
-    ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
+    ledger = extensions.token_ledger()
     return ledger.reserve(caller_policy(), amount, flexible)

@@ -1,21 +1,21 @@
 """Request windows: per-caller request quotas counted on flask-limiter's strategy.
 
-:class:`Quotas` (``app.extensions["gateway.quotas"]``) counts a request against the
+:class:`RequestWindows` (:func:`gateway.extensions.request_windows`) counts a request against the
 caller's general quota, and on AI endpoints the AI quota too, in one step
-(:meth:`Quotas.hold`), on flask-limiter's storage and window strategy. The counter key
+(:meth:`RequestWindows.hold`), on flask-limiter's storage and window strategy. The counter key
 is the caller's identity (:func:`gateway.auth.caller_key`). On Redis with the moving
 window, :mod:`gateway.quotas.redis_script` counts all of a request's quotas and reads
 their windows for the headers in one round trip instead of two per quota.
 
 Store outages (:mod:`gateway.quotas.outage`): with ``RATE_LIMIT_ON_STORAGE_ERROR=closed``
 the request is answered 503; with ``open`` counting moves to flask-limiter's
-per-process fallback strategy, and :meth:`Quotas.strategy` probes the store with a
+per-process fallback strategy, and :meth:`RequestWindows.strategy` probes the store with a
 growing interval (:data:`PROBE_MIN_SECONDS` up to :data:`PROBE_MAX_SECONDS`;
 ``/health/ready`` probes at once), moving counting back when it answers. Only an
 outage (connection, timeout, a server that cannot serve anyone) moves every caller's
 counting; a command the store refuses for one caller's counters (``WRONGTYPE``, an
 expiry out of range) gets the policy for that request alone (``open``:
-:attr:`Quotas.refused_fallback`), logged at most once per
+:attr:`RequestWindows.refused_fallback`), logged at most once per
 :data:`REFUSAL_LOG_INTERVAL_SECONDS` with the count.
 """
 
@@ -27,14 +27,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage
 from limits.strategies import STRATEGIES, RateLimiter
 
-from gateway import auth, compat
+from gateway import auth, compat, extensions
 from gateway.config import Settings
 from gateway.errors import LimitStorageUnavailable, RateLimited
 from gateway.exchange import current
@@ -119,7 +118,7 @@ class Counted:
     window: Window | None = None  # what RedisWindows read while counting; else read for the headers
 
 
-class Quotas:
+class RequestWindows:
     """The app's request windows: flask-limiter's limiter and strategies, the store's health."""
 
     def __init__(self, limiter: Limiter, settings: Settings) -> None:
@@ -227,10 +226,9 @@ class Quotas:
             self._next_probe = time.monotonic() + self._probe_interval
 
 
-def app_quotas() -> Quotas:
-    """The app's :class:`Quotas`."""
-    quotas: Quotas = current_app.extensions["gateway.quotas"]
-    return quotas
+def app_windows() -> RequestWindows:
+    """The app's :class:`RequestWindows`."""
+    return extensions.request_windows()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +249,7 @@ def _counters(prefix: tuple[str, ...], key: str, general: str, ai: str | None) -
     return Counters(tuple(found), tuple((item, item.key_for(*args)) for _, item, args in found))
 
 
-def _hit_all(state: Quotas, strategy: RateLimiter, with_ai: bool, key: str) -> list[Counted]:
+def _hit_all(state: RequestWindows, strategy: RateLimiter, with_ai: bool, key: str) -> list[Counted]:
     policy = caller_policy()
     ai = policy.rate_limit_ai if with_ai else None
     counters = _counters(state.prefix, key, policy.rate_limit_general, ai)
@@ -275,7 +273,7 @@ def remaining_requests(policy: CallerPolicy) -> dict[str, dict[str, int] | None]
     """Per request quota (``general``, ``ai``) of the current caller: the limit, requests
     remaining and seconds until the window frees one; ``None`` while the store is down.
     With several limits in one string, the last one is shown."""
-    state = app_quotas()
+    state = app_windows()
     key = auth.caller_key()
     now = time.time()
     found: dict[str, dict[str, int] | None] = {}
@@ -292,7 +290,7 @@ def remaining_requests(policy: CallerPolicy) -> dict[str, dict[str, int] | None]
 
 def storage_ready() -> bool:
     """Whether the quota store answers now (for ``/health/ready``)."""
-    state = app_quotas()
+    state = app_windows()
     try:
         answers = bool(state.limiter.storage.check())
     except Exception:  # any client error means "not answering"; check() has a short timeout

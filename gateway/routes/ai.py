@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 from limits.errors import StorageError
 
-from gateway import metrics
+from gateway import extensions, metrics
 from gateway.auth import caller_key
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
@@ -20,10 +20,8 @@ from gateway.operations import OPERATIONS, Operation
 from gateway.quotas.policy import caller_policy, check_request
 from gateway.quotas.slots import Slot
 from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
-from gateway.quotas.windows import Quotas
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
-from gateway.upstream.client import UpstreamClient
 
 blueprint = Blueprint("ai", __name__)
 
@@ -116,15 +114,15 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         exchange.accounted_at = datetime.now(UTC)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         settings = app.config["GATEWAY"]
-        client: UpstreamClient = app.extensions["gateway.upstream"]
-        request_quotas: Quotas = app.extensions["gateway.quotas"]
+        client = extensions.upstream(app)
+        request_quotas = extensions.request_windows(app)
         reservation = NO_RESERVATION
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
             call = read_request(op)
             if call.reserve:
                 reservation = reserve_tokens(call.reserve, call.reserve_is_guess)
-            slot = app.extensions["gateway.inflight"].acquire(caller_key())
+            slot = extensions.slots(app).acquire(caller_key())
             # Going upstream: the general and the AI quota, in one count.
             request_quotas.hold(ai=True)
         except Exception as error:

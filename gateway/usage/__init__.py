@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from gateway import extensions
 from gateway.usage.rows import UsageRecord, usage_rows
 from gateway.usage.writer import STOP_TIMEOUT_SECONDS, UsageWriter, stop_all
 
@@ -41,6 +42,6 @@ __all__ = ["STOP_TIMEOUT_SECONDS", "UsageRecord", "UsageWriter", "init_app", "st
 
 def init_app(app: Flask) -> None:
     settings = app.config["GATEWAY"]
-    app.extensions["gateway.usage"] = UsageWriter(
-        app.extensions["gateway.store"].engine, queue_size=settings.usage_queue_size, interval=settings.usage_batch_seconds
+    app.extensions[extensions.USAGE] = UsageWriter(
+        extensions.store(app).engine, queue_size=settings.usage_queue_size, interval=settings.usage_batch_seconds
     )

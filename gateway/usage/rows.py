@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from gateway import extensions
 from gateway.exchange import Exchange
 from gateway.payload import storable_text
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH
 from gateway.upstream.accounting import TokenUsage
 
 if TYPE_CHECKING:
-    from gateway.usage.writer import UsageWriter
+    pass
 
 
 @dataclass
@@ -98,7 +99,7 @@ def row_of(exchange: Exchange) -> UsageRecord | None:
 
 def usage_rows(app: Flask) -> Callable[[Exchange], None]:
     """Sink: queue the record's usage row (if it gets one) on ``app``'s writer."""
-    writer: UsageWriter = app.extensions["gateway.usage"]
+    writer = extensions.usage_writer(app)
 
     def record_usage(exchange: Exchange) -> None:
         row = row_of(exchange)

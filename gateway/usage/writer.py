@@ -172,8 +172,10 @@ class UsageWriter:
                 outage: Exception | None = error
                 if not _is_outage(error):
                     pending, outage = self._write_each(pending, error)
-                if outage is None:
-                    break  # every row written or dropped
+                if outage is None:  # every row written or dropped
+                    if failures:
+                        log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
+                    break
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning(
@@ -186,10 +188,10 @@ class UsageWriter:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
+            if failures:  # said before settling, so whoever flush() woke sees it logged
+                log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
             self._settle(len(pending), dropped=False)
             break
-        if failures:
-            log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
 
     def _write_each(self, rows: list[UsageRecord], refused: Exception) -> tuple[list[UsageRecord], Exception | None]:
         """Insert ``rows`` one at a time after the database refused them as one batch.
