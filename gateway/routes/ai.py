@@ -109,7 +109,7 @@ def models_for_caller(response: Response, item_id: str | None) -> Response:
 def _view_for(op: Operation) -> Callable[..., Response]:
     def relay_operation(item_id: str | None = None) -> Response:
         exchange = current()
-        # An AI request: its record gets one usage row, whatever its outcome (see gateway.usage.row_of).
+        # An AI request: its record gets one usage row, whatever its outcome (see gateway.usage.rows.row_of).
         exchange.operation = op.name
         exchange.accounted_at = datetime.now(UTC)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
@@ -153,6 +153,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             streaming = response.is_streamed
             if streaming:
                 exchange.stream = True
+                exchange.status = response.status_code  # even if the stream is closed before the response hook
                 metrics.stream_opened(op.name)
             if op.item_summary is not None and response.status_code == 200 and not streaming:
                 response = models_for_caller(response, item_id)

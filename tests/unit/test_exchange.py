@@ -174,6 +174,12 @@ def test_metrics_sink_counts_the_response_the_refusal_and_the_stream() -> None:
     def ended(outcome: str) -> float:
         return _sample(instruments, instruments.streams, "aiproxy_streams_total", operation="chat", outcome=outcome)
 
+    # Make the labelled children first: in multiprocess mode (after any app was built) they
+    # start from the value this process already wrote for them.
+    for status in ("200", "429"):
+        instruments.child(instruments.requests, "ai.chat", "POST", status)
+    instruments.child(instruments.quota_rejections, "ai")
+    instruments.child(instruments.streams, "chat", "upstream_broke_off")
     before = requests("200"), requests("429"), rejected("ai"), ended("upstream_broke_off")
     sink(ai_record())
     sink(ai_record(status=429, error_code="gateway_rate_limited", quota_refused="ai", upstream=None, usage=None))
