@@ -1,6 +1,10 @@
 """AI Proxy Gateway: an authenticated, rate-limited gateway to an OpenAI-compatible LLM.
 
-:func:`create_app` is the spine; read it top to bottom to follow a request.
+:func:`create_app` is the spine; read it top to bottom to follow a request:
+configuration, the request record (:mod:`gateway.exchange`), the edge (proxies, CORS,
+security headers), storage, auth, quotas (:mod:`gateway.quotas`), the routes, the
+upstream client, and the sinks every finished record is handed to (access log, usage
+rows, metrics). Adding a sink is one module and one :func:`gateway.exchange.add_sink` line.
 """
 
 from __future__ import annotations
@@ -9,15 +13,31 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
-from gateway import auth, cli, config, edge, errors, limits, metrics, observability, routes, store, upstream, usage
+from gateway import (
+    auth,
+    cli,
+    config,
+    edge,
+    errors,
+    exchange,
+    metrics,
+    observability,
+    quotas,
+    request_metrics,
+    routes,
+    store,
+    upstream,
+    usage,
+)
 
 
 class GatewayFlask(Flask):
     """Flask, remembering which hooks and views need an async wrapper.
 
     Flask asks ``inspect.iscoroutinefunction`` of every hook and view on every request
-    (a dozen per request here); the answer never changes, so it is worked out once.
+    (one per hook); the answer never changes, so it is worked out once.
     """
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,18 +64,24 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["GATEWAY"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["RATELIMIT_ENABLED"] = True
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     app.debug = False  # never the Werkzeug debugger, whatever FLASK_DEBUG says
 
     errors.init_app(app)
     observability.init_app(app)
+    exchange.init_app(app)  # every request's record: made first, finished at its response or stream's end
     edge.init_app(app)
     store.init_app(app)
     auth.init_app(app)
-    limits.init_app(app)
+    quotas.init_app(app)
     routes.init_app(app)
     upstream.init_app(app)
     usage.init_app(app)
     cli.init_app(app)
     metrics.init_app(app)
+    # Where every finished request record goes, in order (see gateway.exchange).
+    exchange.add_sink(app, observability.access_log)
+    exchange.add_sink(app, usage.usage_rows(app))
+    exchange.add_sink(app, request_metrics.request_metrics(app))
     return app

@@ -3,7 +3,7 @@
 The rest of gateway/ uses its libraries through their public API only (a test,
 ``tests/unit/test_compat.py``, reads gateway/ for private names used anywhere else).
 A reach stays here only where it is needed for correctness, or where dropping it
-costs more than 3 % of the instructions of a relayed request (``python -m
+costs more than the 3 % threshold, in instructions per relayed request (``python -m
 bench.instructions``; each reach kept or dropped, with its measured cost, is listed in
 bench/results/profile.md, "Library internals"). Each one has a test in
 ``tests/unit/test_compat.py`` that fails, naming the library, when an upgrade changes
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
+from flask_limiter import Limiter
 from flask_talisman import Talisman
 from prometheus_client import values
 from requests import PreparedRequest
@@ -131,3 +132,28 @@ class RememberingTalisman(Talisman):  # type: ignore[misc]  # flask-talisman has
             headers = self._remembered[key] = list(scratch.headers.items())
         response_headers.put(response.headers, headers)
         return response
+
+
+# --- flask-limiter ----------------------------------------------------------------------
+
+FLASK_LIMITER_WRITTEN_AGAINST = "4.1.1"
+
+# The request windows (gateway.quotas.windows) count on flask-limiter's strategy
+# themselves, outside flask-limiter's own request check, so its switch to the
+# per-process fallback strategy (its ``_storage_dead`` flag, which also makes
+# ``limiter.limiter`` return the fallback) is the one flag both share: while the store is
+# down, the auth-failure limit flask-limiter checks and the gateway's own quotas count in
+# the same fallback, and move back to the store together. flask-limiter has no public
+# API for reading or setting it. tests/unit/test_compat.py fails, naming flask-limiter,
+# when an upgrade removes it.
+LIMITER_STORAGE_DEAD = "_storage_dead"
+
+
+def limiter_storage_dead(limiter: Limiter) -> bool:
+    """Whether flask-limiter counts in its per-process fallback (the store failed)."""
+    return bool(getattr(limiter, LIMITER_STORAGE_DEAD))
+
+
+def set_limiter_storage_dead(limiter: Limiter, dead: bool) -> None:
+    """Move flask-limiter's counting to its per-process fallback (``True``) or back to the store."""
+    setattr(limiter, LIMITER_STORAGE_DEAD, dead)

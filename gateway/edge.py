@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway import compat
 from gateway.errors import GatewayError
-from gateway.limits import EXPOSED_HEADERS
+from gateway.quotas.headers import EXPOSED_HEADERS
 from gateway.routes.meta import health, ready
 
 ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "X-Request-ID")

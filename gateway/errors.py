@@ -15,9 +15,12 @@ import http.client
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, g, json, request
+from flask import Flask, Response, current_app, json, request
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
+
+from gateway import extensions
+from gateway.exchange import current_or_none
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,31 @@ _HTTP_TYPES: dict[int, tuple[str, str]] = {
 }
 
 
+class RateLimited(GatewayError):
+    """A request quota is full (see :mod:`gateway.quotas.windows`)."""
+
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "gateway_rate_limited"
+    description = "Rate limit exceeded. Retry after the time in Retry-After."
+
+
+class InsufficientQuota(GatewayError):
+    """A token quota or budget of the key is used up (see :mod:`gateway.quotas.tokens`)."""
+
+    code = 429
+    error_type = "insufficient_quota"
+    error_code = "insufficient_quota"
+    description = "This key's token quota is used up."
+
+
 def envelope(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """The gateway's one error body, OpenAI's shape: ``{"error": {"message", "type", "code", "param"}}``.
+
+    Pure: the JSON error handler (:func:`error_response`), the SSE error event
+    (:func:`gateway.upstream.sse.error_event`) and the relay's answer for an upstream
+    rejection without a usable body (:mod:`gateway.upstream.relay`) all build it here.
+    """
     return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
 
 
@@ -197,8 +224,10 @@ def error_response(
     param: str | None = None,
     headers: Any = None,
 ) -> Response:
-    """Build an error response in the gateway's one envelope."""
-    g.error_code = code
+    """Build an error response in the gateway's one envelope (noting its code on the request's record)."""
+    exchange = current_or_none()
+    if exchange is not None:
+        exchange.error_code = code
     response = current_app.response_class(
         json.dumps(envelope(message, error_type, code, param)),
         status=status,
@@ -239,13 +268,14 @@ def _render_http_exception(error: HTTPException) -> Response:
 
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
-    # gateway.limits falls back to per-process counting and never gets here).
-    current_app.extensions["gateway.limits.health"].failed()
+    # gateway.quotas.windows falls back to per-process counting and never gets here).
+    extensions.request_windows().health.failed()
     return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
 
 
 def _render_unexpected(error: Exception) -> Response:
-    log.exception("unhandled error request_id=%s", g.get("request_id"))
+    exchange = current_or_none()
+    log.exception("unhandled error request_id=%s", exchange.request_id if exchange is not None else None)
     return error_response(500, "The gateway failed to handle the request.", "api_error", "internal_error")
 
 

@@ -8,7 +8,7 @@ What               Where it comes from
 paths, methods     ``app.url_map``: every rule but ``static``; HEAD and OPTIONS are implied.
                    ``<name>`` and ``<conv:name>`` placeholders become ``{name}`` parameters.
 summaries          the first line of each view's docstring (as ``GET /`` shows them)
-who may call       :data:`gateway.auth.PUBLIC_ENDPOINTS`, :data:`~gateway.auth.METRICS_TOKEN_ENDPOINTS`,
+who may call       :data:`gateway.auth.endpoints.PUBLIC_ENDPOINTS`, :data:`~gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`,
                    the ``admin`` blueprint (master key only); everything else takes any key
 AI request bodies  :data:`gateway.operations.OPERATIONS`: open objects (the OpenAI shapes are
                    relayed as they are); the gateway checks ``stream`` (``true`` only where the
@@ -40,7 +40,8 @@ from typing import Any
 from flask import Flask
 from werkzeug.routing import Map
 
-from gateway import auth, operations
+from gateway import operations
+from gateway.auth import endpoints
 from gateway.openapi_schemas import (
     QUERY_PARAMETER_SCHEMAS,
     QUERY_PARAMETERS,
@@ -54,8 +55,10 @@ from gateway.openapi_schemas import (
 OPENAPI_VERSION = "3.1.0"
 IMPLIED_METHODS = frozenset({"HEAD", "OPTIONS"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_PLACEHOLDER = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\((?P<args>[^)]*)\))?:)?"
-                          r"(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
+_PLACEHOLDER = re.compile(
+    r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\((?P<args>[^)]*)\))?:)?"
+    r"(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>"
+)
 _RAISES = re.compile(r":raises (\d{3}):")
 # Who may call an endpoint (see gateway.auth); "public" needs no credentials.
 PUBLIC, ANY_KEY, ADMIN, METRICS = "public", "key", "admin", "metrics"
@@ -99,9 +102,9 @@ def served_routes(url_map: Map) -> list[Route]:
 
 def access_of(endpoint: str, method: str) -> str:
     """``public``, ``metrics`` (master key or METRICS_TOKEN), ``admin`` (master key) or ``key``."""
-    if (endpoint, method) in auth.PUBLIC_ENDPOINTS:
+    if (endpoint, method) in endpoints.PUBLIC_ENDPOINTS:
         return PUBLIC
-    if (endpoint, method) in auth.METRICS_TOKEN_ENDPOINTS:
+    if (endpoint, method) in endpoints.METRICS_TOKEN_ENDPOINTS:
         return METRICS
     return ADMIN if endpoint.startswith("admin.") else ANY_KEY
 
@@ -142,8 +145,10 @@ SUCCESS: dict[str, tuple[str, dict[str, Any]]] = {
     "admin.rotate_key": ("200", _json(ref("NewKey"))),
     "admin.usage_report": ("200", _json(ref("UsageReport"))),
     "usage_api.own_usage": ("200", _json(ref("Usage"))),
-    "metrics.scrape": ("200", {"text/plain": {"schema": {"type": "string"}},
-                               "application/openmetrics-text": {"schema": {"type": "string"}}}),
+    "metrics.scrape": (
+        "200",
+        {"text/plain": {"schema": {"type": "string"}}, "application/openmetrics-text": {"schema": {"type": "string"}}},
+    ),
 }
 # Error bodies that carry more than the envelope.
 ERROR_SCHEMAS: dict[tuple[str, str], str] = {("meta.ready", "503"): "NotReady"}
@@ -171,7 +176,7 @@ def _doc(app: Flask, endpoint: str) -> str:
     return (app.view_functions[endpoint].__doc__ or "").strip()
 
 
-def _error_statuses(app: Flask, route: Route, exempt: set[str]) -> set[str]:
+def _error_statuses(app: Flask, route: Route, exempt: frozenset[str]) -> set[str]:
     settings = app.config["GATEWAY"]
     statuses = {"414", "500", *_RAISES.findall(_doc(app, route.endpoint))}  # 414: gunicorn's request-line limit
     if route.endpoint in QUERY_PARAMETERS:
@@ -217,7 +222,7 @@ def _security(app: Flask, route: Route) -> list[dict[str, list[str]]]:
     return found
 
 
-def _responses(app: Flask, route: Route, exempt: set[str]) -> dict[str, Any]:
+def _responses(app: Flask, route: Route, exempt: frozenset[str]) -> dict[str, Any]:
     op = route.operation
     responses: dict[str, Any] = {}
     if op is not None:
@@ -236,7 +241,7 @@ def _responses(app: Flask, route: Route, exempt: set[str]) -> dict[str, Any]:
     return responses
 
 
-def _operation_object(app: Flask, route: Route, exempt: set[str]) -> dict[str, Any]:
+def _operation_object(app: Flask, route: Route, exempt: frozenset[str]) -> dict[str, Any]:
     doc = _doc(app, route.endpoint)
     summary = doc.splitlines()[0] if doc else ""
     operation: dict[str, Any] = {
@@ -248,8 +253,10 @@ def _operation_object(app: Flask, route: Route, exempt: set[str]) -> dict[str, A
     if doc != summary:
         operation["description"] = doc
     parameters = list(_path_parameters(route.rule))
-    parameters += [{"name": name, "in": "query", "required": False, "schema": QUERY_PARAMETER_SCHEMAS[name]}
-                   for name in QUERY_PARAMETERS.get(route.endpoint, ())]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "schema": QUERY_PARAMETER_SCHEMAS[name]}
+        for name in QUERY_PARAMETERS.get(route.endpoint, ())
+    ]
     if parameters:
         operation["parameters"] = parameters
     body = _body_schema(route)
@@ -263,23 +270,28 @@ def _operation_object(app: Flask, route: Route, exempt: set[str]) -> dict[str, A
 
 def _security_schemes(app: Flask) -> dict[str, Any]:
     schemes: dict[str, Any] = {
-        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                   "description": "An API key: the master key or a managed key."},
-        "Bearer": {"type": "http", "scheme": "bearer",
-                   "description": "An API key, or a JWT from POST /auth/token."},
+        "ApiKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "An API key: the master key or a managed key.",
+        },
+        "Bearer": {"type": "http", "scheme": "bearer", "description": "An API key, or a JWT from POST /auth/token."},
         "MasterKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The master key."},
-        "MasterBearer": {"type": "http", "scheme": "bearer",
-                         "description": "The master key, or a JWT minted from it."},
+        "MasterBearer": {"type": "http", "scheme": "bearer", "description": "The master key, or a JWT minted from it."},
     }
     if app.config["GATEWAY"].metrics_token:
-        schemes["MetricsToken"] = {"type": "http", "scheme": "bearer",
-                                   "description": "METRICS_TOKEN: on GET /metrics only, as the one credential."}
+        schemes["MetricsToken"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "METRICS_TOKEN: on GET /metrics only, as the one credential.",
+        }
     return schemes
 
 
 def build(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app`` (a built gateway app), as a JSON-ready dict."""
-    exempt: set[str] = app.extensions["gateway.quotas"].exempt
+    exempt = endpoints.QUOTA_EXEMPT_ENDPOINTS
     paths: dict[str, dict[str, Any]] = {}
     for route in served_routes(app.url_map):
         paths.setdefault(route.path, {})[route.method.lower()] = _operation_object(app, route, exempt)
@@ -289,7 +301,7 @@ def build(app: Flask) -> dict[str, Any]:
             "title": "AI Proxy Gateway",
             "version": "1",
             "description": "Authenticated, rate-limited gateway to an OpenAI-compatible LLM backend. "
-                           "Every error the gateway makes itself has the Error shape.",
+            "Every error the gateway makes itself has the Error shape.",
         },
         "paths": paths,
         "components": {"schemas": component_schemas(), "securitySchemes": _security_schemes(app)},

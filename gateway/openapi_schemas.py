@@ -53,29 +53,47 @@ def _key_field_schema(name: str) -> dict[str, Any]:
     """
     kf = key_fields
     if name in kf.LIMIT_FIELDS:
-        return _nullable({"type": "string", "minLength": 1, "maxLength": kf.LIMIT_STRING_MAX,
-                          "pattern": RATE_LIMIT_PATTERN,
-                          "description": "A rate limit such as \"50 per 15 minutes\"; null: the gateway's default."})
+        return _nullable(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": kf.LIMIT_STRING_MAX,
+                "pattern": RATE_LIMIT_PATTERN,
+                "description": 'A rate limit such as "50 per 15 minutes"; null: the gateway\'s default.',
+            }
+        )
     if name in kf.TOKEN_FIELDS:
-        return _nullable({"type": "integer", "minimum": 1, "maximum": kf.TOKEN_COUNT_MAX,
-                          "description": "A token count; null: no limit."})
+        return _nullable(
+            {"type": "integer", "minimum": 1, "maximum": kf.TOKEN_COUNT_MAX, "description": "A token count; null: no limit."}
+        )
     known: dict[str, dict[str, Any]] = {
-        "name": {"type": "string", "minLength": 1, "maxLength": kf.NAME_MAX, "pattern": PRINTABLE_PATTERN,
-                 "description": "Printable characters; surrounding spaces are removed."},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": kf.NAME_MAX,
+            "pattern": PRINTABLE_PATTERN,
+            "description": "Printable characters; surrounding spaces are removed.",
+        },
         "metadata": _nullable({"type": "object", "description": f"At most {kf.METADATA_MAX_BYTES} bytes of JSON."}),
-        "expires_at": _nullable({"type": "string", "format": "date-time",
-                                 "description": "ISO 8601 with a timezone, in the future; null: never."}),
-        "allowed_models": _nullable({"type": "array", "minItems": 1, "maxItems": kf.MODELS_MAX,
-                                     "items": {"type": "string", "minLength": 1, "maxLength": kf.MODEL_PATTERN_MAX},
-                                     "description": "Model names or glob patterns; null: every model."}),
+        "expires_at": _nullable(
+            {"type": "string", "format": "date-time", "description": "ISO 8601 with a timezone, in the future; null: never."}
+        ),
+        "allowed_models": _nullable(
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": kf.MODELS_MAX,
+                "items": {"type": "string", "minLength": 1, "maxLength": kf.MODEL_PATTERN_MAX},
+                "description": "Model names or glob patterns; null: every model.",
+            }
+        ),
     }
     return known[name]
 
 
 def key_fields_schema(*, creating: bool) -> dict[str, Any]:
     """The body of ``POST /admin/keys`` (``creating``) or ``PATCH /admin/keys/{key_id}``."""
-    return _object({name: _key_field_schema(name) for name in key_fields.SETTABLE_FIELDS},
-                   required=["name"] if creating else [])
+    return _object({name: _key_field_schema(name) for name in key_fields.SETTABLE_FIELDS}, required=["name"] if creating else [])
 
 
 # Fields of an AI request the gateway reads (model lists, token estimates, stream usage) but
@@ -90,22 +108,31 @@ def relay_body_schema(op: operations.Operation) -> dict[str, Any]:
     properties: dict[str, Any] = {name: {} for name in RELAYED_FIELDS_READ}
     properties["stream"] = {"type": "boolean"} if op.streams else {"const": False}
     properties.update({name: _nullable({"type": "integer", "minimum": 1}) for name in TOKEN_REQUEST_FIELDS})
-    return {"type": "object", "properties": properties, "additionalProperties": True,
-            "description": f"The OpenAI request body of {op.upstream_path}, relayed as it is."}
+    return {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": True,
+        "description": f"The OpenAI request body of {op.upstream_path}, relayed as it is.",
+    }
 
 
 TOKEN_REQUEST = _object({"apiKey": {"type": "string", "minLength": 1}}, required=["apiKey"])
 
-_TIME_PARAMETER = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
-                   "description": "ISO 8601 date or time (UTC without an offset), e.g. 2026-11-01T08:00:00Z."}
+_TIME_PARAMETER: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
+    "description": "ISO 8601 date or time (UTC without an offset), e.g. 2026-11-01T08:00:00Z.",
+}
 QUERY_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
     "key": {"type": "string", "minLength": 1, "maxLength": KEY_ID_LENGTH},
     "model": {"type": "string", "minLength": 1, "maxLength": MODEL_LENGTH},
     "operation": {"type": "string", "enum": list(operations.BY_NAME)},
     "from": {**_TIME_PARAMETER, "description": _TIME_PARAMETER["description"] + " Inclusive."},
     "to": {**_TIME_PARAMETER, "description": _TIME_PARAMETER["description"] + " Exclusive."},
-    "group_by": {"type": "string", "pattern": rf"^({'|'.join(GROUPINGS)})(,({'|'.join(GROUPINGS)}))*$",
-                 "description": f"One or more of {', '.join(GROUPINGS)}, separated by commas, each once."},
+    "group_by": {
+        "type": "string",
+        "pattern": rf"^({'|'.join(GROUPINGS)})(,({'|'.join(GROUPINGS)}))*$",
+        "description": f"One or more of {', '.join(GROUPINGS)}, separated by commas, each once.",
+    },
 }
 # Endpoints that take query parameters, with the tuples their views check against.
 QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -147,41 +174,84 @@ def component_schemas() -> dict[str, Any]:
         "Error": error,
         "RelayedError": {
             "description": "The upstream's 4xx answer, passed through unchanged (or the gateway's own Error).",
-            "type": "object", "required": ["error"], "properties": {"error": {"type": "object"}},
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "object"}},
         },
-        "NotReady": {**error, "required": ["error", "status", "checks"],
-                     "properties": {**error["properties"], "status": {"const": "not_ready"},
-                                    "checks": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "NotReady": {
+            **error,
+            "required": ["error", "status", "checks"],
+            "properties": {
+                **error["properties"],
+                "status": {"const": "not_ready"},
+                "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
         "KeyRecord": record,
-        "NewKey": {**record, "required": [*record["required"], "secret"],
-                   "properties": {**record["properties"], "secret": {"type": "string", "minLength": 1}}},
-        "KeyList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("KeyRecord")}},
-                           required=["object", "data"]),
-        "Token": _object({"token": {"type": "string"}, "token_type": {"const": "Bearer"},
-                          "expires_in": {"type": "integer"}}, required=["token", "token_type", "expires_in"]),
-        "Index": _object({"name": {"type": "string"}, "description": {"type": "string"},
-                          "authentication": {"type": "object"}, "openapi": {"type": "string"},
-                          "endpoints": {"type": "array", "items": {"type": "object", "required": [
-                              "method", "path", "auth", "rate_limits", "description"]}}},
-                         required=["name", "description", "authentication", "endpoints"]),
+        "NewKey": {
+            **record,
+            "required": [*record["required"], "secret"],
+            "properties": {**record["properties"], "secret": {"type": "string", "minLength": 1}},
+        },
+        "KeyList": _object(
+            {"object": {"const": "list"}, "data": {"type": "array", "items": ref("KeyRecord")}}, required=["object", "data"]
+        ),
+        "Token": _object(
+            {"token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer"}},
+            required=["token", "token_type", "expires_in"],
+        ),
+        "Index": _object(
+            {
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "authentication": {"type": "object"},
+                "openapi": {"type": "string"},
+                "endpoints": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["method", "path", "auth", "rate_limits", "description"]},
+                },
+            },
+            required=["name", "description", "authentication", "endpoints"],
+        ),
         "Health": _object({"status": {"const": "ok"}}, required=["status"]),
-        "Ready": _object({"status": {"const": "ready"},
-                          "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
-                         required=["status", "checks"]),
-        "Usage": _object({
-            "object": {"const": "usage"}, "key": {"type": "string"}, "filters": {"type": "object"},
-            "totals": _TOTALS, "by_day": {"type": "array"}, "truncated": {"type": "boolean"},
-            "today": _TOTALS, "this_month": _TOTALS, "limits": {"type": "object"},
-            "remaining": {"type": "object"}}, required=["object", "key", "totals", "by_day", "limits"]),
-        "UsageReport": _object({
-            "object": {"const": "usage.report"}, "filters": {"type": "object"},
-            "group_by": {"type": "array", "items": {"enum": list(GROUPINGS)}}, "totals": _TOTALS,
-            "groups": {"type": ["array", "null"]}, "truncated": {"type": "boolean"},
-            "max_groups": {"type": "integer"}}, required=["object", "totals", "groups"]),
+        "Ready": _object(
+            {"status": {"const": "ready"}, "checks": {"type": "object", "additionalProperties": {"type": "string"}}},
+            required=["status", "checks"],
+        ),
+        "Usage": _object(
+            {
+                "object": {"const": "usage"},
+                "key": {"type": "string"},
+                "filters": {"type": "object"},
+                "totals": _TOTALS,
+                "by_day": {"type": "array"},
+                "truncated": {"type": "boolean"},
+                "today": _TOTALS,
+                "this_month": _TOTALS,
+                "limits": {"type": "object"},
+                "remaining": {"type": "object"},
+            },
+            required=["object", "key", "totals", "by_day", "limits"],
+        ),
+        "UsageReport": _object(
+            {
+                "object": {"const": "usage.report"},
+                "filters": {"type": "object"},
+                "group_by": {"type": "array", "items": {"enum": list(GROUPINGS)}},
+                "totals": _TOTALS,
+                "groups": {"type": ["array", "null"]},
+                "truncated": {"type": "boolean"},
+                "max_groups": {"type": "integer"},
+            },
+            required=["object", "totals", "groups"],
+        ),
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
         "RelayedAnswer": {"description": "The upstream's JSON answer, passed through unchanged."},
         "RelayedEvent": {
             "description": "One server-sent event of the upstream's stream (a JSON chunk, or [DONE]); the gateway's "
-                           "own error event carries the Error shape in its data.",
-            "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}},
+            "own error event carries the Error shape in its data.",
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "string"}},
+        },
     }

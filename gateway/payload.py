@@ -117,8 +117,10 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     if _depth_exceeds(value, MAX_DEPTH):
         raise PayloadError(f"Invalid JSON: nested deeper than {MAX_DEPTH} levels.")
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
-        raise PayloadError("Invalid JSON: a string holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
-                           "without its pair); send valid Unicode text.")
+        raise PayloadError(
+            "Invalid JSON: a string holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+            "without its pair); send valid Unicode text."
+        )
     return value
 
 

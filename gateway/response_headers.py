@@ -1,7 +1,7 @@
 """Setting several response headers in one pass.
 
 Werkzeug's ``headers[name] = value`` looks through every header already there for
-``name`` (to replace it), so the fifteen or so headers the gateway's hooks set on
+``name`` (to replace it), so the many headers the gateway's hooks set on
 each response cost a scan each. :func:`put` looks once, then appends the names that
 are not there yet and replaces only those that are: the same result.
 """

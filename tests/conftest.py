@@ -35,9 +35,22 @@ CANARIES = (CANARY_MASTER_KEY, CANARY_JWT_SECRET, CANARY_AI_API_KEY)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No developer .env or exported variable leaks into a test."""
     monkeypatch.setenv("AI_PROXY_ENV_FILE", str(tmp_path_factory.getbasetemp() / "no.env"))
-    for name in ("MASTER_API_KEY", "JWT_SECRET", "AI_API_URL", "AI_API_BASE_URL", "AI_API_KEY", "ALLOWED_ORIGINS",
-                 "NODE_ENV", "APP_ENV", "RATE_LIMIT_GENERAL", "RATE_LIMIT_AI", "RATE_LIMIT_STORAGE_URI",
-                 "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "GATEWAY_WORKERS"):
+    for name in (
+        "MASTER_API_KEY",
+        "JWT_SECRET",
+        "AI_API_URL",
+        "AI_API_BASE_URL",
+        "AI_API_KEY",
+        "ALLOWED_ORIGINS",
+        "NODE_ENV",
+        "APP_ENV",
+        "RATE_LIMIT_GENERAL",
+        "RATE_LIMIT_AI",
+        "RATE_LIMIT_STORAGE_URI",
+        "TRUSTED_PROXY_COUNT",
+        "FORCE_HTTPS",
+        "GATEWAY_WORKERS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -137,8 +150,11 @@ def postgres_schema() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it, set "
-                    "GATEWAY_TEST_POSTGRES_URL, or skip these tests: -m 'not postgres'", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it, set "
+            "GATEWAY_TEST_POSTGRES_URL, or skip these tests: -m 'not postgres'",
+            pytrace=False,
+        )
     with admin:
         admin.execute(f'CREATE SCHEMA "{name}"')
         try:
@@ -200,8 +216,10 @@ def redis_prefix() -> Iterator[str]:
         client.ping()
     except redis.RedisError as error:
         client.close()
-        pytest.fail(f"Redis at {REDIS_URL} does not answer ({type(error).__name__}); start it, "
-                    "or skip these tests: -m 'not redis'", pytrace=False)
+        pytest.fail(
+            f"Redis at {REDIS_URL} does not answer ({type(error).__name__}); start it, or skip these tests: -m 'not redis'",
+            pytrace=False,
+        )
     yield prefix
     for pattern in (f"LIMITS:LIMITER/{prefix}/*", f"{prefix}:*"):
         keys = list(client.scan_iter(match=pattern, count=1000))

@@ -62,6 +62,7 @@ KEY_CREATE_SECONDS = 2.0
 # the quiet samples, within this bound, without a leak.
 UPSTREAM_POOL = 10
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -185,13 +186,13 @@ class Traffic:
         self.keys: list[tuple[str, str]] = []  # (id, secret) of live managed keys
         self.keys_lock = threading.Lock()
         self.last_created = 0.0
-        self.threads = [threading.Thread(target=self._loop, args=(random.Random(seed + i),), daemon=True)
-                        for i in range(threads)]
+        self.threads = [threading.Thread(target=self._loop, args=(random.Random(seed + i),), daemon=True) for i in range(threads)]
 
     # One request on a connection of its own (keep-alive is exercised by the pause/quiet logic
     # and by gunicorn's keep-alive timeout, not needed here).
-    def _call(self, kind: str, method: str, path: str, body: object = None, headers: dict | None = None,
-              ai: bool = False, stream: str = "") -> dict | None:
+    def _call(
+        self, kind: str, method: str, path: str, body: object = None, headers: dict | None = None, ai: bool = False, stream: str = ""
+    ) -> dict | None:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
         try:
             data = json.dumps(body).encode() if body is not None else None
@@ -237,9 +238,18 @@ class Traffic:
         with self.keys_lock:
             live = len(self.keys)
         if roll < 0.4 and live < 12 and self._may_create_key():
-            created = self._call("admin create key", "POST", "/admin/keys", {
-                "name": f"soak-{secrets.token_hex(3)}", "rate_limit_general": PLENTY, "rate_limit_ai": PLENTY,
-                "metadata": {"soak": True}}, self.master)
+            created = self._call(
+                "admin create key",
+                "POST",
+                "/admin/keys",
+                {
+                    "name": f"soak-{secrets.token_hex(3)}",
+                    "rate_limit_general": PLENTY,
+                    "rate_limit_ai": PLENTY,
+                    "metadata": {"soak": True},
+                },
+                self.master,
+            )
             if created and "secret" in created:
                 with self.keys_lock:
                     self.keys.append((created["id"], created["secret"]))
@@ -256,22 +266,42 @@ class Traffic:
         roll = rng.random()
         messages = [{"role": "user", "content": "soak " * rng.randint(1, 40)}]
         if roll < 0.18:
-            self._call("chat", "POST", rng.choice(("/v1/chat/completions", "/api/ai/chat")),
-                       {"model": "fake-model", "messages": messages, "max_tokens": 32}, self._some_key(rng), ai=True)
+            self._call(
+                "chat",
+                "POST",
+                rng.choice(("/v1/chat/completions", "/api/ai/chat")),
+                {"model": "fake-model", "messages": messages, "max_tokens": 32},
+                self._some_key(rng),
+                ai=True,
+            )
         elif roll < 0.28:
-            self._call("completion", "POST", "/v1/completions", {"model": "fake-model", "prompt": "soak"},
-                       self._some_key(rng), ai=True)
+            self._call(
+                "completion", "POST", "/v1/completions", {"model": "fake-model", "prompt": "soak"}, self._some_key(rng), ai=True
+            )
         elif roll < 0.36:
-            self._call("embeddings", "POST", "/v1/embeddings", {"model": "fake-model", "input": ["a", "b"]},
-                       self._some_key(rng), ai=True)
+            self._call(
+                "embeddings", "POST", "/v1/embeddings", {"model": "fake-model", "input": ["a", "b"]}, self._some_key(rng), ai=True
+            )
         elif roll < 0.54:
-            self._call("stream read to the end", "POST", "/v1/chat/completions",
-                       {"model": "fake-model", "messages": messages, "stream": True}, self._some_key(rng),
-                       ai=True, stream="read")
+            self._call(
+                "stream read to the end",
+                "POST",
+                "/v1/chat/completions",
+                {"model": "fake-model", "messages": messages, "stream": True},
+                self._some_key(rng),
+                ai=True,
+                stream="read",
+            )
         elif roll < 0.62:
-            self._call("stream dropped mid-way", "POST", "/v1/chat/completions",
-                       {"model": "fake-model", "messages": messages, "stream": True}, self._some_key(rng),
-                       ai=True, stream="drop")
+            self._call(
+                "stream dropped mid-way",
+                "POST",
+                "/v1/chat/completions",
+                {"model": "fake-model", "messages": messages, "stream": True},
+                self._some_key(rng),
+                ai=True,
+                stream="drop",
+            )
         elif roll < 0.66:
             self._call("models", "GET", "/v1/models", headers=self._some_key(rng), ai=True)
         elif roll < 0.76:
@@ -359,12 +389,13 @@ def forget_redis_prefix(prefix: str) -> None:
     client.close()
 
 
-def quiet_sample(traffic: Traffic, arbiter: int, started: float, label: str, settle: float,
-                 ports: dict[int, str]) -> list[Sample]:
+def quiet_sample(traffic: Traffic, arbiter: int, started: float, label: str, settle: float, ports: dict[int, str]) -> list[Sample]:
     traffic.pause()
     time.sleep(settle)  # gunicorn's keep-alive (5 s) closes idle client connections
-    samples = [Sample(time.monotonic() - started, pid, rss_kb(pid), open_fds(pid), label, fd_kinds(pid, ports))
-               for pid in worker_pids(arbiter)]
+    samples = [
+        Sample(time.monotonic() - started, pid, rss_kb(pid), open_fds(pid), label, fd_kinds(pid, ports))
+        for pid in worker_pids(arbiter)
+    ]
     traffic.resume()
     return samples
 
@@ -372,8 +403,9 @@ def quiet_sample(traffic: Traffic, arbiter: int, started: float, label: str, set
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("SOAK_SECONDS", "1200")))
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="seconds of traffic before the baseline (default: a quarter of the run, 30 to 300)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="seconds of traffic before the baseline (default: a quarter of the run, 30 to 300)"
+    )
     parser.add_argument("--threads", type=int, default=6)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--rss-bound-mb", type=float, default=5.0)
@@ -394,33 +426,60 @@ def main(argv: list[str] | None = None) -> int:
     master_key = "soak-master-" + secrets.token_hex(20)
     up_port, gw_port = free_port(), free_port()
 
-    upstream = subprocess.Popen([sys.executable, "-m", "tests.fakes.upstream", "--host", HOST, "--port", str(up_port),
-                                 "--gap", "0.01"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.upstream", "--host", HOST, "--port", str(up_port), "--gap", "0.01"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     from gateway.config import Settings
 
     # None of the developer's settings: only the ones below.
     ours = {f.name.upper() for f in dataclasses.fields(Settings)} | {
-        "NODE_ENV", "APP_ENV", "AI_PROXY_ENV_FILE", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "FLASK_DEBUG"}
+        "NODE_ENV",
+        "APP_ENV",
+        "AI_PROXY_ENV_FILE",
+        "GUNICORN_CMD_ARGS",
+        "WEB_CONCURRENCY",
+        "FLASK_DEBUG",
+    }
     env = {name: value for name, value in os.environ.items() if name not in ours}
-    env.update({
-        "AI_PROXY_HOST": HOST, "AI_PROXY_PORT": str(gw_port), "AI_PROXY_ENV_FILE": str(workdir / "none.env"),
-        "MASTER_API_KEY": master_key, "JWT_SECRET": "soak-jwt-" + secrets.token_hex(20),
-        "AI_API_KEY": "soak-upstream-key", "AI_API_URL": f"http://{HOST}:{up_port}/v1/completions",
-        "INSTANCE_PATH": str(workdir / "instance"),
-        "GATEWAY_WORKERS": str(workers), "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-        "RATE_LIMIT_GENERAL": PLENTY, "RATE_LIMIT_AI": PLENTY, "RATE_LIMIT_AUTH_FAILURES": PLENTY,
-        "RATE_LIMIT_STORAGE_URI": REDIS_URL if args.storage == "redis" else "memory://",
-        "RATE_LIMIT_KEY_PREFIX": prefix.replace("-", "_"), "UPSTREAM_POOL_SIZE": str(UPSTREAM_POOL),
-    })
+    env.update(
+        {
+            "AI_PROXY_HOST": HOST,
+            "AI_PROXY_PORT": str(gw_port),
+            "AI_PROXY_ENV_FILE": str(workdir / "none.env"),
+            "MASTER_API_KEY": master_key,
+            "JWT_SECRET": "soak-jwt-" + secrets.token_hex(20),
+            "AI_API_KEY": "soak-upstream-key",
+            "AI_API_URL": f"http://{HOST}:{up_port}/v1/completions",
+            "INSTANCE_PATH": str(workdir / "instance"),
+            "GATEWAY_WORKERS": str(workers),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            "RATE_LIMIT_GENERAL": PLENTY,
+            "RATE_LIMIT_AI": PLENTY,
+            "RATE_LIMIT_AUTH_FAILURES": PLENTY,
+            "RATE_LIMIT_STORAGE_URI": REDIS_URL if args.storage == "redis" else "memory://",
+            "RATE_LIMIT_KEY_PREFIX": prefix.replace("-", "_"),
+            "UPSTREAM_POOL_SIZE": str(UPSTREAM_POOL),
+        }
+    )
     if args.database_url:
         upgrade_schema(args.database_url)
         env["DATABASE_URL"] = args.database_url
     log_path = workdir / "gunicorn.log"
     with open(log_path, "wb") as log_file:
-        gateway = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                                   cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(up_port, "/v1/models", 15)
         wait_for(gw_port, "/health", 30)
@@ -428,8 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         while len(worker_pids(gateway.pid)) < workers and time.monotonic() < deadline:
             time.sleep(0.2)
         pids = worker_pids(gateway.pid)
-        print(f"soak: {args.seconds}s ({warmup}s warm-up), {workers} worker(s) {pids}, "
-              f"{args.storage} quotas, {args.threads} client threads, seed {seed}", flush=True)
+        print(
+            f"soak: {args.seconds}s ({warmup}s warm-up), {workers} worker(s) {pids}, "
+            f"{args.storage} quotas, {args.threads} client threads, seed {seed}",
+            flush=True,
+        )
 
         traffic = Traffic(gw_port, master_key, args.threads, seed)
         ports = {up_port: "upstream", gw_port: "client", 6379: "redis", 5432: "postgres"}
@@ -459,8 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage == "redis":
             forget_redis_prefix(env["RATE_LIMIT_KEY_PREFIX"])
 
-    result = report(args, warmup, workers, seed, pids, pids_at_end, samples, traffic.tally, rows,
-                    log_path.read_text(errors="replace"))
+    result = report(args, warmup, workers, seed, pids, pids_at_end, samples, traffic.tally, rows, log_path.read_text(errors="replace"))
     if result == 0:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -468,13 +529,22 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
-def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids: list[int], pids_at_end: list[int],
-           samples: list[Sample], tally: Tally, rows: int, log: str) -> int:
+def report(
+    args: argparse.Namespace,
+    warmup: int,
+    workers: int,
+    seed: int,
+    pids: list[int],
+    pids_at_end: list[int],
+    samples: list[Sample],
+    tally: Tally,
+    rows: int,
+    log: str,
+) -> int:
     lines: list[str] = []
     problems: list[str] = []
     bound_kb = args.rss_bound_mb * 1024
-    lines.append("| worker | RSS at baseline | RSS at end | growth | RSS max (busy) | fds at baseline | fds at end | "
-                 "fds max (busy) |")
+    lines.append("| worker | RSS at baseline | RSS at end | growth | RSS max (busy) | fds at baseline | fds at end | fds max (busy) |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for pid in pids:
         mine = [s for s in samples if s.pid == pid]
@@ -485,9 +555,11 @@ def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids:
             continue
         growth = final.rss_kb - base.rss_kb
         busy = [s for s in mine if not s.quiet and s.at >= base.at]
-        lines.append(f"| {pid} | {base.rss_kb / 1024:.1f} MB | {final.rss_kb / 1024:.1f} MB | {growth / 1024:+.1f} MB | "
-                     f"{max(s.rss_kb for s in busy or [final]) / 1024:.1f} MB | {base.fds} | {final.fds} | "
-                     f"{max(s.fds for s in busy or [final])} |")
+        lines.append(
+            f"| {pid} | {base.rss_kb / 1024:.1f} MB | {final.rss_kb / 1024:.1f} MB | {growth / 1024:+.1f} MB | "
+            f"{max(s.rss_kb for s in busy or [final]) / 1024:.1f} MB | {base.fds} | {final.fds} | "
+            f"{max(s.fds for s in busy or [final])} |"
+        )
         if growth >= bound_kb:
             problems.append(f"worker {pid}: RSS grew {growth / 1024:.1f} MB after warm-up (bound {args.rss_bound_mb} MB)")
         if final.fds > base.fds:
@@ -496,8 +568,10 @@ def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids:
             # more of them at the end is no leak while the pool holds no more than its size.
             pooled = grown.pop("tcp upstream", 0) if (final.kinds or Counter()).get("tcp upstream", 0) <= UPSTREAM_POOL else 0
             if final.fds - base.fds > pooled:
-                problems.append(f"worker {pid}: {final.fds - base.fds} more open descriptors than at the baseline "
-                                f"({', '.join(f'{kind} +{n}' for kind, n in sorted(grown.items()))})")
+                problems.append(
+                    f"worker {pid}: {final.fds - base.fds} more open descriptors than at the baseline "
+                    f"({', '.join(f'{kind} +{n}' for kind, n in sorted(grown.items()))})"
+                )
     if pids_at_end != pids:
         problems.append(f"workers changed: {pids} at start, {pids_at_end} at the end (a restart)")
     if tally.socket_errors:
@@ -517,13 +591,17 @@ def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids:
         if len(busy) >= 4:
             quarter = max(1, len(busy) // 4)
             first, last = busy[:quarter], busy[-quarter:]
-            trend.append(f"worker {pid}: busy RSS median {statistics.median(s.rss_kb for s in first) / 1024:.1f} MB "
-                         f"(first quarter) -> {statistics.median(s.rss_kb for s in last) / 1024:.1f} MB (last quarter)")
+            trend.append(
+                f"worker {pid}: busy RSS median {statistics.median(s.rss_kb for s in first) / 1024:.1f} MB "
+                f"(first quarter) -> {statistics.median(s.rss_kb for s in last) / 1024:.1f} MB (last quarter)"
+            )
     for pid in pids:
         for sample in samples:
             if sample.pid == pid and sample.kinds is not None:
-                trend.append(f"worker {pid} descriptors ({sample.quiet}): "
-                             + ", ".join(f"{kind} {n}" for kind, n in sorted(sample.kinds.items())))
+                trend.append(
+                    f"worker {pid} descriptors ({sample.quiet}): "
+                    + ", ".join(f"{kind} {n}" for kind, n in sorted(sample.kinds.items()))
+                )
     verdict = "PASS" if not problems else "FAIL"
     summary = [
         f"Result: **{verdict}**" + ("" if not problems else ": " + "; ".join(problems)),
@@ -548,11 +626,15 @@ def report(args: argparse.Namespace, warmup: int, workers: int, seed: int, pids:
     text = "\n".join(summary)
     print(text, flush=True)
     if args.out is not None:
-        header = ["# Soak test", "",
-                  "`make soak` (`python -m tests.soak`, `SOAK_SECONDS`, default 1200): mixed traffic (non-streamed "
-                  "AI calls, streams read to the end and dropped mid-way, admin key create/list/revoke, usage "
-                  "reports, meta endpoints) with the master key and managed keys; each worker's RSS and open "
-                  "descriptors sampled from /proc. Figures depend on the machine; the bounds do not.", ""]
+        header = [
+            "# Soak test",
+            "",
+            "`make soak` (`python -m tests.soak`, `SOAK_SECONDS`, default 1200): mixed traffic (non-streamed "
+            "AI calls, streams read to the end and dropped mid-way, admin key create/list/revoke, usage "
+            "reports, meta endpoints) with the master key and managed keys; each worker's RSS and open "
+            "descriptors sampled from /proc. Figures depend on the machine; the bounds do not.",
+            "",
+        ]
         if args.label:
             header += [args.label, ""]
         args.out.write_text("\n".join([*header, text, ""]))

@@ -1,6 +1,6 @@
 """Authentication: one app-level ``before_request`` hook, deny by default.
 
-Only the endpoints in :data:`PUBLIC_ENDPOINTS` and CORS preflights are served
+Only the endpoints in :data:`gateway.auth.endpoints.PUBLIC_ENDPOINTS` and CORS preflights are served
 without credentials; every other route, including ones added later, needs an API
 key (``X-API-Key`` or ``Authorization: Bearer <key>``) or a JWT from
 ``POST /auth/token`` (``Authorization: Bearer <jwt>``).
@@ -10,7 +10,7 @@ Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
 :mod:`gateway.store`); a JWT counts only while the key it names is active.
 
 ``METRICS_TOKEN`` is not an API key: it is accepted only on the endpoints in
-:data:`METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
+:data:`gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
 as the request's one credential. Anywhere else it is an unknown key (401).
 
 A request admitted with a credential (any of the above) is marked in its WSGI
@@ -28,33 +28,20 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Flask, current_app, g, request
+from flask import Flask, request
 
+from gateway import extensions
 from gateway.auth import tokens
+from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
 from gateway.auth.keys import KeyRing
 from gateway.auth.management import KeyAdmin
 from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import TokenExpired, Unauthorized
+from gateway.exchange import current, current_or_none
 
 log = logging.getLogger(__name__)
 
-# (endpoint, method) pairs served without credentials. HEAD follows GET.
-PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("meta.index", "GET"),
-        ("meta.index", "HEAD"),
-        ("meta.openapi", "GET"),
-        ("meta.openapi", "HEAD"),
-        ("meta.health", "GET"),
-        ("meta.health", "HEAD"),
-        ("meta.ready", "GET"),
-        ("meta.ready", "HEAD"),
-        ("auth.issue_token", "POST"),
-    }
-)
-# (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
-METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
 METRICS_SCRAPER_ID = "metrics-scraper"
 # WSGI environ key set to True on a request the hook admitted with a credential.
 AUTHENTICATED_ENVIRON_KEY = "gateway.authenticated"
@@ -79,7 +66,9 @@ def is_public() -> bool:
 
 
 def current_caller() -> Caller | None:
-    return g.get("caller")
+    """Who is calling the current request (``None``: nobody authenticated, or no request record)."""
+    exchange = current_or_none()
+    return exchange.caller if exchange is not None else None
 
 
 def client_address() -> str:
@@ -94,11 +83,11 @@ def caller_key() -> str:
 
 
 def _keys() -> KeyRing:
-    return current_app.extensions["gateway.keys"]
+    return extensions.keys()
 
 
 def _token_config() -> tokens.TokenConfig:
-    return current_app.extensions["gateway.tokens"]
+    return extensions.tokens()
 
 
 def _from_api_key(secret: str) -> Caller:
@@ -133,7 +122,7 @@ def _digest(secret: str) -> bytes:
 
 def _from_metrics_token() -> Caller | None:
     """The scraper, when ``Bearer <METRICS_TOKEN>`` is the only credential on a metrics endpoint."""
-    expected: bytes | None = current_app.extensions["gateway.metrics_token"]
+    expected = extensions.metrics_token()
     if expected is None or (request.endpoint, request.method) not in METRICS_TOKEN_ENDPOINTS:
         return None
     if "X-API-Key" in request.headers:
@@ -171,41 +160,39 @@ def authenticate() -> Caller:
 
 
 def require_credentials() -> None:
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    ctx.caller = None
     if is_public():
         return
-    ctx.caller = _from_metrics_token() or authenticate()
+    current().caller = _from_metrics_token() or authenticate()
     request.environ[AUTHENTICATED_ENVIRON_KEY] = True
 
 
 def _explain_development_secrets(settings: Settings) -> None:
     if settings.generated:
         names = ", ".join(name.upper() for name in settings.generated)
-        log.warning("development mode: %s not set; using generated values kept in %s/secrets.json",
-                    names, settings.instance_path)
+        log.warning("development mode: %s not set; using generated values kept in %s/secrets.json", names, settings.instance_path)
         if "master_api_key" in settings.generated:
             log.warning(
-                "authenticate with: X-API-Key: $(python3 -c \"import json; "
-                "print(json.load(open('%s/secrets.json'))['master_api_key'])\")", settings.instance_path)
+                'authenticate with: X-API-Key: $(python3 -c "import json; '
+                "print(json.load(open('%s/secrets.json'))['master_api_key'])\")",
+                settings.instance_path,
+            )
     if not settings.production and len(settings.master_api_key) < MIN_SECRET_LENGTH:
-        log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it",
-                    MIN_SECRET_LENGTH)
+        log.warning("development mode: MASTER_API_KEY is shorter than %d characters; production would refuse it", MIN_SECRET_LENGTH)
 
 
 def init_app(app: Flask) -> None:
     settings = app.config["GATEWAY"]
     _explain_development_secrets(settings)
-    key_store = app.extensions["gateway.store"].keys
-    app.extensions["gateway.keys"] = KeyRing.from_settings(settings, key_store)
-    app.extensions["gateway.key_admin"] = KeyAdmin(app.extensions["gateway.keys"], key_store)
-    app.extensions["gateway.tokens"] = tokens.TokenConfig(
+    key_store = extensions.store(app).keys
+    key_ring = app.extensions[extensions.KEYS] = KeyRing.from_settings(settings, key_store)
+    app.extensions[extensions.KEY_ADMIN] = KeyAdmin(key_ring, key_store)
+    app.extensions[extensions.TOKENS] = tokens.TokenConfig(
         secret=settings.jwt_secret,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         expires_in=settings.jwt_expires_in,
         leeway=settings.jwt_leeway,
     )
-    app.extensions["gateway.metrics_token"] = _digest(settings.metrics_token) if settings.metrics_token else None
+    app.extensions[extensions.METRICS_TOKEN] = _digest(settings.metrics_token) if settings.metrics_token else None
     app.before_request(require_credentials)
     app.register_blueprint(blueprint)

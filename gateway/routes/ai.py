@@ -5,20 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from limits.errors import StorageError
 
-from gateway import metrics, observability, quotas
+from gateway import extensions, metrics
 from gateway.auth import caller_key
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
-from gateway.inflight import Slot
+from gateway.exchange import UpstreamAttempt, current
 from gateway.operations import OPERATIONS, Operation
+from gateway.quotas.policy import caller_policy, check_request
+from gateway.quotas.slots import Slot
+from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
-from gateway.upstream.client import UpstreamClient
-from gateway.usage import account_request, on_stream_end
 
 blueprint = Blueprint("ai", __name__)
 
@@ -55,11 +58,10 @@ def read_request(op: Operation) -> ClientCall:
         raise BadRequest(f"The {op.name} operation does not stream.", param="stream")
     model = document.get("model")
     if isinstance(model, str):
-        g.model = model[:200]
+        current().model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
-    reserve, guess = quotas.check_request(document, prompt_estimate)
-    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve,
-                      reserve_is_guess=guess)
+    reserve, guess = check_request(document, prompt_estimate)
+    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve, reserve_is_guess=guess)
     if stream:
         asked = accounting.client_asked_for_usage(document)
         if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
@@ -76,68 +78,68 @@ def models_for_caller(response: Response, item_id: str | None) -> Response:
     :raises 404: no model of that id the key may use (``model_not_found``).
     :raises 502: the upstream's answer has no ``data`` list to look the id up in.
     """
-    answer = getattr(response, "upstream_answer", None)
+    answer: dict[str, Any] | None = getattr(response, relay.UPSTREAM_ANSWER, None)
     entries = answer.get("data") if answer is not None else None
-    if not isinstance(entries, list):
+    if answer is None or not isinstance(entries, list):
         if item_id is None:
             return response
-        raise UpstreamError("The AI backend's model list has no 'data' array.",
-                            error_code="upstream_invalid_response")
-    policy = quotas.caller_policy()
-    usable = [entry for entry in entries
-              if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])]
+        raise UpstreamError("The AI backend's model list has no 'data' array.", error_code="upstream_invalid_response")
+    policy = caller_policy()
+    usable = [
+        entry for entry in entries if isinstance(entry, dict) and isinstance(entry.get("id"), str) and policy.allows_model(entry["id"])
+    ]
     if item_id is None:
         return response if len(usable) == len(entries) else jsonify({**answer, "data": usable})
     for entry in usable:
         if entry["id"] == item_id:
             created = entry.get("created")
-            return jsonify({**entry, "object": "model",
-                            "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
-                            "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream"})
-    raise NotFound(f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.",
-                   error_code="model_not_found", param="model")
+            return jsonify(
+                {
+                    **entry,
+                    "object": "model",
+                    "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+                    "owned_by": entry.get("owned_by") if isinstance(entry.get("owned_by"), str) else "upstream",
+                }
+            )
+    raise NotFound(
+        f"No model {item_id[:200]!r} is available to this key. GET /v1/models lists them.", error_code="model_not_found", param="model"
+    )
 
 
 def _view_for(op: Operation) -> Callable[..., Response]:
     def relay_operation(item_id: str | None = None) -> Response:
-        account_request(op.name)  # a usage row is written for this request, whatever its outcome
+        exchange = current()
+        # An AI request: its record gets one usage row, whatever its outcome (see gateway.usage.rows.row_of).
+        exchange.operation = op.name
+        exchange.accounted_at = datetime.now(UTC)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
-        ctx = g._get_current_object()
         settings = app.config["GATEWAY"]
-        client: UpstreamClient = app.extensions["gateway.upstream"]
-        request_quotas = app.extensions["gateway.quotas"]  # gateway.limits.Quotas
-        reservation = quotas.NO_RESERVATION
+        client = extensions.upstream(app)
+        request_quotas = extensions.request_windows(app)
+        reservation = NO_RESERVATION
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
             call = read_request(op)
             if call.reserve:
-                reservation = quotas.reserve_tokens(call.reserve, call.reserve_is_guess)
-            slot = app.extensions["gateway.inflight"].acquire(caller_key())
+                reservation = reserve_tokens(call.reserve, call.reserve_is_guess)
+            slot = extensions.slots(app).acquire(caller_key())
             # Going upstream: the general and the AI quota, in one count.
             request_quotas.hold(ai=True)
         except Exception as error:
             slot.release()
             reservation.settle(0)
-            try:
-                if "quotas_counted" not in ctx and not isinstance(error, (StorageError, LimitStorageUnavailable)):
-                    # Refused before the upstream call (malformed, too large, not allowed, over a
-                    # token quota, ...): the general quota only. A 429 if that one is full.
-                    request_quotas.hold(ai=False)
-            finally:
-                if "quota_breached" in ctx:  # refused by a request quota: no usage row, as for any endpoint
-                    ctx.pop("usage_operation", None)
+            if exchange.quotas_counted is None and not isinstance(error, (StorageError, LimitStorageUnavailable)):
+                # Refused before the upstream call (malformed, too large, not allowed, over a
+                # token quota, ...): the general quota only. A 429 if that one is full.
+                request_quotas.hold(ai=False)
             raise
-        started = time.perf_counter()
-        # Only a stream outlives the request: its log line, usage row and metrics are made when it ends.
-        log_and_record = (metrics.on_stream_end(on_stream_end(observability.stream_logger(), started))
-                          if call.stream else None)
+        attempt = exchange.upstream = UpstreamAttempt(started=time.perf_counter())
 
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
             reservation.settle(usage.total_tokens if usage else 0)
-            if log_and_record is not None:
-                log_and_record(outcome, usage)
+            exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 
         streaming = False
         try:
@@ -146,21 +148,23 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 max_bytes=settings.max_response_bytes,
                 max_event_bytes=settings.max_stream_event_bytes,
             )
-            upstream = client.send(op.method, op.upstream_path, call.body, ctx.request_id, call.stream,
-                                   deadline=limits.deadline)
-            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits,
-                                         on_stream_end=stream_ended, tap=call.tap)
+            upstream = client.send(op.method, op.upstream_path, call.body, exchange.request_id, call.stream, deadline=limits.deadline)
+            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits, on_stream_end=stream_ended, tap=call.tap)
             streaming = response.is_streamed
+            if streaming:
+                exchange.stream = True
+                exchange.status = response.status_code  # even if the stream is closed before the response hook
+                metrics.stream_opened(op.name)
             if op.item_summary is not None and response.status_code == 200 and not streaming:
                 response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
-                ctx.usage = accounting.usage_of_answer(getattr(response, "upstream_answer", None), call.prompt_estimate)
+                exchange.usage = accounting.usage_of_answer(getattr(response, relay.UPSTREAM_ANSWER, None), call.prompt_estimate)
             return response
         finally:
-            ctx.upstream_ms = (time.perf_counter() - started) * 1000
+            attempt.duration_ms = (time.perf_counter() - attempt.started) * 1000
             if not streaming:
                 slot.release()
-                usage = ctx.get("usage")
+                usage = exchange.usage
                 reservation.settle(usage.total_tokens if usage else 0)
 
     relay_operation.__name__ = f"relay_{op.name}"

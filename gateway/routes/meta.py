@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Any
 
 from flask import Blueprint, Response, current_app, json, jsonify
 
 from gateway import openapi
 from gateway.errors import error_response
+from gateway.quotas import describe
+from gateway.quotas.windows import storage_ready
 
 blueprint = Blueprint("meta", __name__)
 
@@ -20,8 +23,7 @@ _AUTH_ADMIN = "the master key (X-API-Key or Authorization: Bearer), or a JWT min
 _AUTH_METRICS = _AUTH_ADMIN + ", or Authorization: Bearer <METRICS_TOKEN>"
 
 
-_AUTH_TEXT = {openapi.PUBLIC: "none", openapi.ANY_KEY: _AUTH_ANY_KEY, openapi.ADMIN: _AUTH_ADMIN,
-              openapi.METRICS: _AUTH_METRICS}
+_AUTH_TEXT = {openapi.PUBLIC: "none", openapi.ANY_KEY: _AUTH_ANY_KEY, openapi.ADMIN: _AUTH_ADMIN, openapi.METRICS: _AUTH_METRICS}
 
 
 @blueprint.get("/health")
@@ -38,14 +40,11 @@ def ready() -> Response:
 
     :raises 503: the quota store does not answer (the body also has ``status`` and ``checks``).
     """
-    from gateway import limits
-
-    checks = {"rate_limit_storage": "ok" if limits.storage_ready() else "unreachable"}
+    checks = {"rate_limit_storage": "ok" if storage_ready() else "unreachable"}
     if all(value == "ok" for value in checks.values()):
         response = jsonify(status="ready", checks=checks)
     else:
-        response = error_response(503, "Not ready: the rate limit storage does not answer.", "api_error",
-                                  "not_ready")
+        response = error_response(503, "Not ready: the rate limit storage does not answer.", "api_error", "not_ready")
         response.set_data(json.dumps({**json.loads(response.get_data()), "status": "not_ready", "checks": checks}))
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -60,7 +59,7 @@ def plain_summary(doc: str | None) -> str:
     paragraph = inspect.cleandoc(doc or "").split("\n\n", 1)[0]
     field = _DOC_FIELD.search(paragraph)
     if field is not None:
-        paragraph = paragraph[:field.start()]
+        paragraph = paragraph[: field.start()]
     return " ".join(paragraph.replace("``", "").split())
 
 
@@ -74,15 +73,14 @@ def _summary(route: openapi.Route) -> str:
 @blueprint.get("/")
 def index() -> Response:
     """This document: every endpoint with its method, auth and quotas."""
-    from gateway import limits  # the route table is only complete once the app is built
 
     endpoints = []
     for route in openapi.served_routes(current_app.url_map):
-        entry = {
+        entry: dict[str, Any] = {
             "method": route.method,
             "path": route.rule,
             "auth": _AUTH_TEXT[route.access],
-            "rate_limits": limits.describe(route.endpoint),
+            "rate_limits": describe(route.endpoint),
             "description": _summary(route),
         }
         if route.operation is not None:
@@ -93,7 +91,7 @@ def index() -> Response:
         description="Authenticated, rate-limited gateway to an OpenAI-compatible LLM backend.",
         authentication={
             "api_key": "X-API-Key: <key> or Authorization: Bearer <key>",
-            "jwt": "POST /auth/token with {\"apiKey\": \"<key>\"}, then Authorization: Bearer <token>",
+            "jwt": 'POST /auth/token with {"apiKey": "<key>"}, then Authorization: Bearer <token>',
         },
         endpoints=endpoints,
         openapi="/openapi.json",

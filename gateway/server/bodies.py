@@ -15,8 +15,8 @@ from typing import Any
 
 import gevent
 
-from gateway import inflight
 from gateway.errors import RequestBodyTimeout
+from gateway.quotas import slots as inflight
 from gateway.upstream.sse import error_event
 
 
@@ -43,7 +43,7 @@ class CuttableStream:
     the stream its usual way (its own error event, then its end callback: log line,
     usage row, concurrency slot). This wrapper swaps that event for
     :data:`SHUTDOWN_EVENT`, which names the real reason, and marks the stream's
-    outcome (:data:`gateway.inflight.stream_cut`) for the log line.
+    outcome (:data:`gateway.quotas.slots.stream_cut`) for the log line.
     """
 
     def __init__(self, inner: Iterable[bytes], live: set[CuttableStream]) -> None:

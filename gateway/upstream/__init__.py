@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from flask import Flask
 
+from gateway import extensions
 from gateway.upstream.client import UpstreamClient
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["gateway.upstream"] = UpstreamClient.from_settings(app.config["GATEWAY"])
+    app.extensions[extensions.UPSTREAM] = UpstreamClient.from_settings(app.config["GATEWAY"])

@@ -22,14 +22,14 @@ CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
-class Usage:
+class TokenUsage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
 
 
-def _as_usage(value: Any) -> Usage | None:
+def _as_usage(value: Any) -> TokenUsage | None:
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens")
@@ -39,10 +39,10 @@ def _as_usage(value: Any) -> Usage | None:
         return None
     if not isinstance(total, int):
         total = prompt + completion
-    return Usage(prompt, completion, total)
+    return TokenUsage(prompt, completion, total)
 
 
-def usage_from_body(body: bytes | dict[str, Any]) -> Usage | None:
+def usage_from_body(body: bytes | dict[str, Any]) -> TokenUsage | None:
     """The ``usage`` an upstream reported in a JSON answer, if any."""
     if isinstance(body, bytes | bytearray):
         try:
@@ -91,13 +91,13 @@ def estimate_completion_tokens(answer: dict[str, Any]) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
-def usage_of_answer(answer: dict[str, Any] | None, prompt_estimate: int) -> Usage:
+def usage_of_answer(answer: dict[str, Any] | None, prompt_estimate: int) -> TokenUsage:
     """What a non-streamed call used: the upstream's figures, else an estimate."""
     reported = usage_from_body(answer) if answer is not None else None
     if reported is not None:
         return reported
     completion = estimate_completion_tokens(answer) if answer is not None else 0
-    return Usage(prompt_estimate, completion, prompt_estimate + completion, estimated=True)
+    return TokenUsage(prompt_estimate, completion, prompt_estimate + completion, estimated=True)
 
 
 def client_asked_for_usage(document: dict[str, Any]) -> bool:
@@ -121,7 +121,7 @@ class StreamUsageTap:
 
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip = strip_usage_chunk
-        self.usage: Usage | None = None
+        self.usage: TokenUsage | None = None
         self.content_events = 0
 
     def feed(self, events: bytes) -> bytes:
@@ -142,7 +142,7 @@ class StreamUsageTap:
         return b"".join(kept)
 
     @staticmethod
-    def _inspect(event: bytes) -> tuple[Usage | None, bool]:
+    def _inspect(event: bytes) -> tuple[TokenUsage | None, bool]:
         data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
         if not data or data == b"[DONE]":
             return None, False
@@ -156,9 +156,9 @@ class StreamUsageTap:
         usage_only = usage is not None and chunk.get("choices") == []
         return usage, usage_only
 
-    def result(self, prompt_estimate: int) -> Usage:
+    def result(self, prompt_estimate: int) -> TokenUsage:
         """What the stream used: the upstream's figures, else an estimate."""
         if self.usage is not None:
             return self.usage
         completion = self.content_events
-        return Usage(prompt_estimate, completion, prompt_estimate + completion, estimated=True)
+        return TokenUsage(prompt_estimate, completion, prompt_estimate + completion, estimated=True)

@@ -27,13 +27,13 @@ import http.client
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import urllib3.exceptions
 from flask import Response
 
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamError, UpstreamTimeout, envelope
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.sse import EventFramer, error_event
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 PASSED_HEADERS = ("Retry-After",)
+# The attribute of a relayed JSON response that holds the upstream's parsed answer (a dict or None).
+UPSTREAM_ANSWER = "upstream_answer"
 _READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 # How a stream that the upstream ended early is reported: outcome -> the error event's code.
 # The other outcomes are "completed" and "client_disconnected".
@@ -128,14 +130,7 @@ def _client_error(upstream: UpstreamResponse, body: bytes) -> Response:
     if not (isinstance(document, dict) and isinstance(document.get("error"), dict)):
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         code = "upstream_rate_limited" if status == 429 else "upstream_rejected"
-        document = {
-            "error": {
-                "message": f"The AI backend rejected the request (HTTP {status}).",
-                "type": kind,
-                "code": code,
-                "param": None,
-            }
-        }
+        document = envelope(f"The AI backend rejected the request (HTTP {status}).", kind, code)
         return _json_response(json.dumps(document).encode(), status, headers)
     if status == 429 and document["error"].get("code") in (None, "", "gateway_rate_limited"):
         document["error"]["code"] = "upstream_rate_limited"
@@ -145,11 +140,14 @@ def _client_error(upstream: UpstreamResponse, body: bytes) -> Response:
 
 def _check_status(status: int) -> None:
     if 300 <= status < 400:
-        raise UpstreamError("The AI backend answered with a redirect, which the gateway does not follow.",
-                            error_code="upstream_redirect")
+        raise UpstreamError(
+            "The AI backend answered with a redirect, which the gateway does not follow.", error_code="upstream_redirect"
+        )
     if status in (401, 403):
-        raise UpstreamError("The AI backend rejected the gateway's own credentials; the operator should check AI_API_KEY.",
-                            error_code="upstream_auth_failed")
+        raise UpstreamError(
+            "The AI backend rejected the gateway's own credentials; the operator should check AI_API_KEY.",
+            error_code="upstream_auth_failed",
+        )
     if status >= 500 or status < 200:
         raise UpstreamError(f"The AI backend failed (HTTP {status}).", error_code="upstream_error")
 
@@ -188,10 +186,10 @@ def to_response(
         try:
             answer = json.loads(body)
         except ValueError:
-            raise UpstreamError("The AI backend returned something other than JSON.",
-                                error_code="upstream_invalid_response") from None
+            raise UpstreamError("The AI backend returned something other than JSON.", error_code="upstream_invalid_response") from None
         response = _json_response(body, upstream.status_code, _passed_headers(upstream))
-        response.upstream_answer = answer if isinstance(answer, dict) else None  # for usage accounting
+        # For usage accounting and the model listing; Flask's Response has no slot for it.
+        setattr(response, UPSTREAM_ANSWER, answer if isinstance(answer, dict) else None)
         return response
     finally:
         if not handed_over:
@@ -204,7 +202,7 @@ class StreamBody:
     upstream and runs the stream-end callback, which a generator that never started
     would not do; so no concurrency slot, gauge or usage row is left open."""
 
-    def __init__(self, upstream: UpstreamResponse, events: Iterator[bytes], on_end: Callable[[str], None]) -> None:
+    def __init__(self, upstream: UpstreamResponse, events: Generator[bytes, None, None], on_end: Callable[[str], None]) -> None:
         self._upstream = upstream
         self._events = events
         self._on_end = on_end
@@ -226,8 +224,9 @@ class StreamBody:
             self._on_end("client_disconnected")
 
 
-def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None],
-                     tap: StreamUsageTap | None) -> Response:
+def _stream_response(
+    upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None], tap: StreamUsageTap | None
+) -> Response:
     body = StreamBody(upstream, stream_events(upstream, limits, on_end, tap), on_end)
     response = Response(body, status=200, mimetype="text/event-stream", direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
@@ -235,8 +234,9 @@ def _stream_response(upstream: UpstreamResponse, limits: RelayLimits, on_end: Ca
     return response
 
 
-def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None],
-                  tap: StreamUsageTap | None = None) -> Iterator[bytes]:
+def stream_events(
+    upstream: UpstreamResponse, limits: RelayLimits, on_end: Callable[[str], None], tap: StreamUsageTap | None = None
+) -> Generator[bytes, None, None]:
     """Yield whole SSE events as the upstream sends them.
 
     Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off or
@@ -286,8 +286,7 @@ def stream_events(upstream: UpstreamResponse, limits: RelayLimits, on_end: Calla
                 yield events
             if framer.pending > limits.max_event_bytes:
                 outcome = "event_too_large"
-                yield error_event("The AI backend sent an event larger than the gateway accepts.",
-                                  code=STREAM_ERROR_CODES[outcome])
+                yield error_event("The AI backend sent an event larger than the gateway accepts.", code=STREAM_ERROR_CODES[outcome])
                 return
         rest = framer.flush()
         if rest and tap is not None:

@@ -1,14 +1,17 @@
-"""Server-sent events framing. Pure code: bytes in, bytes out; no Flask, no requests.
+"""Server-sent events framing. Pure code: bytes in, bytes out; no I/O, no request context.
 
 The relay forwards whole events only, byte for byte as the upstream sent them. If
 the upstream breaks off mid-event, the partial event is dropped and an error event
 is sent instead, so a client never parses half a JSON chunk and never sees a
-``[DONE]`` the upstream did not send.
+``[DONE]`` the upstream did not send. Its body is the gateway's one error envelope
+(:func:`gateway.errors.envelope`).
 """
 
 from __future__ import annotations
 
 import json
+
+from gateway.errors import envelope
 
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 # Bytes of the previous read that a boundary ending in the next read can start in.
@@ -37,7 +40,7 @@ def split_events(events: bytes) -> list[bytes]:
             parts.append(events[start:])
             break
         index, size = min(ends)
-        parts.append(events[start:index + size])
+        parts.append(events[start : index + size])
         start = index + size
     return parts
 
@@ -109,5 +112,5 @@ class EventFramer:
 
 def error_event(message: str, error_type: str = "api_error", code: str = "upstream_stream_error") -> bytes:
     """An SSE event carrying the gateway's error envelope; OpenAI SDKs raise on it."""
-    body = json.dumps({"error": {"message": message, "type": error_type, "code": code, "param": None}})
+    body = json.dumps(envelope(message, error_type, code))
     return f"event: error\ndata: {body}\n\n".encode()

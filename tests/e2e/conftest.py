@@ -215,12 +215,10 @@ def request(
 class EventStream:
     """A streamed response read with ``read1`` so each SSE event gets its arrival time."""
 
-    def __init__(self, url: str, path: str, body: dict, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(self, url: str, path: str, body: dict, headers: dict[str, str] | None = None, timeout: float = 10.0) -> None:
         self.conn = _connection(url, timeout)
         self.sent_at = time.monotonic()
-        self.conn.request("POST", path, body=json.dumps(body).encode(),
-                          headers={**JSON_AUTH, **(headers or {})})
+        self.conn.request("POST", path, body=json.dumps(body).encode(), headers={**JSON_AUTH, **(headers or {})})
         self.response = self.conn.getresponse()
         self.status = self.response.status
         self.headers = self.response.headers

@@ -101,8 +101,12 @@ def test_keep_alive_connections_are_closed_cleanly_on_sigterm(gateway_server, up
             assert response.getheader("Connection") == "keep-alive"
         # A non-streamed answer that takes about 2 s, in flight across SIGTERM.
         upstream.behavior = Behavior(mode="drip", gap=0.01)
-        busy.request("POST", "/api/ai/completion", body=json.dumps({"model": "m", "prompt": "hi"}),
-                     headers={**AUTH, "Content-Type": "application/json"})
+        busy.request(
+            "POST",
+            "/api/ai/completion",
+            body=json.dumps({"model": "m", "prompt": "hi"}),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
         time.sleep(0.5)
         server.signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -132,8 +136,12 @@ def test_a_new_connection_gets_its_first_request_served_during_the_drain(gateway
     busy = http.client.HTTPConnection(HOST, server.port, timeout=10)
     fresh = http.client.HTTPConnection(HOST, server.port, timeout=10)
     try:
-        busy.request("POST", "/api/ai/completion", body=json.dumps({"model": "m", "prompt": "hi"}),
-                     headers={**AUTH, "Content-Type": "application/json"})
+        busy.request(
+            "POST",
+            "/api/ai/completion",
+            body=json.dumps({"model": "m", "prompt": "hi"}),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
         fresh.connect()  # accepted by the worker; its request comes after the SIGTERM
         time.sleep(0.5)
         server.signal(signal.SIGTERM)
@@ -200,8 +208,12 @@ def test_a_non_streamed_request_past_the_drain_deadline_gets_its_error(gateway_s
     upstream.behavior = Behavior(mode="drip", gap=0.5)  # a JSON answer one byte every 0.5 s: minutes
     conn = http.client.HTTPConnection(HOST, server.port, timeout=GRACEFUL + 5)
     try:
-        conn.request("POST", "/api/ai/completion", body=json.dumps({"model": "m", "prompt": "hi"}),
-                     headers={**AUTH, "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/api/ai/completion",
+            body=json.dumps({"model": "m", "prompt": "hi"}),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
         time.sleep(1.0)
         server.signal(signal.SIGTERM)
         signalled = time.monotonic()

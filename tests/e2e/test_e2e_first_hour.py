@@ -26,8 +26,17 @@ COMPLETION = {"model": "gpt-3.5-turbo", "prompt": "Once upon a time", "max_token
 def _fresh_clone(destination: Path) -> Path:
     """The repository's files as `git clone` gives them (tracked, plus new files not yet
     committed on this branch), without .venv, instance/ or any .env."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, check=True, timeout=30).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO_ROOT / name
         if source.is_file():
@@ -67,8 +76,7 @@ def _stop(proc: subprocess.Popen, signum: int = signal.SIGTERM, timeout: float =
 
 
 @pytest.mark.timeout(120)
-def test_a_fresh_clone_serves_with_the_original_variables_and_nothing_else(tmp_path: Path,
-                                                                          upstream: FakeUpstream) -> None:
+def test_a_fresh_clone_serves_with_the_original_variables_and_nothing_else(tmp_path: Path, upstream: FakeUpstream) -> None:
     clone = _fresh_clone(tmp_path / "clone")
     port = free_port()
     env = {
@@ -83,9 +91,15 @@ def test_a_fresh_clone_serves_with_the_original_variables_and_nothing_else(tmp_p
     }
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=clone,
-                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=clone,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://{HOST}:{port}"
     try:
         _wait_healthy(proc, url, log)
@@ -117,8 +131,9 @@ def test_development_says_so_loudly_at_start(gateway_server) -> None:
 
 def _make_is_ready() -> bool:
     make = shutil.which("make")
-    return bool(make) and subprocess.run([make, "-q", ".venv/.installed"], cwd=REPO_ROOT,
-                                         capture_output=True, timeout=30).returncode == 0
+    return (
+        bool(make) and subprocess.run([make, "-q", ".venv/.installed"], cwd=REPO_ROOT, capture_output=True, timeout=30).returncode == 0
+    )
 
 
 @pytest.mark.timeout(90)
@@ -127,18 +142,32 @@ def test_make_demo_is_loopback_only_with_its_own_instance_and_stops_cleanly(tmp_
     port, upstream_port = free_port(), free_port()
     instance = tmp_path / "demo-instance"
     log = tmp_path / "demo.log"
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("AI_", "MASTER_", "JWT_", "NODE_", "INSTANCE_", "DATABASE_", "RATE_", "GATEWAY_"))}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AI_", "MASTER_", "JWT_", "NODE_", "INSTANCE_", "DATABASE_", "RATE_", "GATEWAY_"))
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["make", "--no-print-directory", "demo", f"DEMO_PORT={port}",
-                                 f"DEMO_UPSTREAM_PORT={upstream_port}", f"DEMO_INSTANCE={instance}"],
-                                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                "make",
+                "--no-print-directory",
+                "demo",
+                f"DEMO_PORT={port}",
+                f"DEMO_UPSTREAM_PORT={upstream_port}",
+                f"DEMO_INSTANCE={instance}",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://{HOST}:{port}"
     try:
         _wait_healthy(proc, url, log)
-        status, _, body = request(url, "POST", "/api/ai/completion", COMPLETION,
-                                  headers={"X-API-Key": "your-master-key"})
+        status, _, body = request(url, "POST", "/api/ai/completion", COMPLETION, headers={"X-API-Key": "your-master-key"})
         assert status == 200, body
         assert f"Listening at: http://127.0.0.1:{port}" in log.read_text()
         assert (instance / "gateway.db").exists()
@@ -159,24 +188,39 @@ def test_the_quick_start_runs_as_written_in_a_fresh_clone(tmp_path: Path) -> Non
     clone = _fresh_clone(tmp_path / "clone")
     (clone / ".venv").symlink_to(REPO_ROOT / ".venv")  # the built .venv, not a second install
     readme = (REPO_ROOT / "README.md").read_text()
-    quick_start = readme[readme.index("## Quick start"):readme.index("### Try it without an LLM")]
+    quick_start = readme[readme.index("## Quick start") : readme.index("### Try it without an LLM")]
     blocks = [block for block in quick_start.split("```bash\n")[1:]]
     assert blocks[0].startswith("make run")
     example = blocks[1].split("```")[0]
     assert "instance/secrets.json" in example and "http://localhost:8767" in example
     port = free_port()
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("AI_", "MASTER_", "JWT_", "NODE_", "INSTANCE_", "DATABASE_", "RATE_", "GATEWAY_"))}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AI_", "MASTER_", "JWT_", "NODE_", "INSTANCE_", "DATABASE_", "RATE_", "GATEWAY_"))
+    }
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         # Only the address changes: loopback and a free port instead of 0.0.0.0:8767.
-        proc = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=clone,
-                                env={**env, "AI_PROXY_HOST": HOST, "AI_PROXY_PORT": str(port)},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=clone,
+            env={**env, "AI_PROXY_HOST": HOST, "AI_PROXY_PORT": str(port)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_healthy(proc, f"http://{HOST}:{port}", log)
-        done = subprocess.run(["bash", "-c", example.replace("http://localhost:8767", f"http://{HOST}:{port}")],
-                              cwd=clone, env=env, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["bash", "-c", example.replace("http://localhost:8767", f"http://{HOST}:{port}")],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         _stop(proc)
     assert done.returncode == 0, done.stderr

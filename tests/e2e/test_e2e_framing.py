@@ -19,8 +19,9 @@ from tests.e2e.test_e2e_http import raw_exchange, raw_status
 
 @pytest.fixture(scope="module")
 def server(module_gateway_server) -> GatewayServer:
-    return module_gateway_server(RATE_LIMIT_AI="1000 per minute", RATE_LIMIT_GENERAL="1000 per minute",
-                                 RATE_LIMIT_AUTH_FAILURES="1000 per minute")
+    return module_gateway_server(
+        RATE_LIMIT_AI="1000 per minute", RATE_LIMIT_GENERAL="1000 per minute", RATE_LIMIT_AUTH_FAILURES="1000 per minute"
+    )
 
 
 BODY = json.dumps({"model": "m", "prompt": "hi"}).encode()
@@ -40,8 +41,10 @@ TARGETS = {
 
 
 def _head(path: str, extra: str) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=list(TARGETS))

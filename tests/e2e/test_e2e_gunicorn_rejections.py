@@ -18,22 +18,29 @@ REFUSED: dict[str, tuple[bytes, int, str]] = {
     "invalid header name": (b"GET /health HTTP/1.1\r\n" + HOST + b"Bad Header: 1\r\n\r\n", 400, "invalid_header"),
     "duplicated content-length": (
         b"POST /auth/token HTTP/1.1\r\n" + HOST + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-        400, "invalid_header"),
+        400,
+        "invalid_header",
+    ),
     "content-length with transfer-encoding": (
-        b"POST /auth/token HTTP/1.1\r\n" + HOST + b"Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"2\r\n{}\r\n0\r\n\r\n", 400, "invalid_header"),
+        b"POST /auth/token HTTP/1.1\r\n" + HOST + b"Content-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        400,
+        "invalid_header",
+    ),
     "obs-fold": (b"GET /health HTTP/1.1\r\n" + HOST + b"X-Folded: a\r\n  b\r\n\r\n", 400, "invalid_header"),
     "bare LF": (b"GET /health HTTP/1.1\nHost: 127.0.0.1\n\n", 400, "invalid_request"),
     "HTTP/2.0 request line": (b"GET /health HTTP/2.0\r\n" + HOST + b"\r\n", 400, "unsupported_http_version"),
     "too many headers": (
         b"GET /health HTTP/1.1\r\n" + HOST + b"".join(b"X-H%d: 1\r\n" % i for i in range(120)) + b"\r\n",
-        431, "headers_too_large"),
-    "too large header": (b"GET /health HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n",
-                         431, "headers_too_large"),
+        431,
+        "headers_too_large",
+    ),
+    "too large header": (b"GET /health HTTP/1.1\r\n" + HOST + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
     "long request line": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + HOST + b"\r\n", 414, "request_line_too_long"),
     "unknown transfer coding": (
         b"POST /auth/token HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: xchunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-        400, "unsupported_transfer_encoding"),
+        400,
+        "unsupported_transfer_encoding",
+    ),
 }
 
 

@@ -22,8 +22,12 @@ TOTAL_TIMEOUT = 3.0
 
 @pytest.fixture(scope="module")
 def server(module_gateway_server) -> GatewayServer:
-    return module_gateway_server(RATE_LIMIT_AI="1000 per minute", RATE_LIMIT_GENERAL="1000 per minute",
-                                 UPSTREAM_READ_TIMEOUT="20", UPSTREAM_TOTAL_TIMEOUT=str(TOTAL_TIMEOUT))
+    return module_gateway_server(
+        RATE_LIMIT_AI="1000 per minute",
+        RATE_LIMIT_GENERAL="1000 per minute",
+        UPSTREAM_READ_TIMEOUT="20",
+        UPSTREAM_TOTAL_TIMEOUT=str(TOTAL_TIMEOUT),
+    )
 
 
 @pytest.fixture
@@ -115,8 +119,7 @@ def test_a_trickled_status_line_is_cut_at_the_total_timeout(server, idle_upstrea
 )
 def test_a_cut_or_empty_answer_is_a_502_envelope(server, idle_upstream, behavior, code, stream) -> None:
     idle_upstream.behavior = behavior
-    status, headers, body = request(server.url, "POST", "/v1/chat/completions", {**CHAT, "stream": stream},
-                                    headers=JSON_AUTH)
+    status, headers, body = request(server.url, "POST", "/v1/chat/completions", {**CHAT, "stream": stream}, headers=JSON_AUTH)
     assert status == 502 and headers["Content-Type"] == "application/json"
     assert error_envelope(body)["code"] == code
 

@@ -81,8 +81,7 @@ def test_server_and_security_headers(server, upstream) -> None:
         assert response_headers["X-Frame-Options"] == "DENY"
         assert "default-src 'none'" in response_headers["Content-Security-Policy"]
 
-    stream = EventStream(server.url, "/v1/chat/completions",
-                         {"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    stream = EventStream(server.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True})
     try:
         assert stream.status == 200
         _assert_no_server_software(stream.headers)
@@ -148,7 +147,7 @@ def test_content_length_with_chunked_is_refused(server, upstream) -> None:
 
 
 def _chunked_post(server, document: bytes) -> tuple[int, dict, bytes]:
-    pieces = [document[i:i + 700] for i in range(0, len(document), 700)]
+    pieces = [document[i : i + 700] for i in range(0, len(document), 700)]
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.request("POST", "/api/ai/completion", body=iter(pieces), headers=JSON_AUTH, encode_chunked=True)
@@ -202,10 +201,8 @@ def test_gateway_errors_share_one_envelope(gateway_server, upstream) -> None:
     assert "POST" in headers["Allow"]
     # 413 and 415 are refused before the upstream call, so they leave the AI quota
     # (2 per minute) alone: two calls go upstream, and the third is the 429.
-    check(413, "request_too_large", "POST", "/api/ai/completion",
-          json.dumps({"prompt": "x" * 3000}).encode(), JSON_AUTH)
-    check(415, "unsupported_media_type", "POST", "/api/ai/completion", b'{"prompt": "hi"}',
-          {**AUTH, "Content-Type": "text/plain"})
+    check(413, "request_too_large", "POST", "/api/ai/completion", json.dumps({"prompt": "x" * 3000}).encode(), JSON_AUTH)
+    check(415, "unsupported_media_type", "POST", "/api/ai/completion", b'{"prompt": "hi"}', {**AUTH, "Content-Type": "text/plain"})
     for _ in range(2):
         assert request(server.url, "POST", "/api/ai/completion", {"prompt": "hi"}, headers=AUTH)[0] == 200
     headers = check(429, "gateway_rate_limited", "POST", "/api/ai/completion", {"prompt": "hi"}, AUTH)
@@ -217,8 +214,9 @@ def test_gateway_errors_share_one_envelope(gateway_server, upstream) -> None:
         assert headers["Server"] == "ai-proxy"
         error = error_envelope(body)
         assert error["code"] == code, (expected, error)
-        assert error["type"] == ("authentication_error" if expected == 401 else
-                                 "rate_limit_error" if expected == 429 else "invalid_request_error"), error
+        assert error["type"] == (
+            "authentication_error" if expected == 401 else "rate_limit_error" if expected == 429 else "invalid_request_error"
+        ), error
     assert len(upstream.requests) == 2  # the two admitted calls only
 
 
@@ -243,10 +241,8 @@ def test_no_secret_ever_leaves_the_gateway(server, upstream) -> None:
     seen.append(_exchange(server, "POST", "/auth/token", {"apiKey": CANARY_AI_API_KEY}))
     seen.append(_exchange(server, "POST", "/auth/token", {"apiKey": CANARY_JWT_SECRET}))
     seen.append(_exchange(server, "POST", "/v1/chat/completions", chat, {"X-API-Key": CANARY_AI_API_KEY}))
-    seen.append(_exchange(server, "POST", "/v1/chat/completions", chat,
-                          {"Authorization": f"Bearer {CANARY_JWT_SECRET}"}))
-    seen.append(_exchange(server, "POST", "/v1/chat/completions", chat,
-                          {**AUTH, "Authorization": f"Bearer {token}x"}))
+    seen.append(_exchange(server, "POST", "/v1/chat/completions", chat, {"Authorization": f"Bearer {CANARY_JWT_SECRET}"}))
+    seen.append(_exchange(server, "POST", "/v1/chat/completions", chat, {**AUTH, "Authorization": f"Bearer {token}x"}))
     seen.append(_exchange(server, "GET", "/v1/models", None, AUTH))
     for status in (400, 401, 403, 429, 500):
         upstream.behavior = Behavior(mode="status", status=status)
@@ -259,9 +255,7 @@ def test_no_secret_ever_leaves_the_gateway(server, upstream) -> None:
         stream.close()
 
     # The upstream did get the gateway's own key (that is its job)...
-    assert upstream.requests and all(
-        r.headers.get("authorization") == f"Bearer {CANARY_AI_API_KEY}" for r in upstream.requests
-    )
+    assert upstream.requests and all(r.headers.get("authorization") == f"Bearer {CANARY_AI_API_KEY}" for r in upstream.requests)
     # ...and never the client's credentials.
     for recorded in upstream.requests:
         assert CANARY_MASTER_KEY not in json.dumps(recorded.headers)

@@ -36,10 +36,16 @@ pytestmark = [
 
 
 def _install(root: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFIX": str(root / "opt"), "CONF_DIR": str(root / "etc"), "UNIT_DIR": str(root / "units"),
-           "SERVICE_USER": "root", "START": "no", "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(REPO_ROOT / "deploy" / "install.sh")], env=env, capture_output=True, text=True,
-                          timeout=400)
+    env = {
+        **os.environ,
+        "PREFIX": str(root / "opt"),
+        "CONF_DIR": str(root / "etc"),
+        "UNIT_DIR": str(root / "units"),
+        "SERVICE_USER": "root",
+        "START": "no",
+        "PYTHON": sys.executable,
+    }
+    return subprocess.run(["bash", str(REPO_ROOT / "deploy" / "install.sh")], env=env, capture_output=True, text=True, timeout=400)
 
 
 def _unit_values(unit: str, key: str) -> list[str]:
@@ -62,8 +68,7 @@ def test_install_sh_then_run_the_unit_as_systemd_would(tmp_path: Path, upstream:
 
     unit_path = tmp_path / "units" / "ai-proxy.service"
     if shutil.which("systemd-analyze"):
-        verified = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True,
-                                  timeout=60)
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True, timeout=60)
         assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
 
     # The operator's edit: the upstream (and, for the test, loopback and a free port).
@@ -91,8 +96,15 @@ def test_install_sh_then_run_the_unit_as_systemd_would(tmp_path: Path, upstream:
     (start,) = _unit_values(unit, "ExecStart")
     log = tmp_path / "service.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(shlex.split(start), cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            shlex.split(start),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -105,9 +117,9 @@ def test_install_sh_then_run_the_unit_as_systemd_would(tmp_path: Path, upstream:
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        status, _, body = request(url, "POST", "/api/ai/completion",
-                                  {"model": "m", "prompt": "Hello", "max_tokens": 4},
-                                  headers={"X-API-Key": master_key})
+        status, _, body = request(
+            url, "POST", "/api/ai/completion", {"model": "m", "prompt": "Hello", "max_tokens": 4}, headers={"X-API-Key": master_key}
+        )
         assert status == 200, body
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # systemd's KillMode=mixed: SIGTERM to the main process

@@ -36,8 +36,13 @@ def _create_key(server, **fields) -> dict:
 
 @pytest.mark.timeout(120)
 def test_two_keys_are_held_to_their_own_limits_across_workers_and_instances(gateway_server, pg_url, redis_prefix) -> None:
-    env = {"DATABASE_URL": pg_url, "RATE_LIMIT_STORAGE_URI": REDIS_URL, "RATE_LIMIT_KEY_PREFIX": redis_prefix,
-           "GATEWAY_WORKERS": "2", "RATE_LIMIT_GENERAL": "1000 per minute"}
+    env = {
+        "DATABASE_URL": pg_url,
+        "RATE_LIMIT_STORAGE_URI": REDIS_URL,
+        "RATE_LIMIT_KEY_PREFIX": redis_prefix,
+        "GATEWAY_WORKERS": "2",
+        "RATE_LIMIT_GENERAL": "1000 per minute",
+    }
     servers = [gateway_server(**env) for _ in range(2)]
     small = _create_key(servers[0], rate_limit_ai="5 per minute")
     large = _create_key(servers[0], rate_limit_ai="12 per minute")
@@ -47,8 +52,9 @@ def test_two_keys_are_held_to_their_own_limits_across_workers_and_instances(gate
 
     def call(i: int) -> tuple[str, int]:
         barrier.wait()
-        status, _, _ = request(servers[i % 2].url, "POST", "/v1/completions", {"model": "m", "prompt": "hi"},
-                               headers=keys[plan[i]], timeout=30)
+        status, _, _ = request(
+            servers[i % 2].url, "POST", "/v1/completions", {"model": "m", "prompt": "hi"}, headers=keys[plan[i]], timeout=30
+        )
         return plan[i], status
 
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
@@ -61,9 +67,15 @@ def test_two_keys_are_held_to_their_own_limits_across_workers_and_instances(gate
 
 @pytest.mark.timeout(120)
 def test_graceful_reload_under_load_loses_no_usage_record(gateway_server, pg_url, redis_prefix) -> None:
-    server = gateway_server(DATABASE_URL=pg_url, RATE_LIMIT_STORAGE_URI=REDIS_URL, RATE_LIMIT_KEY_PREFIX=redis_prefix,
-                            GATEWAY_WORKERS="2", RATE_LIMIT_GENERAL="10000 per minute", RATE_LIMIT_AI="10000 per minute",
-                            USAGE_BATCH_SECONDS="5")
+    server = gateway_server(
+        DATABASE_URL=pg_url,
+        RATE_LIMIT_STORAGE_URI=REDIS_URL,
+        RATE_LIMIT_KEY_PREFIX=redis_prefix,
+        GATEWAY_WORKERS="2",
+        RATE_LIMIT_GENERAL="10000 per minute",
+        RATE_LIMIT_AI="10000 per minute",
+        USAGE_BATCH_SECONDS="5",
+    )
     key = _create_key(server)
     headers = {"X-API-Key": key["secret"]}
     statuses: list[int] = []
@@ -72,8 +84,9 @@ def test_graceful_reload_under_load_loses_no_usage_record(gateway_server, pg_url
     def load() -> None:
         while not stop.is_set() and len(statuses) < 400:
             try:
-                status, _, _ = request(server.url, "POST", "/v1/completions", {"model": "m", "prompt": "hi"},
-                                       headers=headers, timeout=20)
+                status, _, _ = request(
+                    server.url, "POST", "/v1/completions", {"model": "m", "prompt": "hi"}, headers=headers, timeout=20
+                )
             except OSError:
                 status = -1
             statuses.append(status)

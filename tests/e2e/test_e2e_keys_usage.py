@@ -24,8 +24,7 @@ from tests.e2e.conftest import HOST, request
 MASTER = {"X-API-Key": CANARY_MASTER_KEY}
 
 
-def _call(port: int, method: str, path: str, body: dict | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def _call(port: int, method: str, path: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     status, _, content = request(f"http://{HOST}:{port}", method, path, body, headers=headers)
     return status, content
 
@@ -38,16 +37,19 @@ def pg_url() -> Iterator[str]:
 
 @pytest.mark.timeout(120)
 def test_keys_and_usage_under_gunicorn(pg_url: str, gateway_server) -> None:
-    env = {"DATABASE_URL": pg_url,
-           "RATE_LIMIT_GENERAL": "1000 per minute", "RATE_LIMIT_AI": "1000 per minute", "KEY_CACHE_SECONDS": "1",
-           # Batches gather for 30 s: only the flush at the graceful stop can have written the rows.
-           "USAGE_BATCH_SECONDS": "30"}
+    env = {
+        "DATABASE_URL": pg_url,
+        "RATE_LIMIT_GENERAL": "1000 per minute",
+        "RATE_LIMIT_AI": "1000 per minute",
+        "KEY_CACHE_SECONDS": "1",
+        # Batches gather for 30 s: only the flush at the graceful stop can have written the rows.
+        "USAGE_BATCH_SECONDS": "30",
+    }
 
     refused = gateway_server(wait=False, **env)
     assert refused.proc.wait(timeout=30) != 0
     errors = [line for line in refused.log().splitlines() if "database error" in line]
-    assert errors == ["database error: the database has no schema yet (needs 0001): "
-                      "run `flask --app wsgi db upgrade`"], refused.log()
+    assert errors == ["database error: the database has no schema yet (needs 0001): run `flask --app wsgi db upgrade`"], refused.log()
     assert "Traceback" not in refused.log()
     refused.stop()
 

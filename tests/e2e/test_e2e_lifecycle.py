@@ -48,8 +48,9 @@ def test_sigterm_lets_an_in_flight_stream_finish(gateway_server, upstream) -> No
 def _complete(server: GatewayServer, index: int) -> tuple[int, bool]:
     """One request on a fresh connection; (status, whether the body is complete)."""
     if index % 2:
-        status, _, body = request(server.url, "POST", "/api/ai/completion",
-                                  {"model": "fake-model", "prompt": "hi"}, headers=AUTH, timeout=10)
+        status, _, body = request(
+            server.url, "POST", "/api/ai/completion", {"model": "fake-model", "prompt": "hi"}, headers=AUTH, timeout=10
+        )
         return status, status == 200 and json.loads(body)["choices"][0]["text"] == " fake completion"
     stream = EventStream(server.url, "/v1/chat/completions", CHAT, timeout=10)
     try:

@@ -24,8 +24,9 @@ COMPLETIONS = ("aiproxy_requests_total", (("method", "POST"), ("route", "ai.comp
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
 
 
 def _scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,8 +41,8 @@ def _completions_per_process(directory: Path) -> dict[str, float]:
     for path in directory.glob("counter_*.db"):
         merged = MultiProcessCollector.merge([str(path)])
         counts[path.stem.split("_")[1]] = sum(
-            s.value for metric in merged for s in metric.samples
-            if (s.name, tuple(sorted(s.labels.items()))) == COMPLETIONS)
+            s.value for metric in merged for s in metric.samples if (s.name, tuple(sorted(s.labels.items()))) == COMPLETIONS
+        )
     return counts
 
 
@@ -49,8 +50,17 @@ def _stale_counter(directory: Path) -> None:
     """A counter file left by an earlier run, as a crashed master would leave it."""
     directory.mkdir(parents=True)
     stale = MmapedDict(str(directory / "counter_999999.db"))
-    stale.write_value(mmap_key("aiproxy_requests", "aiproxy_requests_total", ["route", "method", "status"],
-                               ["ai.completion", "POST", "200"], "Responses by route, method and status."), 1000.0, 0.0)
+    stale.write_value(
+        mmap_key(
+            "aiproxy_requests",
+            "aiproxy_requests_total",
+            ["route", "method", "status"],
+            ["ai.completion", "POST", "200"],
+            "Responses by route, method and status.",
+        ),
+        1000.0,
+        0.0,
+    )
     stale.close()
 
 
@@ -60,9 +70,15 @@ def test_requests_served_by_both_workers_are_summed(gateway_server, upstream, re
     _stale_counter(directory)
     # One connection at a time per worker: a worker holding a request does not accept, so
     # requests sent in parallel must be shared (the kernel alone often gives one worker all).
-    server = gateway_server(RATE_LIMIT_STORAGE_URI=REDIS_URL, RATE_LIMIT_KEY_PREFIX=redis_prefix, GATEWAY_WORKERS="2",
-                            GATEWAY_WORKER_CONNECTIONS="1", RATE_LIMIT_AI="1000 per minute",
-                            RATE_LIMIT_GENERAL="1000 per minute", PROMETHEUS_MULTIPROC_DIR=str(directory))
+    server = gateway_server(
+        RATE_LIMIT_STORAGE_URI=REDIS_URL,
+        RATE_LIMIT_KEY_PREFIX=redis_prefix,
+        GATEWAY_WORKERS="2",
+        GATEWAY_WORKER_CONNECTIONS="1",
+        RATE_LIMIT_AI="1000 per minute",
+        RATE_LIMIT_GENERAL="1000 per minute",
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
+    )
     assert not (directory / "counter_999999.db").exists()  # wiped by the master at start
     # Each worker opens its own file when its app is built: wait until both can answer.
     deadline = time.monotonic() + 10
@@ -94,8 +110,9 @@ def test_a_dead_workers_gauges_stop_counting_and_its_counters_stay(gateway_serve
     assert request(server.url, "POST", "/v1/completions", {"model": "m", "prompt": "hi"}, headers=AUTH)[0] == 200
 
     upstream.behavior = Behavior(chunks=200, gap=0.05)
-    stream = EventStream(server.url, "/v1/chat/completions",
-                         {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    stream = EventStream(
+        server.url, "/v1/chat/completions", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     try:
         assert stream.status == 200 and stream.next_events()
         in_flight = ("aiproxy_streams_in_flight", (("operation", "chat"),))

@@ -154,8 +154,7 @@ def test_models_retrieve_of_an_unknown_model_is_not_found(sdk) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_model_the_key_may_not_use_is_neither_listed_nor_retrievable(server, upstream) -> None:
-    created = request(server.url, "POST", "/admin/keys", {"name": "sdk", "allowed_models": ["gpt-3.5-*"]},
-                      headers=AUTH)
+    created = request(server.url, "POST", "/admin/keys", {"name": "sdk", "allowed_models": ["gpt-3.5-*"]}, headers=AUTH)
     assert created[0] == 201, created[2]
     client = _client(server, api_key=json.loads(created[2])["secret"])
     try:

@@ -22,8 +22,7 @@ def test_default_ai_quota_holds_under_concurrency(gateway_server, upstream) -> N
 
     def call(_: int):
         barrier.wait()
-        return request(server.url, "POST", "/api/ai/completion", {"model": "fake-model", "prompt": "hi"},
-                       headers=AUTH, timeout=20)
+        return request(server.url, "POST", "/api/ai/completion", {"model": "fake-model", "prompt": "hi"}, headers=AUTH, timeout=20)
 
     with ThreadPoolExecutor(max_workers=CALLS) as pool:
         results = list(pool.map(call, range(CALLS)))

@@ -18,7 +18,7 @@ import pytest
 from tests.e2e.conftest import _GATEWAY_VARIABLES, REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
-DEMO = README[README.index("### Try it without an LLM"):README.index("## Endpoints")]
+DEMO = README[README.index("### Try it without an LLM") : README.index("## Endpoints")]
 
 
 def _blocks(language: str) -> list[str]:
@@ -73,8 +73,9 @@ def test_readme_examples_run_as_written(gateway_server) -> None:
 def test_readme_sdk_example_runs(gateway_server) -> None:
     server = gateway_server(MASTER_API_KEY="your-master-key")
     (snippet,) = _blocks("python")
-    result = subprocess.run([sys.executable, "-c", snippet.replace("http://localhost:8767", server.url)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", snippet.replace("http://localhost:8767", server.url)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "Hello from the fake upstream" in result.stdout
     assert "tok0 tok1" in result.stdout
@@ -93,7 +94,7 @@ BLOCK_END = "README-BLOCK-DONE"
 def _operator_blocks() -> dict[str, str]:
     found = {}
     for name, (start, end) in OPERATOR_SECTIONS.items():
-        section = README[README.index(start):README.index(end)]
+        section = README[README.index(start) : README.index(end)]
         (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
         found[name] = block
     return found
@@ -118,12 +119,12 @@ def test_readme_operator_examples_run_as_written_after_make_run(gateway_server) 
         (clone / name).symlink_to(REPO_ROOT / name)
     assert (clone / "instance" / "secrets.json").is_file()
     blocks = _operator_blocks()
-    script = "set -euo pipefail\n" + "".join(
-        f"{block}\necho {BLOCK_END}\n" for block in blocks.values()).replace("http://localhost:8767", server.url)
+    script = "set -euo pipefail\n" + "".join(f"{block}\necho {BLOCK_END}\n" for block in blocks.values()).replace(
+        "http://localhost:8767", server.url
+    )
     # The operator's shell: none of the gateway's variables set; settings come from ./instance.
     env = {name: value for name, value in os.environ.items() if name not in _GATEWAY_VARIABLES}
-    result = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True,
-                            timeout=150)
+    result = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
     outputs = dict(zip(blocks, result.stdout.split(BLOCK_END + "\n"), strict=False))
     assert len(outputs) == len(blocks) and not result.stdout.split(BLOCK_END + "\n")[-1].strip()

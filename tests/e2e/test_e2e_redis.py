@@ -34,8 +34,9 @@ def test_two_instances_with_two_workers_each_share_the_quota(gateway_server, ups
 
     def call(i: int) -> int:
         barrier.wait()
-        status, _, _ = request(servers[i % 2].url, "POST", "/api/ai/completion", {"model": "m", "prompt": "hi"},
-                               headers=AUTH, timeout=30)
+        status, _, _ = request(
+            servers[i % 2].url, "POST", "/api/ai/completion", {"model": "m", "prompt": "hi"}, headers=AUTH, timeout=30
+        )
         return status
 
     with ThreadPoolExecutor(max_workers=CALLS) as pool:
@@ -69,8 +70,12 @@ def test_different_callers_are_counted_apart(gateway_server, redis_prefix) -> No
 def test_a_dropped_stream_frees_its_concurrency_slot_within_a_second(gateway_server, upstream, redis_prefix) -> None:
     server = gateway_server(**_redis_env(redis_prefix, RATE_LIMIT_CONCURRENT="1"))
     upstream.behavior = Behavior(chunks=200, gap=0.05)
-    stream = EventStream(server.url, "/v1/chat/completions",
-                         {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}, headers=AUTH)
+    stream = EventStream(
+        server.url,
+        "/v1/chat/completions",
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers=AUTH,
+    )
     assert stream.next_events()
     status, _, _ = request(server.url, "GET", "/v1/models", headers=AUTH)
     assert status == 429  # the stream holds the only slot

@@ -27,11 +27,20 @@ def _create_key(server, **fields) -> dict:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("policy", ["open", "closed"])
-def test_a_key_redis_refuses_leaves_every_other_key_exact(gateway_server, pg_url, redis_prefix,  # noqa: F811
-                                                          policy: str) -> None:
-    server = gateway_server(DATABASE_URL=pg_url, RATE_LIMIT_STORAGE_URI=REDIS_URL, RATE_LIMIT_KEY_PREFIX=redis_prefix,
-                            GATEWAY_WORKERS="3", RATE_LIMIT_GENERAL="1000 per minute",
-                            RATE_LIMIT_ON_STORAGE_ERROR=policy)
+def test_a_key_redis_refuses_leaves_every_other_key_exact(
+    gateway_server,
+    pg_url,  # noqa: F811 (the fixture imported above)
+    redis_prefix,
+    policy: str,
+) -> None:
+    server = gateway_server(
+        DATABASE_URL=pg_url,
+        RATE_LIMIT_STORAGE_URI=REDIS_URL,
+        RATE_LIMIT_KEY_PREFIX=redis_prefix,
+        GATEWAY_WORKERS="3",
+        RATE_LIMIT_GENERAL="1000 per minute",
+        RATE_LIMIT_ON_STORAGE_ERROR=policy,
+    )
     # The admin API refuses the absurd limit now...
     status, _, _ = request(server.url, "POST", "/admin/keys", {"name": "x", "rate_limit_ai": ABSURD_LIMIT}, headers=AUTH)
     assert status == 400
@@ -45,12 +54,10 @@ def test_a_key_redis_refuses_leaves_every_other_key_exact(gateway_server, pg_url
     # the script has pushed the entry, so once 5 are in, Redis itself answers 429 for this key.
     # Before that: with open, the call is counted in the worker's memory and served; with
     # closed, it is a 503. Never a 500.
-    refused = [request(server.url, "POST", "/v1/completions", BODY, headers={"X-API-Key": poisoned["secret"]})[0]
-               for _ in range(9)]
+    refused = [request(server.url, "POST", "/v1/completions", BODY, headers={"X-API-Key": poisoned["secret"]})[0] for _ in range(9)]
     assert set(refused) <= {200 if policy == "open" else 503, 429}
     assert refused[0] == (200 if policy == "open" else 503)
-    statuses = [request(server.url, "POST", "/v1/completions", BODY, headers={"X-API-Key": other["secret"]})[0]
-                for _ in range(30)]
+    statuses = [request(server.url, "POST", "/v1/completions", BODY, headers={"X-API-Key": other["secret"]})[0] for _ in range(30)]
     assert statuses.count(200) == 5 and statuses.count(429) == 25
     log = server.log()
     assert "rate limit storage unreachable" not in log

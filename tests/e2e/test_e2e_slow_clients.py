@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import AUTH, GatewayServer, EventStream, error_envelope, request
+from tests.e2e.conftest import AUTH, EventStream, GatewayServer, error_envelope, request
 from tests.fakes.upstream import Behavior
 
 ATTACKER = "127.0.0.1"
@@ -24,8 +24,7 @@ HIGH_LIMITS = {"RATE_LIMIT_AI": "1000 per minute", "RATE_LIMIT_GENERAL": "1000 p
 
 def _open(server: GatewayServer, source: str = ATTACKER) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=(source, 0))
-    sock.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100000\r\n\r\n{")
+    sock.sendall(b"POST /auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
     return sock
 
 
@@ -99,8 +98,7 @@ def test_connections_per_address_are_capped_and_health_answers(gateway_server) -
     """30 slow clients from one address on a worker of 20 connections: without the cap
     they would take every connection and /health would wait; with a cap of 8 the rest
     are refused at once, and the 8 are cut by the body deadline."""
-    server: GatewayServer = gateway_server(REQUEST_BODY_TIMEOUT="4", MAX_CONNECTIONS_PER_ADDRESS="8",
-                                           GATEWAY_WORKER_CONNECTIONS="20")
+    server: GatewayServer = gateway_server(REQUEST_BODY_TIMEOUT="4", MAX_CONNECTIONS_PER_ADDRESS="8", GATEWAY_WORKER_CONNECTIONS="20")
     clients = []
     for _ in range(30):
         clients.append(_open(server))
@@ -178,8 +176,7 @@ def _answer(sock: socket.socket, limit: float = 10) -> bytes:
     while True:
         head, sep, body = answer.partition(b"\r\n\r\n")
         if sep:
-            length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")]
+            length = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
             if length and len(body) >= int(length[0]):
                 return answer
         chunk = sock.recv(65536)
@@ -223,8 +220,13 @@ def test_only_unauthenticated_connections_count_against_the_cap(gateway_server) 
     held = [_open(server), _open(server)]
     try:
         held.append(_kept_alive(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/1.1 200"))
-        held.append(_kept_alive(server, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: mk-wrong-"
-                                + b"x" * 40 + b"\r\n\r\n", b"HTTP/1.1 401"))
+        held.append(
+            _kept_alive(
+                server,
+                b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: mk-wrong-" + b"x" * 40 + b"\r\n\r\n",
+                b"HTTP/1.1 401",
+            )
+        )
         assert _refused(server)
         assert _health_ms(server) < 2000  # the bystander's address has its own cap
         # A connection that closes frees its place (the worker notices the close).
@@ -244,8 +246,7 @@ def test_authenticated_streams_from_one_address_are_not_capped(gateway_server, u
     streams, all served whole; meanwhile the cap still holds for unauthenticated
     connections from that address. Fails where the cap counts every connection."""
     cap = 4
-    server: GatewayServer = gateway_server(REQUEST_BODY_TIMEOUT="30", MAX_CONNECTIONS_PER_ADDRESS=str(cap),
-                                           **HIGH_LIMITS)
+    server: GatewayServer = gateway_server(REQUEST_BODY_TIMEOUT="30", MAX_CONNECTIONS_PER_ADDRESS=str(cap), **HIGH_LIMITS)
     upstream.behavior = Behavior(chunks=20, gap=0.25)  # streams of about 5 s
     streams: list[EventStream] = []
     slow: list[socket.socket] = []
@@ -256,8 +257,11 @@ def test_authenticated_streams_from_one_address_are_not_capped(gateway_server, u
             assert stream.status == 200, stream.response.read()[:300]
             assert stream.next_events()
         # An authenticated connection, kept alive, stays free for its next (public) request.
-        kept = _kept_alive(server, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: "
-                           + AUTH["X-API-Key"].encode() + b"\r\n\r\n", b"HTTP/1.1 200")
+        kept = _kept_alive(
+            server,
+            b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + AUTH["X-API-Key"].encode() + b"\r\n\r\n",
+            b"HTTP/1.1 200",
+        )
         slow.append(kept)
         kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert _answer(kept).startswith(b"HTTP/1.1 200")

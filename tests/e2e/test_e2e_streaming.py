@@ -28,7 +28,7 @@ def idle_upstream(upstream):
 
 def _data(event: str) -> str:
     assert event.startswith("data: "), event
-    return event[len("data: "):]
+    return event[len("data: ") :]
 
 
 @pytest.mark.timeout(30)
@@ -134,8 +134,11 @@ def test_client_disconnect_closes_the_upstream_stream(server, idle_upstream) -> 
 def test_health_answers_while_a_stream_hangs(server, idle_upstream) -> None:
     idle_upstream.behavior = Behavior(mode="hang", hang_seconds=2)
     body = json.dumps(CHAT).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in JSON_AUTH.items()) + "Connection: close\r\n\r\n")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in JSON_AUTH.items())
+        + "Connection: close\r\n\r\n"
+    )
     stuck = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
         stuck.sendall(head.encode() + body)

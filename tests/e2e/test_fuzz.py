@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -117,11 +116,14 @@ def read_failures(ndjson: Path) -> list[Failure]:
                     failure = check["failure_info"]["failure"]
                     response = (recorder.get("interactions", {}).get(case_id) or {}).get("response") or {}
                     case = recorder.get("cases", {}).get(case_id, {}).get("value", {})
-                    abridged = {k: case[k] for k in ("method", "path", "path_parameters", "query", "body")
-                                if k in case}
-                    item = Failure(failure.get("operation") or recorder["label"], failure["title"],
-                                   response.get("status_code"), failure.get("message") or "",
-                                   json.dumps(abridged, ensure_ascii=True))
+                    abridged = {k: case[k] for k in ("method", "path", "path_parameters", "query", "body") if k in case}
+                    item = Failure(
+                        failure.get("operation") or recorder["label"],
+                        failure["title"],
+                        response.get("status_code"),
+                        failure.get("message") or "",
+                        json.dumps(abridged, ensure_ascii=True),
+                    )
                     found.setdefault((item.operation, item.title, item.status), item)
     return list(found.values())
 
@@ -134,27 +136,53 @@ class FuzzRun:
     output: str
 
 
-def run_schemathesis(server: GatewayServer, workdir: Path, name: str, headers: dict[str, str],
-                     seconds: int, exclude: tuple[str, ...] = ()) -> FuzzRun:
+def run_schemathesis(
+    server: GatewayServer, workdir: Path, name: str, headers: dict[str, str], seconds: int, exclude: tuple[str, ...] = ()
+) -> FuzzRun:
     report_dir = workdir / f"report-{name}"
     config = workdir / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     command = [
-        *schemathesis_command(), "--config-file", str(config), "run", f"{server.url}/openapi.json",
-        "--checks", "all", "--exclude-checks", ",".join((*CHECKS_EXCLUDED, *exclude)),
+        *schemathesis_command(),
+        "--config-file",
+        str(config),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        ",".join((*CHECKS_EXCLUDED, *exclude)),
         # Our credentials on every request: no generated Authorization next to them (a second,
         # invalid credential makes any request a 401, and the test would reach nothing).
-        "--generation-with-security-parameters", "false",
-        "--max-examples", str(FUZZ_MAX_EXAMPLES), "--max-time", str(seconds),
-        "--request-timeout", "20", "--generation-database", "none",
-        "--report", "json,ndjson", "--report-dir", str(report_dir), "--no-color",
+        "--generation-with-security-parameters",
+        "false",
+        "--max-examples",
+        str(FUZZ_MAX_EXAMPLES),
+        "--max-time",
+        str(seconds),
+        "--request-timeout",
+        "20",
+        "--generation-database",
+        "none",
+        "--report",
+        "json,ndjson",
+        "--report-dir",
+        str(report_dir),
+        "--no-color",
     ]
     for header, value in headers.items():
         command += ["--header", f"{header}: {value}"]
     if FUZZ_SEED:
         command += ["--seed", FUZZ_SEED]
-    completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=seconds * 3 + 120,
-                               stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+    completed = subprocess.run(
+        command,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=seconds * 3 + 120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     output = completed.stdout + completed.stderr
     reports, events = sorted(report_dir.glob("*.json")), sorted(report_dir.glob("*.ndjson"))
     assert reports and events, f"schemathesis wrote no report (exit {completed.returncode}):\n{output[-5000:]}"
@@ -169,18 +197,35 @@ def run_schemathesis(server: GatewayServer, workdir: Path, name: str, headers: d
 @pytest.mark.fuzz
 @pytest.mark.timeout(FUZZ_SECONDS * 6 + 300)
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_description(
-        gateway_server, pg_url, redis_prefix, tmp_path) -> None:
+    gateway_server, pg_url, redis_prefix, tmp_path
+) -> None:
     server = gateway_server(
-        GATEWAY_WORKERS=str(WORKERS), DATABASE_URL=pg_url, RATE_LIMIT_STORAGE_URI=REDIS_URL,
-        RATE_LIMIT_KEY_PREFIX=redis_prefix, RATE_LIMIT_GENERAL=PLENTY, RATE_LIMIT_AI=PLENTY,
-        RATE_LIMIT_AUTH_FAILURES=PLENTY, METRICS_TOKEN="metrics-" + secrets.token_hex(20))
+        GATEWAY_WORKERS=str(WORKERS),
+        DATABASE_URL=pg_url,
+        RATE_LIMIT_STORAGE_URI=REDIS_URL,
+        RATE_LIMIT_KEY_PREFIX=redis_prefix,
+        RATE_LIMIT_GENERAL=PLENTY,
+        RATE_LIMIT_AI=PLENTY,
+        RATE_LIMIT_AUTH_FAILURES=PLENTY,
+        METRICS_TOKEN="metrics-" + secrets.token_hex(20),
+    )
     assert server.wait_for_log(lambda log: log.count("Booting worker") >= WORKERS, timeout=15), server.log()
     workers_before = worker_pids(server)
     assert len(workers_before) == WORKERS
 
-    status, _, body = request(server.url, "POST", "/admin/keys", {
-        "name": "fuzz-managed", "rate_limit_general": PLENTY, "rate_limit_ai": PLENTY,
-        "tokens_per_minute": 10**12, "max_tokens_cap": 10**6}, headers=AUTH)
+    status, _, body = request(
+        server.url,
+        "POST",
+        "/admin/keys",
+        {
+            "name": "fuzz-managed",
+            "rate_limit_general": PLENTY,
+            "rate_limit_ai": PLENTY,
+            "tokens_per_minute": 10**12,
+            "max_tokens_cap": 10**6,
+        },
+        headers=AUTH,
+    )
     assert status == 201, body
     managed_secret = json.loads(body)["secret"]
 
@@ -189,8 +234,14 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_descriptio
         run_schemathesis(server, tmp_path, "managed-key", {"X-API-Key": managed_secret}, max(10, FUZZ_SECONDS // 2)),
         # Deny by default answers a wrong key before routing: a method a path does not serve is then
         # a 401, not a 405 (as an unknown path is: test_unknown_path_without_credentials_is_401_not_404).
-        run_schemathesis(server, tmp_path, "wrong-key", {"X-API-Key": "aip_" + secrets.token_urlsafe(24)},
-                         max(10, FUZZ_SECONDS // 4), exclude=("unsupported_method",)),
+        run_schemathesis(
+            server,
+            tmp_path,
+            "wrong-key",
+            {"X-API-Key": "aip_" + secrets.token_urlsafe(24)},
+            max(10, FUZZ_SECONDS // 4),
+            exclude=("unsupported_method",),
+        ),
     ]
 
     found = [f"[{run.name}, seed {run.seed}] {failure}" for run in runs for failure in run.failures]

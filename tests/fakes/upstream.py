@@ -37,9 +37,20 @@ from urllib.parse import urlsplit
 __all__ = ["Behavior", "Recorded", "FakeUpstream", "MODELS", "main"]
 
 MODES = (
-    "ok", "status", "raw", "hang", "redirect", "drop", "drip", "close_after_request",
+    "ok",
+    "status",
+    "raw",
+    "hang",
+    "redirect",
+    "drop",
+    "drip",
+    "close_after_request",
     # hostile upstreams (issue 11): see the _mode_* methods of the same names
-    "no_event_boundary", "trickle_status", "truncated_head", "empty_200", "surrogates",
+    "no_event_boundary",
+    "trickle_status",
+    "truncated_head",
+    "empty_200",
+    "surrogates",
 )
 
 MODELS: list[dict[str, Any]] = [
@@ -57,9 +68,7 @@ _QUIET_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
 # these names are ignored so the response stays parseable.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
-_POST_ROUTES = frozenset(
-    {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/images/generations"}
-)
+_POST_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/images/generations"})
 
 
 class _ClientGone(Exception):
@@ -211,9 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake._record(rec)
 
         behavior = fake.behavior
-        handler: Callable[[Behavior, Recorded], None] | None = getattr(
-            self, f"_mode_{behavior.mode}", None
-        )
+        handler: Callable[[Behavior, Recorded], None] | None = getattr(self, f"_mode_{behavior.mode}", None)
         if handler is None:
             self._send_bytes(
                 500,
@@ -264,9 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientGone()
         return data
 
-    def _head_bytes(
-        self, status: int, defaults: list[tuple[str, str]], extra: dict[str, str]
-    ) -> bytes:
+    def _head_bytes(self, status: int, defaults: list[tuple[str, str]], extra: dict[str, str]) -> bytes:
         extra_names = {k.lower() for k in extra}
         if self.close_connection and not any(k.lower() == "connection" for k, _ in defaults):
             defaults = [*defaults, ("Connection", "close")]
@@ -388,17 +393,19 @@ class _Handler(BaseHTTPRequestHandler):
 
         if path in _POST_ROUTES:
             if method != "POST":
-                return 405, _error_obj(
-                    f"Method {method} not allowed for {path}", "invalid_request_error", "method_not_allowed"
-                ), None
+                return 405, _error_obj(f"Method {method} not allowed for {path}", "invalid_request_error", "method_not_allowed"), None
             data = self._parse_json_object(rec.body)
             if data is None:
-                return 400, _error_obj(
-                    "We could not parse the JSON body of your request. (HINT: This likely means you "
-                    "aren't using your HTTP library correctly.)",
-                    "invalid_request_error",
+                return (
+                    400,
+                    _error_obj(
+                        "We could not parse the JSON body of your request. (HINT: This likely means you "
+                        "aren't using your HTTP library correctly.)",
+                        "invalid_request_error",
+                        None,
+                    ),
                     None,
-                ), None
+                )
             model = self._model_of(data)
             if path in ("/v1/completions", "/v1/chat/completions") and data.get("stream") is True:
                 opts = data.get("stream_options")
@@ -406,69 +413,76 @@ class _Handler(BaseHTTPRequestHandler):
                 kind = "chat" if path == "/v1/chat/completions" else "completion"
                 return 200, None, (kind, model, include_usage)
             if path == "/v1/completions":
-                return 200, {
-                    "id": "cmpl-fake",
-                    "object": "text_completion",
-                    "created": now,
-                    "model": model,
-                    "choices": [
-                        {"text": " fake completion", "index": 0, "logprobs": None, "finish_reason": "stop"}
-                    ],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
-                }, None
+                return (
+                    200,
+                    {
+                        "id": "cmpl-fake",
+                        "object": "text_completion",
+                        "created": now,
+                        "model": model,
+                        "choices": [{"text": " fake completion", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+                    },
+                    None,
+                )
             if path == "/v1/chat/completions":
-                return 200, {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "created": now,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "Hello from the fake upstream"},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
-                }, None
+                return (
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": now,
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "Hello from the fake upstream"},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
+                    },
+                    None,
+                )
             if path == "/v1/embeddings":
                 inp = data.get("input")
                 if isinstance(inp, list) and inp and not all(isinstance(x, int) for x in inp):
                     count = len(inp)
                 else:  # a string, a single token array, or missing
                     count = 1
-                return 200, {
-                    "object": "list",
-                    "data": [
-                        {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                        for i in range(count)
-                    ],
-                    "model": model,
-                    "usage": {"prompt_tokens": 4, "total_tokens": 4},
-                }, None
+                return (
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(count)],
+                        "model": model,
+                        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+                    },
+                    None,
+                )
             # /v1/images/generations
             n = data.get("n", 1)
             n = n if isinstance(n, int) and 1 <= n <= 10 else 1
-            return 200, {
-                "created": now,
-                "data": [{"url": "http://127.0.0.1/fake.png"} for _ in range(n)],
-            }, None
+            return (
+                200,
+                {
+                    "created": now,
+                    "data": [{"url": "http://127.0.0.1/fake.png"} for _ in range(n)],
+                },
+                None,
+            )
 
         if path == "/v1/models":
             if method not in ("GET", "HEAD"):
-                return 405, _error_obj(
-                    f"Method {method} not allowed for {path}", "invalid_request_error", "method_not_allowed"
-                ), None
+                return 405, _error_obj(f"Method {method} not allowed for {path}", "invalid_request_error", "method_not_allowed"), None
             return 200, {"object": "list", "data": [dict(m) for m in MODELS]}, None
 
         if path.startswith("/v1/models/") and method in ("GET", "HEAD"):
-            model_id = path[len("/v1/models/"):]
+            model_id = path[len("/v1/models/") :]
             for m in MODELS:
                 if m["id"] == model_id:
                     return 200, dict(m), None
-            return 404, _error_obj(
-                f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found", "model"
-            ), None
+            return 404, _error_obj(f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found", "model"), None
 
         return 404, _error_obj("Unknown path", "invalid_request_error", "not_found"), None
 
@@ -493,9 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "choices": [{"text": f"tok{i} ", "index": 0, "logprobs": None, "finish_reason": None}],
                     }
                 )
-            yield _dumps(
-                {**base, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]}
-            )
+            yield _dumps({**base, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]})
             prompt_tokens = 5
         if include_usage:
             n = max(0, chunks)
@@ -598,8 +610,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake._stream_started()
         try:
-            self._write(self._head_bytes(
-                200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
+            self._write(self._head_bytes(200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
             for event in list(self._sse_events("chat", DEFAULT_MODEL, b.events_before, False))[: b.events_before]:
                 payload_bytes = b"data: " + event + b"\n\n"
                 self._write(b"%x\r\n%s\r\n" % (len(payload_bytes), payload_bytes))
@@ -622,8 +633,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         status, payload, _ = self._route(rec)
         body = _dumps(payload)
-        head = self._head_bytes(status, [("Content-Type", "application/json"),
-                                         ("Content-Length", str(len(body)))], b.headers)
+        head = self._head_bytes(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], b.headers)
         line_end = head.index(b"\r\n") + 2
         for i in range(line_end):
             if i and not self._pause(b.gap):
@@ -664,13 +674,15 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake._stream_started()
         try:
-            self._write(self._head_bytes(
-                200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
+            self._write(self._head_bytes(200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
             chunks = [
-                {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
-                 "choices": [{"index": 0, "delta": {"content": "tok\u0000 "}, "finish_reason": None}]},
-                {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
-                 "choices": [], "usage": usage},
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": "tok\u0000 "}, "finish_reason": None}],
+                },
+                {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage},
             ]
             for event in [*map(_dumps, chunks), b"[DONE]"]:
                 payload_bytes = b"data: " + event + b"\n\n"
@@ -690,11 +702,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not _body_allowed(status) or self.command == "HEAD":
             self._send_json(status, payload, b.headers)
             return
-        self._write(
-            self._head_bytes(
-                status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], b.headers
-            )
-        )
+        self._write(self._head_bytes(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], b.headers))
         for i in range(len(body)):
             if i and not self._pause(b.gap):
                 self._abort(False)
@@ -886,9 +894,7 @@ class FakeUpstream:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.upstream", description="Fake OpenAI-compatible upstream (mode ok)."
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.upstream", description="Fake OpenAI-compatible upstream (mode ok).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--gap", type=float, default=0.0, help="seconds between SSE events")

@@ -12,8 +12,7 @@ from flask import Flask
 
 from tests.conftest import CANARY_JWT_SECRET, CANARY_MASTER_KEY, KEY_HEADERS
 
-PUBLIC = {("meta.index", "GET"), ("meta.openapi", "GET"), ("meta.health", "GET"), ("meta.ready", "GET"),
-          ("auth.issue_token", "POST")}
+PUBLIC = {("meta.index", "GET"), ("meta.openapi", "GET"), ("meta.health", "GET"), ("meta.ready", "GET"), ("auth.issue_token", "POST")}
 
 
 def _every_protected_route(app: Flask):

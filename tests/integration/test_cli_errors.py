@@ -21,29 +21,35 @@ pytestmark = pytest.mark.slow  # each test starts the real `flask` command in a 
 
 
 def _flask(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    base = {name: value for name, value in os.environ.items()
-            if name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
-    base.update({"AI_PROXY_ENV_FILE": str(tmp_path / "none.env"), "INSTANCE_PATH": str(tmp_path / "instance"),
-                 "NODE_ENV": "production", **env})
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO_ROOT, env=base,
-                          capture_output=True, text=True, timeout=60)
+    base = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    base.update(
+        {"AI_PROXY_ENV_FILE": str(tmp_path / "none.env"), "INSTANCE_PATH": str(tmp_path / "instance"), "NODE_ENV": "production", **env}
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO_ROOT, env=base, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("command", [("db", "upgrade"), ("db", "current"), ("keys", "list"),
-                                     ("keys", "create", "--name", "web")], ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [("db", "upgrade"), ("db", "current"), ("keys", "list"), ("keys", "create", "--name", "web")], ids=" ".join
+)
 @pytest.mark.parametrize(
     ("env", "name", "value"),
     [
         ({"JWT_SECRET": STRONG}, "MASTER_API_KEY", None),
         ({"MASTER_API_KEY": "short-secret-value", "JWT_SECRET": STRONG}, "MASTER_API_KEY", "short-secret-value"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": "q" * 40, "RATE_LIMIT_AI": "lots-per-whenever"},
-         "RATE_LIMIT_AI", "lots-per-whenever"),
+        (
+            {"MASTER_API_KEY": STRONG, "JWT_SECRET": "q" * 40, "RATE_LIMIT_AI": "lots-per-whenever"},
+            "RATE_LIMIT_AI",
+            "lots-per-whenever",
+        ),
     ],
     ids=["missing-key", "short-key", "bad-limit"],
 )
-def test_a_configuration_error_is_one_line(tmp_path: Path, command: tuple[str, ...], env: dict[str, str],
-                                           name: str, value: str | None) -> None:
+def test_a_configuration_error_is_one_line(
+    tmp_path: Path, command: tuple[str, ...], env: dict[str, str], name: str, value: str | None
+) -> None:
     done = _flask(tmp_path, env, *command)
     assert done.returncode != 0
     output = (done.stdout + done.stderr).strip()
@@ -61,8 +67,14 @@ def test_the_docker_command_fails_in_one_line_too(tmp_path: Path) -> None:
     script = cmd.split('"sh", "-c", "', 1)[1].rsplit('"]', 1)[0]
     assert script.startswith("flask --app wsgi db upgrade && exec gunicorn")
     base = {name: value for name, value in os.environ.items() if name in ("HOME", "LANG")}
-    base.update({"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "NODE_ENV": "production",
-                 "AI_PROXY_ENV_FILE": str(tmp_path / "none.env"), "INSTANCE_PATH": str(tmp_path / "instance")})
+    base.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "NODE_ENV": "production",
+            "AI_PROXY_ENV_FILE": str(tmp_path / "none.env"),
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+        }
+    )
     done = subprocess.run(["sh", "-c", script], cwd=REPO_ROOT, env=base, capture_output=True, text=True, timeout=50)
     assert done.returncode != 0
     output = (done.stdout + done.stderr).strip()

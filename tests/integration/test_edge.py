@@ -18,11 +18,14 @@ def cors_client(make_app):
 
 
 def test_preflight_is_answered_without_credentials(cors_client, upstream) -> None:
-    response = cors_client.options("/api/ai/completion", headers={
-        "Origin": ORIGIN,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type, x-api-key",
-    })
+    response = cors_client.options(
+        "/api/ai/completion",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-api-key",
+        },
+    )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
@@ -39,13 +42,16 @@ def test_vary_origin_when_several_origins_are_allowed(make_app) -> None:
 
 
 def test_private_network_preflight_is_not_granted(cors_client) -> None:
-    response = cors_client.options("/api/ai/completion", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"})
+    response = cors_client.options(
+        "/api/ai/completion",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"},
+    )
     assert response.headers.get("Access-Control-Allow-Private-Network") != "true"
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://app.example.evil.com",
-                                    "https://xapp.example", "http://app.example"])
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "null", "https://app.example.evil.com", "https://xapp.example", "http://app.example"]
+)
 def test_unknown_origins_get_no_allow_origin(cors_client, origin) -> None:
     response = cors_client.post("/api/ai/completion", json=BODY, headers={**KEY_HEADERS, "Origin": origin})
     assert "Access-Control-Allow-Origin" not in response.headers
@@ -59,8 +65,7 @@ def test_allowed_origin_on_success_and_errors_with_exposed_headers(cors_client) 
         assert name in exposed
     denied = cors_client.post("/api/ai/completion", json=BODY, headers={"Origin": ORIGIN})
     assert denied.status_code == 401 and denied.headers["Access-Control-Allow-Origin"] == ORIGIN
-    bad = cors_client.post("/api/ai/completion", data="x", content_type="text/plain",
-                           headers={**KEY_HEADERS, "Origin": ORIGIN})
+    bad = cors_client.post("/api/ai/completion", data="x", content_type="text/plain", headers={**KEY_HEADERS, "Origin": ORIGIN})
     assert bad.status_code == 415 and bad.headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
@@ -114,8 +119,7 @@ def test_force_https_redirects_reads_refuses_writes_and_spares_health(make_app) 
 
 def test_production_app_never_runs_debug(monkeypatch, upstream, tmp_path) -> None:
     monkeypatch.setenv("FLASK_DEBUG", "1")
-    app = create_app(migrated(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40,
-                                           jwt_secret="j" * 40)))
+    app = create_app(migrated(settings_for(upstream, tmp_path, node_env="production", master_api_key="m" * 40, jwt_secret="j" * 40)))
     assert app.debug is False
     assert app.test_client().get("/console", headers={"X-API-Key": "m" * 40}).status_code == 404
 
@@ -127,15 +131,17 @@ def test_unexpected_exception_is_a_500_envelope_without_details(app, client) -> 
 
     response = client.get("/boom", headers=KEY_HEADERS)
     assert response.status_code == 500
-    assert response.get_json() == {"error": {"message": "The gateway failed to handle the request.",
-                                             "type": "api_error", "code": "internal_error", "param": None}}
+    assert response.get_json() == {
+        "error": {"message": "The gateway failed to handle the request.", "type": "api_error", "code": "internal_error", "param": None}
+    }
 
 
 def test_index_documents_every_route_and_operation(app, client) -> None:
     doc = client.get("/").get_json()
     listed = {(e["method"], e["path"]) for e in doc["endpoints"]}
-    served = {(m, r.rule) for r in app.url_map.iter_rules() if r.endpoint != "static"
-              for m in (r.methods or set()) - {"HEAD", "OPTIONS"}}
+    served = {
+        (m, r.rule) for r in app.url_map.iter_rules() if r.endpoint != "static" for m in (r.methods or set()) - {"HEAD", "OPTIONS"}
+    }
     assert listed == served
     for op in OPERATIONS:
         for path in op.gateway_paths:
@@ -154,15 +160,26 @@ def test_health_is_fast_json_and_uncached(client, upstream) -> None:
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize(("path", "method"), [("/admin/keys", "POST"), ("/admin/keys", "GET"),
-                                              ("/admin/keys/key_0123456789abcdef", "PATCH"),
-                                              ("/admin/keys/key_0123456789abcdef", "DELETE"),
-                                              ("/admin/keys/key_0123456789abcdef/rotate", "POST"),
-                                              ("/admin/usage", "GET")])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/admin/keys", "POST"),
+        ("/admin/keys", "GET"),
+        ("/admin/keys/key_0123456789abcdef", "PATCH"),
+        ("/admin/keys/key_0123456789abcdef", "DELETE"),
+        ("/admin/keys/key_0123456789abcdef/rotate", "POST"),
+        ("/admin/usage", "GET"),
+    ],
+)
 def test_admin_preflight_from_an_allowed_origin_gets_the_cors_answer(cors_client, path, method) -> None:
-    response = cors_client.options(path, headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": method,
-        "Access-Control-Request-Headers": "x-api-key, content-type"})
+    response = cors_client.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "x-api-key, content-type",
+        },
+    )
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert method in response.headers["Access-Control-Allow-Methods"]
@@ -170,8 +187,7 @@ def test_admin_preflight_from_an_allowed_origin_gets_the_cors_answer(cors_client
 
 
 def test_admin_preflight_from_another_origin_gets_no_cors_headers(cors_client) -> None:
-    response = cors_client.options("/admin/keys", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    response = cors_client.options("/admin/keys", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert response.status_code < 500
     assert not [name for name in response.headers.keys() if name.lower().startswith("access-control-allow")]
 

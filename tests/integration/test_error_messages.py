@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import KEY_HEADERS
 
 
@@ -11,8 +9,12 @@ def test_unknown_path_with_credentials_points_at_the_index(client) -> None:
     response = client.get("/v1/no-such-thing", headers=KEY_HEADERS)
     assert response.status_code == 404
     error = response.get_json()["error"]
-    assert error == {"message": "No endpoint at /v1/no-such-thing. GET / lists every endpoint with its method.",
-                     "type": "invalid_request_error", "code": "not_found", "param": None}
+    assert error == {
+        "message": "No endpoint at /v1/no-such-thing. GET / lists every endpoint with its method.",
+        "type": "invalid_request_error",
+        "code": "not_found",
+        "param": None,
+    }
 
 
 def test_unknown_path_without_credentials_is_still_401(client) -> None:
@@ -51,9 +53,12 @@ def test_plain_summary_keeps_the_first_paragraph_only() -> None:
     from gateway.routes.meta import plain_summary
 
     assert plain_summary("Show one key. :raises 404: no such key.") == "Show one key."
-    assert plain_summary("""Issue a JWT for ``{"apiKey": "<key>"}``
+    assert (
+        plain_summary("""Issue a JWT for ``{"apiKey": "<key>"}``
         sent in the body.
 
         :raises 400: bad body.
-        """) == 'Issue a JWT for {"apiKey": "<key>"} sent in the body.'
+        """)
+        == 'Issue a JWT for {"apiKey": "<key>"} sent in the body.'
+    )
     assert plain_summary(None) == ""

@@ -41,16 +41,18 @@ def _usage_rows(app: Flask) -> list[dict]:
 
 
 @pytest.mark.parametrize("poison", POISONED_MODELS, ids=list(POISONED_MODELS))
-def test_a_poisoned_model_is_a_400_and_never_costs_other_callers_their_usage_rows(
-        roomy_app: Flask, upstream, poison: str) -> None:
+def test_a_poisoned_model_is_a_400_and_never_costs_other_callers_their_usage_rows(roomy_app: Flask, upstream, poison: str) -> None:
     db_app, db_client = roomy_app, roomy_app.test_client()
     db_app.extensions["gateway.usage"].interval = 5.0  # one batch: the 41 rows wait for the flush together
     statuses = []
     for i in range(41):
         model = POISONED_MODELS[poison] if i == 20 else f"m{i}"
         # json.dumps writes \u0000 and \ud800 escapes: the bytes a client sends
-        response = db_client.post("/v1/chat/completions", headers=JSON_KEY,
-                                  data=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        response = db_client.post(
+            "/v1/chat/completions",
+            headers=JSON_KEY,
+            data=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
         statuses.append(response.status_code)
         if i == 20:
             error = _error(response)
@@ -77,10 +79,17 @@ def test_a_lone_surrogate_api_key_for_a_token_is_a_400(client: FlaskClient) -> N
     assert response.status_code == 400 and _error(response)["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("document", [{"name": "a\ud800b"}, {"name": "\udfff"}, {"name": "ok", "metadata": {"\ud800": 1}},
-                                      {"name": "ok", "metadata": {"team": ["a\u0000"]}},
-                                      {"name": "ok", "allowed_models": ["gpt\u0000"]}],
-                         ids=["name", "low-surrogate-name", "metadata-key", "metadata-nul", "model-pattern-nul"])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"name": "a\ud800b"},
+        {"name": "\udfff"},
+        {"name": "ok", "metadata": {"\ud800": 1}},
+        {"name": "ok", "metadata": {"team": ["a\u0000"]}},
+        {"name": "ok", "allowed_models": ["gpt\u0000"]},
+    ],
+    ids=["name", "low-surrogate-name", "metadata-key", "metadata-nul", "model-pattern-nul"],
+)
 def test_key_fields_that_cannot_be_stored_are_a_400_on_create_and_update(db_client: FlaskClient, document) -> None:
     created = db_client.post("/admin/keys", data=json.dumps(document), headers=JSON_KEY)
     assert created.status_code == 400, created.get_json()
@@ -105,8 +114,9 @@ def test_an_expiry_out_of_range_is_a_400(db_client: FlaskClient, expires_at: str
 FILTERS = ["model=%00", "model=a%00b", "operation=%00", "from=2026-01-01%00"]
 
 
-@pytest.mark.parametrize(("path", "query"), [("/api/usage", query) for query in FILTERS]
-                         + [("/admin/usage", query) for query in [*FILTERS, "key=key_%00"]])
+@pytest.mark.parametrize(
+    ("path", "query"), [("/api/usage", query) for query in FILTERS] + [("/admin/usage", query) for query in [*FILTERS, "key=key_%00"]]
+)
 def test_usage_filters_holding_a_nul_are_a_400_not_a_store_outage(db_client: FlaskClient, path: str, query: str) -> None:
     response = db_client.get(f"{path}?{query}", headers=KEY_HEADERS)
     assert response.status_code == 400, response.get_json()
@@ -116,6 +126,10 @@ def test_usage_filters_holding_a_nul_are_a_400_not_a_store_outage(db_client: Fla
 @pytest.mark.parametrize("key_id", ["key_%00", "%00"])
 def test_a_key_id_holding_a_nul_is_unknown_not_a_store_outage(db_client: FlaskClient, key_id: str) -> None:
     path = f"/admin/keys/{key_id}"
-    answers = [db_client.get(path, headers=KEY_HEADERS), db_client.patch(path, json={"name": "x"}, headers=KEY_HEADERS),
-               db_client.delete(path, headers=KEY_HEADERS), db_client.post(f"{path}/rotate", headers=KEY_HEADERS)]
+    answers = [
+        db_client.get(path, headers=KEY_HEADERS),
+        db_client.patch(path, json={"name": "x"}, headers=KEY_HEADERS),
+        db_client.delete(path, headers=KEY_HEADERS),
+        db_client.post(f"{path}/rotate", headers=KEY_HEADERS),
+    ]
     assert [(a.status_code, _error(a)["code"]) for a in answers] == [(404, "key_not_found")] * 4

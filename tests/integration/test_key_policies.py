@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import time_machine
 
-from gateway.quotas import CallerPolicy, window_of
+from gateway.quotas.policy import CallerPolicy
+from gateway.quotas.tokens import window_of
 from tests.conftest import KEY_HEADERS, REDIS_URL
 from tests.fakes.upstream import Behavior
 
@@ -53,8 +54,7 @@ def test_max_tokens_cap(sqlite_app, upstream) -> None:
     over = client.post("/v1/completions", json={**BODY, "max_tokens": 101}, headers=key)
     assert over.status_code == 400
     assert over.get_json()["error"]["code"] == "max_tokens_above_cap" and over.get_json()["error"]["param"] == "max_tokens"
-    over_new_name = client.post("/v1/chat/completions", json={"model": "m", "messages": [], "max_completion_tokens": 500},
-                                headers=key)
+    over_new_name = client.post("/v1/chat/completions", json={"model": "m", "messages": [], "max_completion_tokens": 500}, headers=key)
     assert over_new_name.status_code == 400
     assert client.post("/v1/completions", json={**BODY, "max_tokens": "lots"}, headers=key).status_code == 400
     assert len(upstream.requests) == 1
@@ -117,14 +117,17 @@ def test_streams_settle_with_the_usage_they_report(sqlite_app, upstream) -> None
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
-def test_concurrent_requests_overshoot_a_budget_by_at_most_one_reservation(sqlite_app, upstream, redis_prefix,
-                                                                          storage) -> None:
+def test_concurrent_requests_overshoot_a_budget_by_at_most_one_reservation(sqlite_app, upstream, redis_prefix, storage) -> None:
     extra = {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": redis_prefix} if storage == "redis" else {}
     app = sqlite_app(rate_limit_ai="1000 per minute", rate_limit_general="1000 per minute", **extra)
     key = _create(app.test_client(), budget_tokens_day=1000)
     # Each call reserves 1 (prompt) + 100 (max_tokens) and reports 100 used.
-    answer = {"id": "x", "object": "text_completion", "choices": [{"text": "t", "index": 0}],
-              "usage": {"prompt_tokens": 1, "completion_tokens": 99, "total_tokens": 100}}
+    answer = {
+        "id": "x",
+        "object": "text_completion",
+        "choices": [{"text": "t", "index": 0}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 99, "total_tokens": 100},
+    }
     upstream.behavior = Behavior(mode="raw", body=json.dumps(answer).encode())
     barrier = threading.Barrier(50)
 
@@ -178,7 +181,7 @@ def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -
 
 
 def test_remaining_says_unknown_when_the_store_is_down() -> None:
-    from gateway.quotas import TokenLedger
+    from gateway.quotas.tokens import TokenLedger
 
     class Down:
         def used(self, key: str) -> int:

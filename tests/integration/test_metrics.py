@@ -89,8 +89,12 @@ def test_metrics_need_the_master_key_or_the_metrics_token(scraped_app: Flask) ->
     for headers in ({"X-API-Key": secret}, {"Authorization": f"Bearer {secret}"}, _token(client, secret)):
         refused = client.get("/metrics", headers=headers)
         assert refused.status_code == 403
-        assert _error(refused) == {"message": _error(refused)["message"], "type": "permission_error",
-                                   "code": "metrics_forbidden", "param": None}
+        assert _error(refused) == {
+            "message": _error(refused)["message"],
+            "type": "permission_error",
+            "code": "metrics_forbidden",
+            "param": None,
+        }
 
     master_token = _token(client, CANARY_MASTER_KEY)
     for headers in (SCRAPER, KEY_HEADERS, {"Authorization": f"Bearer {CANARY_MASTER_KEY}"}, master_token):
@@ -119,8 +123,13 @@ def test_anything_but_the_exact_metrics_token_is_refused(scraped_app: Flask, hea
 
 def test_the_metrics_token_opens_nothing_else(scraped_app: Flask, upstream: FakeUpstream) -> None:
     client = scraped_app.test_client()
-    for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/admin/keys"),
-                         ("POST", "/admin/keys"), ("GET", "/nope")):
+    for method, path in (
+        ("GET", "/v1/models"),
+        ("POST", "/v1/completions"),
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("GET", "/nope"),
+    ):
         assert client.open(path, method=method, json=BODY, headers=SCRAPER).status_code == 401, path
     assert client.post("/auth/token", json={"apiKey": METRICS_TOKEN}).status_code == 401
     assert upstream.requests == []
@@ -141,11 +150,14 @@ def test_openmetrics_when_the_scraper_asks_for_it(client: FlaskClient) -> None:
 
 def test_the_readme_lists_every_metric(app: Flask) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("\n## Metrics\n"):readme.index("\n## Deployment\n")]
+    section = readme[readme.index("\n## Metrics\n") : readme.index("\n## Deployment\n")]
     listed = set(re.findall(r"^\| `(aiproxy_\w+)`", section, flags=re.M))
-    defined = {family.name + ("_total" if family.type == "counter" else "")
-               for metric in vars(app.extensions["gateway.metrics"]).values() if isinstance(metric, MetricWrapperBase)
-               for family in metric.describe()}
+    defined = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for metric in vars(app.extensions["gateway.metrics"]).values()
+        if isinstance(metric, MetricWrapperBase)
+        for family in metric.describe()
+    }
     assert listed == defined and len(defined) == 11
 
 
@@ -169,8 +181,7 @@ def test_requests_are_counted_by_route_method_and_status(client: FlaskClient, up
     watch = Watch(client)
     for path in ("/v1/completions", "/api/ai/completion", "/v1/completions"):
         assert client.post(path, json=BODY, headers=KEY_HEADERS).status_code == 200
-    assert client.post("/v1/completions", data="{oops", content_type="application/json",
-                       headers=KEY_HEADERS).status_code == 400
+    assert client.post("/v1/completions", data="{oops", content_type="application/json", headers=KEY_HEADERS).status_code == 400
     assert client.get("/nope-path-label", headers=KEY_HEADERS).status_code == 404
     assert client.open("/v1/models", method="BREW", headers=KEY_HEADERS).status_code == 405
     assert client.get("/v1/models").status_code == 401
@@ -191,18 +202,21 @@ def test_requests_are_counted_by_route_method_and_status(client: FlaskClient, up
     assert 0 < overhead < total and 0 < upstream_time < total
     # Buckets are cumulative and the smallest is sub-millisecond.
     assert value(watch.after, "aiproxy_gateway_overhead_seconds_bucket", operation="completion", le="0.0001") >= 0
-    assert value(watch.after, "aiproxy_request_duration_seconds_bucket", route="ai.completion", le="+Inf") == \
-        value(watch.after, "aiproxy_request_duration_seconds_count", route="ai.completion")
+    assert value(watch.after, "aiproxy_request_duration_seconds_bucket", route="ai.completion", le="+Inf") == value(
+        watch.after, "aiproxy_request_duration_seconds_count", route="ai.completion"
+    )
     assert "/nope-path-label" not in client.get("/metrics", headers=KEY_HEADERS).get_data(as_text=True)
 
 
 def test_tokens_are_counted_by_key_model_and_kind(client: FlaskClient, upstream: FakeUpstream) -> None:
     key_id, secret = _managed_key(client)
     watch = Watch(client)
-    assert client.post("/v1/completions", json={**BODY, "model": "tokens-model"},
-                       headers={"X-API-Key": secret}).status_code == 200  # the fake reports 5 + 7
-    streamed = client.post("/v1/chat/completions", json={**CHAT, "model": "tokens-model"},
-                           headers={"X-API-Key": secret})  # the fake reports 9 + 5 in its last chunk
+    assert (
+        client.post("/v1/completions", json={**BODY, "model": "tokens-model"}, headers={"X-API-Key": secret}).status_code == 200
+    )  # the fake reports 5 + 7
+    streamed = client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "tokens-model"}, headers={"X-API-Key": secret}
+    )  # the fake reports 9 + 5 in its last chunk
     assert streamed.get_data().rstrip().endswith(b"data: [DONE]")
     assert watch.delta("aiproxy_tokens_total", key_id=key_id, model="tokens-model", kind="prompt") == 5 + 9
     assert watch.delta("aiproxy_tokens_total", key_id=key_id, model="tokens-model", kind="completion") == 7 + 5
@@ -261,16 +275,18 @@ def test_streams_in_flight_and_how_they_ended(client: FlaskClient, upstream: Fak
     ],
     ids=lambda item: item if isinstance(item, str) else None,
 )
-def test_upstream_errors_are_counted_by_kind(make_app, upstream: FakeUpstream, behavior: Behavior, status: int,
-                                             kind: str) -> None:
+def test_upstream_errors_are_counted_by_kind(make_app, upstream: FakeUpstream, behavior: Behavior, status: int, kind: str) -> None:
     client = make_app(upstream_read_timeout=0.3).test_client()
     watch = Watch(client)
     upstream.behavior = behavior
     assert client.post("/v1/completions", json=BODY, headers=KEY_HEADERS).status_code == status
     assert client.post("/v1/completions", json={"model": 1, "stream": "yes"}, headers=KEY_HEADERS).status_code == 400
     assert watch.delta("aiproxy_upstream_errors_total", kind=kind) == 1
-    others = {labels: v - value(watch.before, name, **dict(labels)) for (name, labels), v in watch.after.items()
-              if name == "aiproxy_upstream_errors_total"}
+    others = {
+        labels: v - value(watch.before, name, **dict(labels))
+        for (name, labels), v in watch.after.items()
+        if name == "aiproxy_upstream_errors_total"
+    }
     assert sum(others.values()) == 1  # the client's own 400 is not an upstream error
 
 
@@ -307,8 +323,9 @@ def test_concurrency_rejections_are_counted(make_app, upstream: FakeUpstream) ->
 
 
 def test_quota_store_outages_are_counted(make_app, upstream: FakeUpstream) -> None:
-    client = make_app(rate_limit_storage_uri="redis://127.0.0.1:1/0", rate_limit_on_storage_error="closed",
-                      rate_limit_storage_timeout=0.2).test_client()
+    client = make_app(
+        rate_limit_storage_uri="redis://127.0.0.1:1/0", rate_limit_on_storage_error="closed", rate_limit_storage_timeout=0.2
+    ).test_client()
     watch = Watch(client)  # /metrics needs no quota, so it answers while the store is down
     refused = client.post("/v1/completions", json=BODY, headers=KEY_HEADERS)
     assert refused.status_code == 503 and _error(refused)["code"] == "rate_limit_storage_unavailable"
@@ -338,8 +355,9 @@ def test_metrics_show_no_secret_and_no_prompt_text(scraped_app: Flask, upstream:
     prompt = "prompt-canary-" + secrets.token_hex(8)
     for headers in (KEY_HEADERS, {"X-API-Key": secret}, _token(client, secret)):
         client.post("/v1/completions", json={"model": "m", "prompt": prompt}, headers=headers)
-        client.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": prompt}]},
-                    headers=headers).get_data()
+        client.post(
+            "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": prompt}]}, headers=headers
+        ).get_data()
     client.get(f"/v1/models/{prompt}", headers=KEY_HEADERS)
     client.get("/v1/models", headers={"X-API-Key": "aip_" + prompt})
     client.get("/v1/models", headers={"Authorization": f"Bearer {prompt}"})

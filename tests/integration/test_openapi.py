@@ -67,13 +67,13 @@ def test_a_route_added_later_is_described_with_its_path_parameters(make_app) -> 
     document = openapi.build(app)
     assert described_pairs(document) == served_pairs(app)
     get_model = document["paths"]["/v1/models/{model_id}"]["get"]
-    assert get_model["parameters"] == [{"name": "model_id", "in": "path", "required": True,
-                                        "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}]
+    assert get_model["parameters"] == [
+        {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}}
+    ]
     assert get_model["security"], "a new route needs credentials, like every route not made public"
     assert {"401", "404", "429"} <= set(get_model["responses"])
     post_part = document["paths"]["/things/{number}/parts/{rest}"]["post"]
-    assert [(p["name"], p["schema"]["type"]) for p in post_part["parameters"]] == [("number", "integer"),
-                                                                                    ("rest", "string")]
+    assert [(p["name"], p["schema"]["type"]) for p in post_part["parameters"]] == [("number", "integer"), ("rest", "string")]
     validate(document)
 
 
@@ -85,8 +85,12 @@ def test_the_document_is_valid_openapi_3_1(make_app, overrides) -> None:
     validate(document)  # raises on any error
     schemes = document["components"]["securitySchemes"]
     assert ("MetricsToken" in schemes) == bool(overrides.get("metrics_token"))
-    assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                                 "description": "An API key: the master key or a managed key."}
+    assert schemes["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key: the master key or a managed key.",
+    }
     # FORCE_HTTPS refuses a plain-HTTP write with a 403, even on a public endpoint.
     assert ("403" in document["paths"]["/auth/token"]["post"]["responses"]) == bool(overrides.get("force_https"))
 
@@ -191,8 +195,11 @@ SAMPLES: list[dict[str, Any]] = [
     {"name": "t", "rate_limit_ai": "often"},
     {"name": "t", "rate_limit_ai": "1 per second" + " " * KM.LIMIT_STRING_MAX},
     {"name": "t", "rate_limit_general": None},
-    *({"name": "t", field: value} for field in KM.TOKEN_FIELDS
-      for value in (None, 1, KM.TOKEN_COUNT_MAX, 0, KM.TOKEN_COUNT_MAX + 1, 1.5, True, "5")),
+    *(
+        {"name": "t", field: value}
+        for field in KM.TOKEN_FIELDS
+        for value in (None, 1, KM.TOKEN_COUNT_MAX, 0, KM.TOKEN_COUNT_MAX + 1, 1.5, True, "5")
+    ),
 ]
 
 

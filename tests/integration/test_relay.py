@@ -54,16 +54,20 @@ def test_body_is_forwarded_byte_for_byte(client, upstream) -> None:
 
 
 def test_upstream_gets_its_own_key_and_no_client_credentials(client, upstream) -> None:
-    client.post("/api/ai/completion", json=BODIES["completion"], headers={
-        **KEY_HEADERS,
-        "Cookie": "session=abc",
-        "Proxy-Authorization": "Basic eHg6eXk=",
-        "X-Forwarded-For": "1.2.3.4",
-        "Connection": "keep-alive, X-Secret",
-        "X-Secret": "hop",
-        "Host": "evil.example",
-        "OpenAI-Organization": "org-x",
-    })
+    client.post(
+        "/api/ai/completion",
+        json=BODIES["completion"],
+        headers={
+            **KEY_HEADERS,
+            "Cookie": "session=abc",
+            "Proxy-Authorization": "Basic eHg6eXk=",
+            "X-Forwarded-For": "1.2.3.4",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop",
+            "Host": "evil.example",
+            "OpenAI-Organization": "org-x",
+        },
+    )
     headers = upstream.requests[-1].headers
     assert headers["authorization"] == f"Bearer {CANARY_AI_API_KEY}"
     for name in ("x-api-key", "cookie", "proxy-authorization", "x-forwarded-for", "x-secret", "openai-organization"):
@@ -79,8 +83,12 @@ def test_no_authorization_upstream_when_no_ai_api_key(make_app, upstream) -> Non
 
 
 def test_client_cannot_choose_upstream_host_or_path(client, upstream) -> None:
-    body = {**BODIES["completion"], "api_base": "http://evil.example", "base_url": "http://evil.example",
-            "url": "http://evil.example/x"}
+    body = {
+        **BODIES["completion"],
+        "api_base": "http://evil.example",
+        "base_url": "http://evil.example",
+        "url": "http://evil.example/x",
+    }
     client.post("/api/ai/completion", json=body, headers={**KEY_HEADERS, "X-Forwarded-Host": "evil.example"})
     assert upstream.requests[-1].path == "/v1/completions"
     for path in ("/api/ai/completion/..%2f..%2fadmin", "/api/ai/../admin", "//api/ai/completion", "/v1/files"):
@@ -176,8 +184,9 @@ def _assert_gateway_error(response, status: int, code: str) -> None:
 def test_connection_refused_is_502(make_app) -> None:
     client = make_app(ai_api_url=f"http://127.0.0.1:{_free_port()}/v1/completions").test_client()
     started = time.monotonic()
-    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS),
-                          502, "upstream_unavailable")
+    _assert_gateway_error(
+        client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS), 502, "upstream_unavailable"
+    )
     assert time.monotonic() - started < 2
 
 
@@ -185,8 +194,7 @@ def test_hanging_upstream_is_504_at_the_read_timeout(make_app, upstream) -> None
     upstream.behavior = Behavior(mode="hang", hang_seconds=10)
     client = make_app(upstream_read_timeout=0.5).test_client()
     started = time.monotonic()
-    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS),
-                          504, "upstream_timeout")
+    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS), 504, "upstream_timeout")
     assert time.monotonic() - started < 3
 
 
@@ -194,8 +202,7 @@ def test_dripping_upstream_is_cut_at_the_total_deadline(make_app, upstream) -> N
     upstream.behavior = Behavior(mode="drip", gap=0.2)
     client = make_app(upstream_read_timeout=1.0, upstream_total_timeout=1.0).test_client()
     started = time.monotonic()
-    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS),
-                          504, "upstream_timeout")
+    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS), 504, "upstream_timeout")
     assert time.monotonic() - started < 3
 
 
@@ -214,8 +221,7 @@ def test_dripping_upstream_is_cut_at_the_total_deadline(make_app, upstream) -> N
 )
 def test_upstream_failures_become_gateway_errors(client, upstream, behavior, status, code) -> None:
     upstream.behavior = behavior
-    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS),
-                          status, code)
+    _assert_gateway_error(client.post("/api/ai/completion", json=BODIES["completion"], headers=KEY_HEADERS), status, code)
 
 
 def test_redirect_is_not_followed(client, upstream) -> None:
@@ -239,12 +245,19 @@ def test_upstream_non_json_4xx_is_wrapped(client, upstream) -> None:
 
 
 def test_only_safe_upstream_headers_come_back(make_app, upstream) -> None:
-    upstream.behavior = Behavior(headers={
-        "Set-Cookie": "track=1", "Connection": "X-Foo", "X-Foo": "bar", "Keep-Alive": "timeout=5",
-        "Server": "upstream/1.0", "Access-Control-Allow-Origin": "*", "X-Internal": "secret"})
+    upstream.behavior = Behavior(
+        headers={
+            "Set-Cookie": "track=1",
+            "Connection": "X-Foo",
+            "X-Foo": "bar",
+            "Keep-Alive": "timeout=5",
+            "Server": "upstream/1.0",
+            "Access-Control-Allow-Origin": "*",
+            "X-Internal": "secret",
+        }
+    )
     client = make_app(allowed_origins=("https://app.example",)).test_client()
-    response = client.post("/api/ai/completion", json=BODIES["completion"],
-                           headers={**KEY_HEADERS, "Origin": "https://evil.example"})
+    response = client.post("/api/ai/completion", json=BODIES["completion"], headers={**KEY_HEADERS, "Origin": "https://evil.example"})
     assert response.status_code == 200
     for name in ("Set-Cookie", "X-Foo", "Keep-Alive", "X-Internal", "Access-Control-Allow-Origin"):
         assert name not in response.headers
@@ -278,8 +291,9 @@ def test_a_trickled_status_line_is_cut_at_the_total_deadline(make_app, stream) -
     # One byte every 0.3 s never trips the 5 s read timeout; the 1.5 s total must still hold.
     with FakeUpstream() as own:  # its own, so its connection count is this test's alone
         own.behavior = Behavior(mode="trickle_status", gap=0.3)
-        client = make_app(ai_api_url=own.base_url + "/completions", upstream_read_timeout=5.0,
-                          upstream_total_timeout=1.5).test_client()
+        client = make_app(
+            ai_api_url=own.base_url + "/completions", upstream_read_timeout=5.0, upstream_total_timeout=1.5
+        ).test_client()
         started = time.monotonic()
         response = client.post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream}, headers=KEY_HEADERS)
         _assert_gateway_error(response, 504, "upstream_timeout")
@@ -329,8 +343,7 @@ def test_a_204_is_still_relayed_as_a_204(client, upstream) -> None:
 def test_json_off_the_schema_is_relayed_with_estimated_usage(app, upstream, stream, body) -> None:
     # Relayed as the upstream sent it (see gateway.upstream.relay): no 500, usage an estimate.
     upstream.behavior = Behavior(mode="raw", body=body)
-    response = app.test_client().post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream},
-                                      headers=KEY_HEADERS)
+    response = app.test_client().post("/v1/chat/completions", json={**BODIES["chat"], "stream": stream}, headers=KEY_HEADERS)
     assert response.status_code == 200 and response.get_data() == body
     (row,) = _usage_rows(app)
     assert row["status"] == 200 and row["tokens_estimated"] is True and row["completion_tokens"] == 0

@@ -17,22 +17,27 @@ def test_nothing_secret_is_logged_or_returned(client, upstream, capfd) -> None:
     assert CANARY_MASTER_KEY not in token_response.get_data(as_text=True)
     calls = [
         lambda: client.post("/api/ai/completion", json={"model": "m", "prompt": PROMPT}, headers=KEY_HEADERS),
-        lambda: client.post("/api/ai/completion", json={"model": "m", "prompt": PROMPT},
-                            headers={"Authorization": f"Bearer {token}"}),
-        lambda: client.post("/api/ai/completion", json={"model": "m", "prompt": PROMPT},
-                            headers={"X-API-Key": CANARY_MASTER_KEY + "x"}),
+        lambda: client.post("/api/ai/completion", json={"model": "m", "prompt": PROMPT}, headers={"Authorization": f"Bearer {token}"}),
+        lambda: client.post(
+            "/api/ai/completion", json={"model": "m", "prompt": PROMPT}, headers={"X-API-Key": CANARY_MASTER_KEY + "x"}
+        ),
         lambda: client.post("/auth/token", json={"apiKey": CANARY_MASTER_KEY + "x"}),
-        lambda: client.post("/v1/chat/completions", json={"model": "m", "stream": True,
-                                                          "messages": [{"role": "user", "content": PROMPT}]},
-                            headers=KEY_HEADERS),
+        lambda: client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": PROMPT}]},
+            headers=KEY_HEADERS,
+        ),
     ]
     for call in calls:
         outputs.append(call())
-    for behavior in (Behavior(mode="status", status=401), Behavior(mode="status", status=500),
-                     Behavior(mode="drop"), Behavior(mode="raw", body=b"<html>", content_type="text/html")):
+    for behavior in (
+        Behavior(mode="status", status=401),
+        Behavior(mode="status", status=500),
+        Behavior(mode="drop"),
+        Behavior(mode="raw", body=b"<html>", content_type="text/html"),
+    ):
         upstream.behavior = behavior
-        outputs.append(client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": []},
-                                   headers=KEY_HEADERS))
+        outputs.append(client.post("/v1/chat/completions", json={"model": "m", "stream": True, "messages": []}, headers=KEY_HEADERS))
     captured = capfd.readouterr()
     logs = captured.out + captured.err
     assert '"msg": "request"' in logs  # the request log really was captured

@@ -29,7 +29,7 @@ def test_stream_is_relayed_byte_for_byte(client, upstream, framing, path) -> Non
     events = _events(response.get_data())
     assert events[-1] == "data: [DONE]"
     assert len(events) == 4 + 2  # content events, the finish event, [DONE]
-    assert json.loads(events[0][len("data: "):])["object"] == "chat.completion.chunk"
+    assert json.loads(events[0][len("data: ") :])["object"] == "chat.completion.chunk"
     assert upstream.requests[-1].json() == {**CHAT, "stream_options": {"include_usage": True}}
 
 
@@ -92,7 +92,7 @@ def test_upstream_answering_json_to_a_stream_request_is_passed_through(client, u
 
 
 def _usage_chunks(events: list[str]) -> list[dict]:
-    chunks = [json.loads(e[len("data: "):]) for e in events if e.startswith("data: {")]
+    chunks = [json.loads(e[len("data: ") :]) for e in events if e.startswith("data: {")]
     return [c for c in chunks if c.get("choices") == [] and c.get("usage")]
 
 
@@ -161,7 +161,7 @@ def test_events_before_an_endless_one_are_relayed_first(make_app, upstream) -> N
     client = make_app(max_stream_event_bytes=64 * 1024).test_client()
     events = _events(client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data())
     assert len(events) == 3 + 1
-    assert all(json.loads(e[len("data: "):])["object"] == "chat.completion.chunk" for e in events[:3])
+    assert all(json.loads(e[len("data: ") :])["object"] == "chat.completion.chunk" for e in events[:3])
     assert events[-1].startswith("event: error") and "upstream_event_too_large" in events[-1]
 
 

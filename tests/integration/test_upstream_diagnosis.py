@@ -27,8 +27,9 @@ def _gateway_lines(err: str) -> list[dict]:
 @pytest.mark.parametrize("mode", ["development", "production"])
 def test_an_unreachable_upstream_is_named_in_the_log(make_app, capsys, mode: str) -> None:
     port = _closed_port()
-    extra = {"node_env": "production", "master_api_key": KEY_HEADERS["X-API-Key"], "jwt_secret": "j" * 40} \
-        if mode == "production" else {}
+    extra = (
+        {"node_env": "production", "master_api_key": KEY_HEADERS["X-API-Key"], "jwt_secret": "j" * 40} if mode == "production" else {}
+    )
     client = make_app(ai_api_url=f"http://127.0.0.1:{port}/v1/completions", **extra).test_client()
     capsys.readouterr()
     response = client.post("/api/ai/completion", json=BODY, headers={**KEY_HEADERS, "X-Request-ID": "diag-1"})

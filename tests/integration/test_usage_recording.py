@@ -26,8 +26,9 @@ def _managed_key(app: Flask) -> tuple[str, dict[str, str]]:
 
 def test_a_completion_is_recorded_with_the_upstreams_token_counts(db_app: Flask) -> None:
     key_id, headers = _managed_key(db_app)
-    response = db_app.test_client().post("/v1/completions", json={"model": "gpt-test", "prompt": "hi"},
-                                         headers={**headers, "X-Request-ID": "req-usage-1"})
+    response = db_app.test_client().post(
+        "/v1/completions", json={"model": "gpt-test", "prompt": "hi"}, headers={**headers, "X-Request-ID": "req-usage-1"}
+    )
     assert response.status_code == 200
     (row,) = _rows(db_app)
     assert row["key_id"] == key_id and row["operation"] == "completion" and row["model"] == "gpt-test"
@@ -42,8 +43,9 @@ def test_a_completion_is_recorded_with_the_upstreams_token_counts(db_app: Flask)
 def test_a_stream_is_recorded_when_it_ends(db_app: Flask, upstream: FakeUpstream) -> None:
     upstream.behavior = Behavior(gap=0.05)
     client = db_app.test_client()
-    response = client.post("/v1/chat/completions", json={"model": "chat-m", "stream": True, "messages": []},
-                           headers=KEY_HEADERS, buffered=False)
+    response = client.post(
+        "/v1/chat/completions", json={"model": "chat-m", "stream": True, "messages": []}, headers=KEY_HEADERS, buffered=False
+    )
     assert _rows(db_app) == []  # nothing yet: the stream has not ended
     body = response.get_data()
     response.close()
@@ -60,8 +62,7 @@ def test_failures_are_recorded_with_their_status(db_app: Flask, upstream: FakeUp
     client = db_app.test_client()
     upstream.behavior = Behavior(mode="status", status=500)
     assert client.post("/api/ai/chat", json={"model": "m", "messages": []}, headers=KEY_HEADERS).status_code == 502
-    assert client.post("/api/ai/chat", data="{oops", content_type="application/json",
-                       headers=KEY_HEADERS).status_code == 400
+    assert client.post("/api/ai/chat", data="{oops", content_type="application/json", headers=KEY_HEADERS).status_code == 400
     assert [(r["operation"], r["status"], r["model"]) for r in _rows(db_app)] == [("chat", 502, "m"), ("chat", 400, None)]
 
 

@@ -6,7 +6,7 @@ import json
 
 from gateway.upstream.accounting import (
     StreamUsageTap,
-    Usage,
+    TokenUsage,
     ask_for_stream_usage,
     client_asked_for_usage,
     estimate_prompt_tokens,
@@ -16,8 +16,11 @@ from gateway.upstream.sse import split_events
 
 
 def _chunk(content: str | None = None, usage: dict | None = None, choices: list | None = None) -> bytes:
-    body = {"id": "c", "object": "chat.completion.chunk",
-            "choices": choices if choices is not None else [{"index": 0, "delta": {"content": content}}]}
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "choices": choices if choices is not None else [{"index": 0, "delta": {"content": content}}],
+    }
     if usage is not None or choices == []:
         body["usage"] = usage
     return b"data: " + json.dumps(body).encode() + b"\n\n"
@@ -27,8 +30,8 @@ USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
 def test_usage_from_json_answers() -> None:
-    assert usage_from_body(json.dumps({"usage": USAGE}).encode()) == Usage(9, 3, 12)
-    assert usage_from_body({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == Usage(4, 0, 4)  # embeddings
+    assert usage_from_body(json.dumps({"usage": USAGE}).encode()) == TokenUsage(9, 3, 12)
+    assert usage_from_body({"usage": {"prompt_tokens": 4, "total_tokens": 4}}) == TokenUsage(4, 0, 4)  # embeddings
     assert usage_from_body(b"{}") is None
     assert usage_from_body(b"not json") is None
     assert usage_from_body({"usage": {"prompt_tokens": "9"}}) is None
@@ -36,8 +39,12 @@ def test_usage_from_json_answers() -> None:
 
 def test_prompt_estimates() -> None:
     assert estimate_prompt_tokens({"prompt": "x" * 40}) == 10
-    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "x" * 10},
-                                                {"role": "user", "content": [{"type": "text", "text": "y" * 6}]}]}) == 4
+    assert (
+        estimate_prompt_tokens(
+            {"messages": [{"role": "user", "content": "x" * 10}, {"role": "user", "content": [{"type": "text", "text": "y" * 6}]}]}
+        )
+        == 4
+    )
     assert estimate_prompt_tokens({"input": ["aaaa", "bbbb"]}) == 2
     assert estimate_prompt_tokens({}) == 0
 
@@ -56,7 +63,7 @@ def test_tap_strips_the_usage_chunk_for_clients_that_did_not_ask() -> None:
     expected = _chunk("a") + _chunk("b") + b"data: [DONE]\n\n"
     tap = StreamUsageTap(strip_usage_chunk=True)
     assert tap.feed(stream) == expected
-    assert tap.result(prompt_estimate=1) == Usage(9, 3, 12)
+    assert tap.result(prompt_estimate=1) == TokenUsage(9, 3, 12)
 
 
 def test_tap_keeps_everything_for_clients_that_asked() -> None:
@@ -70,7 +77,7 @@ def test_tap_estimates_when_the_upstream_reports_nothing() -> None:
     tap = StreamUsageTap(strip_usage_chunk=True)
     for piece in (_chunk("a"), _chunk("b") + _chunk("c"), b"data: [DONE]\n\n"):
         tap.feed(piece)
-    assert tap.result(prompt_estimate=5) == Usage(5, 3, 8, estimated=True)
+    assert tap.result(prompt_estimate=5) == TokenUsage(5, 3, 8, estimated=True)
 
 
 def test_split_events_keeps_bytes() -> None:

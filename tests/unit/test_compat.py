@@ -28,6 +28,7 @@ import prometheus_client
 import pytest
 import requests
 from flask import Flask
+from flask_limiter import Limiter
 from prometheus_client import CollectorRegistry, Counter, values
 from requests.adapters import HTTPAdapter
 
@@ -190,8 +191,34 @@ DOCUMENTED_UNDERSCORE_NAMES = {
 # Single uses, by their exact expression, each with its reason.
 ALLOWED_EXPRESSIONS = {
     "handler._gateway": "the gateway's own marker attribute on the log handler it creates (observability.py)",
-    "self.limiter._storage_dead": "moved by the redesign branch",  # flask-limiter's, into gateway/compat.py
 }
+
+
+def test_flask_limiter_fallback_switch_still_exists_and_still_switches() -> None:
+    app = Flask(__name__)
+    limiter = Limiter(key_func=lambda: "k", storage_uri="memory://", in_memory_fallback_enabled=True)
+    limiter.init_app(app)
+    with app.app_context():
+        store = limiter.limiter
+        assert hasattr(limiter, compat.LIMITER_STORAGE_DEAD), _hint(
+            "flask-limiter",
+            version("flask-limiter"),
+            compat.FLASK_LIMITER_WRITTEN_AGAINST,
+            f"it has no {compat.LIMITER_STORAGE_DEAD!r}",
+        )
+        assert compat.limiter_storage_dead(limiter) is False
+        compat.set_limiter_storage_dead(limiter, True)
+        assert compat.limiter_storage_dead(limiter) is True
+        assert limiter.limiter is not store, _hint(
+            "flask-limiter",
+            version("flask-limiter"),
+            compat.FLASK_LIMITER_WRITTEN_AGAINST,
+            "the flag no longer switches to the fallback strategy",
+        )
+        compat.set_limiter_storage_dead(limiter, False)
+        assert limiter.limiter is store, _hint(
+            "flask-limiter", version("flask-limiter"), compat.FLASK_LIMITER_WRITTEN_AGAINST, "the flag no longer switches back"
+        )
 
 
 def _own_names(tree: ast.Module) -> set[str]:

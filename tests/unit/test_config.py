@@ -57,8 +57,10 @@ def test_environment_is_read(tmp_path: Path) -> None:
 
 def test_metrics_settings(tmp_path: Path) -> None:
     keys = {"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2}
-    s = load(environ={**keys, "METRICS_TOKEN": "scrape-me", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")},
-             env_file=str(tmp_path / "none"))
+    s = load(
+        environ={**keys, "METRICS_TOKEN": "scrape-me", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")},
+        env_file=str(tmp_path / "none"),
+    )
     assert (s.metrics_token, s.prometheus_multiproc_dir) == ("scrape-me", str(tmp_path / "m"))
     assert "metrics_token" in SECRET_FIELDS
     unset = load(environ=keys, env_file=str(tmp_path / "none"))
@@ -66,8 +68,7 @@ def test_metrics_settings(tmp_path: Path) -> None:
 
 
 def test_app_env_is_accepted_for_production(tmp_path: Path) -> None:
-    s = load(environ={"APP_ENV": "production", "MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2},
-             env_file=str(tmp_path / "none"))
+    s = load(environ={"APP_ENV": "production", "MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2}, env_file=str(tmp_path / "none"))
     assert s.production
 
 
@@ -81,8 +82,7 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 
 def test_explicit_base_url_wins(tmp_path: Path) -> None:
-    s = load(environ={"AI_API_BASE_URL": "http://h:1/v1/", "MASTER_API_KEY": "k", "JWT_SECRET": "j"},
-             env_file=str(tmp_path / "none"))
+    s = load(environ={"AI_API_BASE_URL": "http://h:1/v1/", "MASTER_API_KEY": "k", "JWT_SECRET": "j"}, env_file=str(tmp_path / "none"))
     assert s.upstream_base_url == "http://h:1/v1"
 
 
@@ -98,23 +98,24 @@ def test_explicit_base_url_wins(tmp_path: Path) -> None:
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "AI_API_URL": "not a url"}, "AI_API_URL"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_AI": "lots please"}, "RATE_LIMIT_AI"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_GENERAL": "0x per y"}, "RATE_LIMIT_GENERAL"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_AI": "5 per 99999999999999 years"},
-         "RATE_LIMIT_AI"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_AI": "5 per 99999999999999 years"}, "RATE_LIMIT_AI"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_GENERAL": "0 per minute"}, "RATE_LIMIT_GENERAL"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_AUTH_FAILURES": "2000000000 per hour"},
-         "RATE_LIMIT_AUTH_FAILURES"),
+        (
+            {"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_AUTH_FAILURES": "2000000000 per hour"},
+            "RATE_LIMIT_AUTH_FAILURES",
+        ),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "AI_PROXY_PORT": "eighty"}, "AI_PROXY_PORT"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "GATEWAY_WORKERS": "4"}, "GATEWAY_WORKERS"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_STRATEGY": "leaky"}, "RATE_LIMIT_STRATEGY"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_STORAGE_URI": "mongodb://db-host-value"},
-         "RATE_LIMIT_STORAGE_URI"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_ON_STORAGE_ERROR": "maybe"},
-         "RATE_LIMIT_ON_STORAGE_ERROR"),
+        (
+            {"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_STORAGE_URI": "mongodb://db-host-value"},
+            "RATE_LIMIT_STORAGE_URI",
+        ),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_ON_STORAGE_ERROR": "maybe"}, "RATE_LIMIT_ON_STORAGE_ERROR"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "RATE_LIMIT_CONCURRENT": "-1"}, "RATE_LIMIT_CONCURRENT"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "METRICS_TOKEN": "short-metrics-token"}, "METRICS_TOKEN"),
         ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "METRICS_TOKEN": STRONG + " " + STRONG2}, "METRICS_TOKEN"),
-        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "PROMETHEUS_MULTIPROC_DIR": __file__},
-         "PROMETHEUS_MULTIPROC_DIR"),
+        ({"MASTER_API_KEY": STRONG, "JWT_SECRET": STRONG2, "PROMETHEUS_MULTIPROC_DIR": __file__}, "PROMETHEUS_MULTIPROC_DIR"),
     ],
 )
 def test_production_refuses_bad_config_naming_the_variable(tmp_path: Path, environ: dict, names: str) -> None:
@@ -154,8 +155,7 @@ def test_concurrent_workers_agree_on_generated_secrets(tmp_path: Path) -> None:
 
 def test_production_never_generates_secrets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MASTER_API_KEY"):
-        load(environ={"NODE_ENV": "production"}, env_file=str(tmp_path / "none"),
-             overrides={"instance_path": str(tmp_path / "i")})
+        load(environ={"NODE_ENV": "production"}, env_file=str(tmp_path / "none"), overrides={"instance_path": str(tmp_path / "i")})
     assert not (tmp_path / "i").exists()
 
 
@@ -171,8 +171,12 @@ def test_workers_default_to_one_on_memory_and_one_per_core_with_redis(tmp_path: 
     assert load(environ=base, env_file=str(tmp_path / "none")).worker_processes == 1
     shared = load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://localhost:6379/0"}, env_file=str(tmp_path / "none"))
     assert shared.worker_processes == len(os.sched_getaffinity(0))
-    assert load(environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://h:1/0", "GATEWAY_WORKERS": "3"},
-                env_file=str(tmp_path / "none")).worker_processes == 3
+    assert (
+        load(
+            environ={**base, "RATE_LIMIT_STORAGE_URI": "redis://h:1/0", "GATEWAY_WORKERS": "3"}, env_file=str(tmp_path / "none")
+        ).worker_processes
+        == 3
+    )
 
 
 def test_workers_follow_the_cores_the_process_may_use() -> None:
@@ -180,8 +184,10 @@ def test_workers_follow_the_cores_the_process_may_use() -> None:
     import subprocess
     import sys
 
-    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from gateway.config import load; "
-            "print(load(environ={'RATE_LIMIT_STORAGE_URI': 'redis://h:1/0'}, env_file='/dev/null').worker_processes)")
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from gateway.config import load; "
+        "print(load(environ={'RATE_LIMIT_STORAGE_URI': 'redis://h:1/0'}, env_file='/dev/null').worker_processes)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
 

@@ -31,15 +31,19 @@ def _tool(name: str) -> str:
 
 
 def test_the_dockerfile_passes_hadolint() -> None:
-    done = subprocess.run([_tool("hadolint"), "--no-color", str(REPO_ROOT / "Dockerfile")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([_tool("hadolint"), "--no-color", str(REPO_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_hadolint_does_find_problems() -> None:
     # The lint above can fail: a Dockerfile with known faults is reported.
-    done = subprocess.run([_tool("hadolint"), "--no-color", "-"], input="FROM python\nRUN cd /app && pip install x\n",
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [_tool("hadolint"), "--no-color", "-"],
+        input="FROM python\nRUN cd /app && pip install x\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "DL3006" in done.stdout
 
 
@@ -85,14 +89,19 @@ def test_the_image_builds_and_becomes_healthy() -> None:
     name = f"ai-proxy-test-{uuid.uuid4().hex[:12]}"
     subprocess.run(["docker", "build", "-t", tag, str(REPO_ROOT)], check=True, timeout=800, capture_output=True)
     try:
-        subprocess.run(["docker", "run", "-d", "--name", name, "-e", "MASTER_API_KEY=" + "m" * 40,
-                        "-e", "JWT_SECRET=" + "j" * 40, tag], check=True, timeout=60, capture_output=True)
+        subprocess.run(
+            ["docker", "run", "-d", "--name", name, "-e", "MASTER_API_KEY=" + "m" * 40, "-e", "JWT_SECRET=" + "j" * 40, tag],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
         deadline = time.monotonic() + 90
         status = ""
         while time.monotonic() < deadline and status != "healthy":
             time.sleep(2)
-            status = subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", name],
-                                    capture_output=True, text=True, timeout=20).stdout.strip()
+            status = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.Health.Status}}", name], capture_output=True, text=True, timeout=20
+            ).stdout.strip()
         logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=20)
         assert status == "healthy", logs.stdout + logs.stderr
         assert "PRODUCTION mode" in logs.stderr
@@ -104,8 +113,7 @@ def test_the_image_builds_and_becomes_healthy() -> None:
 def test_install_sh_parses_and_passes_shellcheck() -> None:
     script = REPO_ROOT / "deploy" / "install.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, timeout=30).returncode == 0
-    done = subprocess.run([_tool("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([_tool("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -121,8 +129,7 @@ def _moved_unit(root: Path) -> Path:
         executable.write_text("#!/bin/sh\nexit 0\n")
         executable.chmod(0o755)
     unit = root / "ai-proxy.service"
-    unit.write_text(UNIT.read_text().replace("/opt/ai-proxy", str(root / "opt"))
-                    .replace("/etc/ai-proxy/", str(root / "etc") + "/"))
+    unit.write_text(UNIT.read_text().replace("/opt/ai-proxy", str(root / "opt")).replace("/etc/ai-proxy/", str(root / "etc") + "/"))
     return unit
 
 

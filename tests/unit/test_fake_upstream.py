@@ -47,7 +47,7 @@ def read_events(resp: requests.Response) -> list[tuple[float, str]]:
             raw, buf = buf.split(b"\n\n", 1)
             line = raw.decode()
             assert line.startswith("data: "), line
-            events.append((time.monotonic(), line[len("data: "):]))
+            events.append((time.monotonic(), line[len("data: ") :]))
     assert buf == b""
     return events
 
@@ -129,15 +129,11 @@ def test_models(fake):
 def test_unknown_path(fake):
     r = requests.get(f"http://127.0.0.1:{fake.port}/nowhere", timeout=5)
     assert r.status_code == 404
-    assert r.json() == {
-        "error": {"message": "Unknown path", "type": "invalid_request_error", "param": None, "code": "not_found"}
-    }
+    assert r.json() == {"error": {"message": "Unknown path", "type": "invalid_request_error", "param": None, "code": "not_found"}}
 
 
 def test_invalid_json(fake):
-    r = requests.post(
-        f"{fake.base_url}/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5
-    )
+    r = requests.post(f"{fake.base_url}/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5)
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error"
@@ -197,9 +193,7 @@ def test_stream_usage_only_with_include_usage(fake):
 
 def test_completion_stream(fake):
     fake.behavior = Behavior(chunks=2)
-    with requests.post(
-        f"{fake.base_url}/completions", json={"prompt": "x", "stream": True}, stream=True, timeout=5
-    ) as r:
+    with requests.post(f"{fake.base_url}/completions", json={"prompt": "x", "stream": True}, stream=True, timeout=5) as r:
         events = [data for _, data in read_events(r)]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -211,9 +205,7 @@ def test_completion_stream(fake):
 
 def test_stream_gap_is_honoured(fake):
     fake.behavior = Behavior(gap=0.1, chunks=5)
-    with requests.post(
-        f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5
-    ) as r:
+    with requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5) as r:
         events = read_events(r)
     assert len(events) == 7
     first = events[0][0]
@@ -225,9 +217,7 @@ def test_stream_gap_is_honoured(fake):
 
 def test_stream_framing_close(fake):
     fake.behavior = Behavior(framing="close", chunks=3)
-    with requests.post(
-        f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5
-    ) as r:
+    with requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5) as r:
         assert r.status_code == 200
         assert "Content-Length" not in r.headers
         assert "Transfer-Encoding" not in r.headers
@@ -243,9 +233,7 @@ def test_drop(fake, rst):
     fake.behavior = Behavior(mode="drop", drop_after=2, rst=rst)
     received = b""
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-        with requests.post(
-            f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5
-        ) as r:
+        with requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5) as r:
             assert r.status_code == 200
             for piece in r.iter_content(chunk_size=None):
                 received += piece
@@ -257,9 +245,7 @@ def test_drop(fake, rst):
 
 def test_drop_with_framing_close_ends_without_done(fake):
     fake.behavior = Behavior(mode="drop", drop_after=3, framing="close")
-    with requests.post(
-        f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5
-    ) as r:
+    with requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5) as r:
         body = r.content
     assert body.count(b"data: ") == 3
     assert b"[DONE]" not in body
@@ -420,9 +406,7 @@ def test_chunked_request_body(fake):
         yield b'{"model": "chunky", '
         yield b'"messages": []}'
 
-    r = requests.post(
-        f"{fake.base_url}/chat/completions", data=gen(), headers={"Content-Type": "application/json"}, timeout=5
-    )
+    r = requests.post(f"{fake.base_url}/chat/completions", data=gen(), headers={"Content-Type": "application/json"}, timeout=5)
     assert r.status_code == 200
     assert r.json()["model"] == "chunky"
     rec = fake.requests[-1]
@@ -451,9 +435,7 @@ def test_keepalive_connection_counted(fake):
 
 def test_active_streams_released_after_client_closes(fake):
     fake.behavior = Behavior(gap=0.05, chunks=200)
-    r = requests.post(
-        f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5
-    )
+    r = requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=5)
     assert fake.wait_for_active_streams(1, 2)
     first = next(r.iter_content(chunk_size=None))
     assert first.startswith(b"data: ")
@@ -469,9 +451,7 @@ def test_many_concurrent_streams(fake):
 
     def one(_):
         gate.wait()
-        with requests.post(
-            f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=8
-        ) as r:
+        with requests.post(f"{fake.base_url}/chat/completions", json={"messages": [], "stream": True}, stream=True, timeout=8) as r:
             return [data for _, data in read_events(r)]
 
     with ThreadPoolExecutor(max_workers=n) as pool:
@@ -547,13 +527,16 @@ def test_cli_runs_and_exits_cleanly_on_sigterm():
 # --------------------------------------------------------------------------- #
 
 
-def _raw_exchange(fake, path: str = "/v1/chat/completions", body: bytes = b'{"model": "m"}',
-                  timeout: float = 5.0) -> tuple[bytes, list[float]]:
+def _raw_exchange(
+    fake, path: str = "/v1/chat/completions", body: bytes = b'{"model": "m"}', timeout: float = 5.0
+) -> tuple[bytes, list[float]]:
     """Send one request on a plain socket; return every byte until the fake closes,
     and when each piece arrived (the fake's framing is what is under test here)."""
     with socket.create_connection(("127.0.0.1", fake.port), timeout=timeout) as sock:
-        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body))
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (path.encode(), len(body), body)
+        )
         pieces: list[bytes] = []
         times: list[float] = []
         while piece := sock.recv(65536):
@@ -577,7 +560,7 @@ def test_no_event_boundary_after_whole_events(fake):
     fake.behavior = Behavior(mode="no_event_boundary", event_bytes=1000, events_before=2)
     r = requests.post(f"{fake.base_url}/chat/completions", json={"stream": True}, timeout=5)
     *events, endless = r.content.split(b"\n\n")
-    assert len(events) == 2 and all(json.loads(e[len(b"data: "):])["object"] == "chat.completion.chunk" for e in events)
+    assert len(events) == 2 and all(json.loads(e[len(b"data: ") :])["object"] == "chat.completion.chunk" for e in events)
     assert endless == b"data: " + b"x" * 994
 
 
@@ -640,6 +623,6 @@ def test_surrogates_in_a_stream(fake):
     assert r.headers["Content-Type"] == "text/event-stream"
     events = [block for block in r.content.split(b"\n\n") if block]
     assert events[-1] == b"data: [DONE]"
-    usage_chunk = json.loads(events[-2][len(b"data: "):])
+    usage_chunk = json.loads(events[-2][len(b"data: ") :])
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["prompt_tokens"] == 5
     assert usage_chunk["model"] == "fake\ud800model\x00"

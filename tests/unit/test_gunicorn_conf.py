@@ -22,10 +22,15 @@ print(before, gc.get_freeze_count())
 
 @pytest.mark.slow  # a fresh interpreter
 def test_a_worker_freezes_what_it_loaded_out_of_the_garbage_collectors_walks(tmp_path: Path) -> None:
-    env = {**os.environ, "AI_PROXY_ENV_FILE": "/dev/null", "NODE_ENV": "development",
-           "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40, "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}"}
-    done = subprocess.run([sys.executable, "-c", CHECK_FREEZE], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    env = {
+        **os.environ,
+        "AI_PROXY_ENV_FILE": "/dev/null",
+        "NODE_ENV": "development",
+        "MASTER_API_KEY": "m" * 40,
+        "JWT_SECRET": "j" * 40,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}",
+    }
+    done = subprocess.run([sys.executable, "-c", CHECK_FREEZE], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     before, after = map(int, done.stdout.split())
     assert before == 0 and after > 10_000
@@ -44,11 +49,18 @@ print(worker.__module__ + "." + worker.__qualname__)
 
 
 def _worker_class(tmp_path: Path, **env: str) -> str:
-    environ = {**os.environ, "AI_PROXY_ENV_FILE": "/dev/null", "NODE_ENV": "development",
-               "MASTER_API_KEY": "m" * 40, "JWT_SECRET": "j" * 40, "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}",
-               **env}
-    done = subprocess.run([sys.executable, "-c", CHECK_WORKER_CLASS], cwd=REPO_ROOT, env=environ,
-                          capture_output=True, text=True, timeout=60)
+    environ = {
+        **os.environ,
+        "AI_PROXY_ENV_FILE": "/dev/null",
+        "NODE_ENV": "development",
+        "MASTER_API_KEY": "m" * 40,
+        "JWT_SECRET": "j" * 40,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}",
+        **env,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_WORKER_CLASS], cwd=REPO_ROOT, env=environ, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()[0]
 

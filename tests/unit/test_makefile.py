@@ -25,8 +25,9 @@ def _fake(directory: Path, name: str, version_ok: bool) -> Path:
 
 
 def _make(path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MAKE, "--no-print-directory", *args], cwd=REPO_ROOT, env={"PATH": str(path)},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [MAKE, "--no-print-directory", *args], cwd=REPO_ROOT, env={"PATH": str(path)}, capture_output=True, text=True, timeout=60
+    )
 
 
 def _dry_build(path: Path, *args: str) -> str:

@@ -40,11 +40,11 @@ def test_markers_select_the_tests_that_need_each_server() -> None:
     postgres = _collected("-m", "postgres", "tests/unit/test_store.py")
     assert postgres and all("[postgresql]" in name for name in postgres)
     assert {name for name in store if "[postgresql]" in name} == postgres
-    redis = _collected("-m", "redis", "tests/integration/test_limits_redis.py")
-    assert "tests/integration/test_limits_redis.py::test_two_instances_share_one_quota" in redis
-    assert "tests/integration/test_limits_redis.py::test_slot_expiry_is_the_safety_net" in redis
+    redis = _collected("-m", "redis", "tests/integration/test_quotas_redis.py")
+    assert "tests/integration/test_quotas_redis.py::test_two_instances_share_one_quota" in redis
+    assert "tests/integration/test_quotas_redis.py::test_slot_expiry_is_the_safety_net" in redis
     assert (
-        "tests/integration/test_limits_redis.py::test_fixed_window_is_available_and_documented_as_bursty" not in redis
+        "tests/integration/test_quotas_redis.py::test_fixed_window_is_available_and_documented_as_bursty" not in redis
     )  # memory:// only
     assert _collected("-m", "e2e", "tests/e2e/test_e2e_http.py") == _collected("tests/e2e/test_e2e_http.py")
     assert not _collected("-m", "not postgres and not redis and not e2e", "tests/e2e/test_e2e_http.py")

@@ -40,8 +40,24 @@ def test_object_is_parsed() -> None:
         b'{"a":' * 100 + b"1" + b"}" * 100,
         b'{"a": [' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"]}",
     ],
-    ids=["empty", "blank", "array", "string", "number", "null", "truncated", "nan", "inf", "-inf", "duplicate-keys",
-         "huge-int", "bad-utf8", "deep-array", "deep-object", "just-too-deep"],
+    ids=[
+        "empty",
+        "blank",
+        "array",
+        "string",
+        "number",
+        "null",
+        "truncated",
+        "nan",
+        "inf",
+        "-inf",
+        "duplicate-keys",
+        "huge-int",
+        "bad-utf8",
+        "deep-array",
+        "deep-object",
+        "just-too-deep",
+    ],
 )
 def test_bad_bodies_are_refused(raw: bytes) -> None:
     with pytest.raises(PayloadError):
@@ -55,9 +71,16 @@ def test_nesting_up_to_the_limit_is_fine() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("application/json", True), ("application/json; charset=utf-8", True), ("Application/JSON", True),
-     ("application/merge-patch+json", True), ("text/plain", False), ("", False), (None, False),
-     ("application/x-www-form-urlencoded", False)],
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON", True),
+        ("application/merge-patch+json", True),
+        ("text/plain", False),
+        ("", False),
+        (None, False),
+        ("application/x-www-form-urlencoded", False),
+    ],
 )
 def test_json_content_types(value: str | None, expected: bool) -> None:
     assert is_json_content_type(value) is expected
@@ -65,8 +88,13 @@ def test_json_content_types(value: str | None, expected: bool) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b'{"model": "\\ud800"}', b'{"model": "a\\uDFFFb"}', b'{"\\ud800": 1}', b'{"m": [{"deep": ["x\\udbff"]}]}',
-     b'{"m": "\\udc00\\ud800"}'],
+    [
+        b'{"model": "\\ud800"}',
+        b'{"model": "a\\uDFFFb"}',
+        b'{"\\ud800": 1}',
+        b'{"m": [{"deep": ["x\\udbff"]}]}',
+        b'{"m": "\\udc00\\ud800"}',
+    ],
     ids=["value", "low-upper-case", "key", "nested", "reversed-pair"],
 )
 def test_lone_surrogates_are_refused_anywhere(raw: bytes) -> None:
@@ -80,17 +108,32 @@ def test_surrogate_pairs_and_escaped_backslashes_are_fine() -> None:
     assert parse_object(b'{"m": "a\\u0000b"}') == {"m": "a\x00b"}  # NUL is refused only where it is stored
 
 
-@pytest.mark.parametrize(("text", "storable", "made_storable"),
-                         [("gpt-4o", True, "gpt-4o"), ("a\x00b", False, "a\ufffdb"), ("\ud800", False, "\ufffd"),
-                          ("x\udfffy\x00", False, "x\ufffdy\ufffd"), ("\U0001f600 \u00e9", True, "\U0001f600 \u00e9")])
+@pytest.mark.parametrize(
+    ("text", "storable", "made_storable"),
+    [
+        ("gpt-4o", True, "gpt-4o"),
+        ("a\x00b", False, "a\ufffdb"),
+        ("\ud800", False, "\ufffd"),
+        ("x\udfffy\x00", False, "x\ufffdy\ufffd"),
+        ("\U0001f600 \u00e9", True, "\U0001f600 \u00e9"),
+    ],
+)
 def test_storable_text(text: str, storable: bool, made_storable: str) -> None:
     assert is_storable_text(text) is storable
     assert storable_text(text) == made_storable
 
 
-@pytest.mark.parametrize(("document", "param"), [({"model": "a\x00b"}, "model"), ({"messages": 5}, "messages"),
-                                                  ({"messages": True}, "messages"), ({"messages": 1.5}, "messages"),
-                                                  ({"messages": "hi"}, "messages"), ({"messages": {}}, "messages")])
+@pytest.mark.parametrize(
+    ("document", "param"),
+    [
+        ({"model": "a\x00b"}, "model"),
+        ({"messages": 5}, "messages"),
+        ({"messages": True}, "messages"),
+        ({"messages": 1.5}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": {}}, "messages"),
+    ],
+)
 def test_ai_fields_the_gateway_reads_are_checked(document: dict, param: str) -> None:
     with pytest.raises(InvalidField) as caught:
         check_ai_fields(document)

@@ -36,7 +36,7 @@ def test_crlf_and_cr_boundaries() -> None:
 def test_multibyte_utf8_split_across_chunks_is_byte_exact() -> None:
     text = 'data: {"t": "héllo wörld ✓"}\n\n'.encode()
     framer = EventFramer()
-    out = b"".join(framer.feed(text[i:i + 1]) for i in range(len(text))) + framer.flush()
+    out = b"".join(framer.feed(text[i : i + 1]) for i in range(len(text))) + framer.flush()
     assert out == text
 
 
@@ -64,7 +64,7 @@ def _reference_frames(chunks: list[bytes]) -> list[bytes]:
 def test_any_split_gives_what_searching_everything_gives(seed: int) -> None:
     # Boundaries of every kind, split at every kind of place (inside "\r\n\r\n" too).
     rng = random.Random(seed)
-    pieces = [b"data: a", b"\n", b"\r", b"\r\n", b"\n\n", b"\r\n\r\n", b"\r\r", b"x", b"data: {\"k\": 1}"]
+    pieces = [b"data: a", b"\n", b"\r", b"\r\n", b"\n\n", b"\r\n\r\n", b"\r\r", b"x", b'data: {"k": 1}']
     stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 80)))
     cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 30)))) if len(stream) > 1 else []
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]

@@ -46,8 +46,11 @@ def test_a_hash_inside_a_secret_is_fine(tmp_path: Path) -> None:
 
 def test_development_is_one_loud_warning_line(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.INFO, logger="gateway")
-    settings = load(environ={"AI_API_URL": "http://upstream.internal:8000/v1/completions"},
-                    env_file=str(tmp_path / "none"), overrides={"instance_path": str(tmp_path / "instance")})
+    settings = load(
+        environ={"AI_API_URL": "http://upstream.internal:8000/v1/completions"},
+        env_file=str(tmp_path / "none"),
+        overrides={"instance_path": str(tmp_path / "instance")},
+    )
     log_startup(settings)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, caplog.text
@@ -57,12 +60,14 @@ def test_development_is_one_loud_warning_line(caplog: pytest.LogCaptureFixture, 
     assert settings.master_api_key not in caplog.text and settings.jwt_secret not in caplog.text
 
 
-def test_production_is_an_info_line_and_the_upstream_is_named(caplog: pytest.LogCaptureFixture,
-                                                               tmp_path: Path) -> None:
+def test_production_is_an_info_line_and_the_upstream_is_named(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.INFO, logger="gateway")
-    settings = load(environ=_production(AI_API_URL="https://llm.example:8443/openai/v1/chat/completions",
-                                        AI_API_KEY="sk-never-logged-" + "x" * 20),
-                    env_file=str(tmp_path / "none"))
+    settings = load(
+        environ=_production(
+            AI_API_URL="https://llm.example:8443/openai/v1/chat/completions", AI_API_KEY="sk-never-logged-" + "x" * 20
+        ),
+        env_file=str(tmp_path / "none"),
+    )
     log_startup(settings)
     assert [r.levelno for r in caplog.records] == [logging.INFO, logging.INFO], caplog.text
     assert caplog.records[0].getMessage().startswith("PRODUCTION mode")
@@ -74,19 +79,23 @@ def test_the_default_upstream_is_flagged(caplog: pytest.LogCaptureFixture, tmp_p
     caplog.set_level(logging.INFO, logger="gateway")
     log_startup(load(environ=_production(), env_file=str(tmp_path / "none")))
     assert "upstream http://localhost:11434/v1 (from AI_API_URL)" in caplog.text
-    assert any(r.levelno == logging.WARNING and "AI_API_URL is the default" in r.getMessage()
-               and "container" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and "AI_API_URL is the default" in r.getMessage() and "container" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # --------------------------------------------------------------------------- #
 # Every variable the code reads is documented (.env.example, README table)
 # --------------------------------------------------------------------------- #
 
+
 def test_variable_names_come_from_the_settings() -> None:
     names = variable_names()
     assert "NODE_ENV" in names and "AI_PROXY_ENV_FILE" in names and "DATABASE_AUTO_UPGRADE" in names
     assert "GENERATED" not in names and len(names) == len(set(names))
     import dataclasses
+
     assert len(names) == len(dataclasses.fields(Settings))  # every field but `generated`, plus the file
 
 

@@ -28,13 +28,11 @@ def test_production_upgrades_the_default_sqlite_file_and_says_so(upstream, tmp_p
     assert "upgraded to schema" in logged and "automatically" in logged
 
 
-def test_a_configured_database_upgrades_itself_only_when_asked(upstream, tmp_path, database_url: str,
-                                                                capsys) -> None:
+def test_a_configured_database_upgrades_itself_only_when_asked(upstream, tmp_path, database_url: str, capsys) -> None:
     with pytest.raises(schema.SchemaError, match="db upgrade"):
         create_app(settings_for(upstream, tmp_path, database_url=database_url, **PRODUCTION))
     capsys.readouterr()
-    app = create_app(settings_for(upstream, tmp_path, database_url=database_url, database_auto_upgrade=True,
-                                  **PRODUCTION))
+    app = create_app(settings_for(upstream, tmp_path, database_url=database_url, database_auto_upgrade=True, **PRODUCTION))
     store = app.extensions["gateway.store"]
     assert schema.current(store.engine) == schema.head()
     store.dispose()
@@ -44,8 +42,9 @@ def test_a_configured_database_upgrades_itself_only_when_asked(upstream, tmp_pat
 def test_database_auto_upgrade_is_read_from_the_environment(tmp_path) -> None:
     from gateway.config import load
 
-    settings = load(environ={"DATABASE_AUTO_UPGRADE": "true"}, env_file=str(tmp_path / "none"),
-                    overrides={"instance_path": str(tmp_path)})
+    settings = load(
+        environ={"DATABASE_AUTO_UPGRADE": "true"}, env_file=str(tmp_path / "none"), overrides={"instance_path": str(tmp_path)}
+    )
     assert settings.database_auto_upgrade is True
 
 

@@ -23,12 +23,21 @@ from gateway.config import ConfigError, Settings, load
 from gateway.store import Store, schema
 from gateway.store.tables import usage
 from gateway.usage import UsageRecord, UsageWriter
+from gateway.usage import writer as usage_writer
 from tests.conftest import POSTGRES_URL
 
 
 def _record(i: int = 0, **changes) -> UsageRecord:
-    values = dict(ts=datetime.now(UTC), key_id="key_0000000000000001", operation="chat", model="m", status=200,
-                  duration_ms=12.5, upstream_ms=10.25, request_id=f"req-{i}")
+    values = dict(
+        ts=datetime.now(UTC),
+        key_id="key_0000000000000001",
+        operation="chat",
+        model="m",
+        status=200,
+        duration_ms=12.5,
+        upstream_ms=10.25,
+        request_id=f"req-{i}",
+    )
     values.update(changes)
     return UsageRecord(**values)
 
@@ -58,8 +67,7 @@ def test_recorded_rows_are_written_with_every_field(engine: Engine, writers) -> 
     writer = UsageWriter(engine, interval=0.05)
     writers.append(writer)
     long_model = "m" * 300
-    writer.record(_record(1, model=long_model, prompt_tokens=3, completion_tokens=4, total_tokens=7,
-                          tokens_estimated=True))
+    writer.record(_record(1, model=long_model, prompt_tokens=3, completion_tokens=4, total_tokens=7, tokens_estimated=True))
     writer.record(_record(2, model=None, status=502, upstream_ms=None))
     assert writer.flush(timeout=5)
     with engine.connect() as connection:
@@ -158,7 +166,7 @@ def test_stop_flushes_everything_queued(engine: Engine) -> None:
         writer.record(_record(i))
     usage_module.stop_all(timeout=5)
     assert _count(engine) == 25 and writer.written == 25
-    assert writer not in usage_module._started
+    assert writer not in usage_writer._started
 
 
 def test_a_database_outage_is_retried_without_losing_rows(writers, caplog, tmp_path) -> None:
@@ -254,22 +262,21 @@ def _one_batch_of_41(engine: Engine, writers, monkeypatch, poisoned: dict) -> tu
 
 
 @pytest.mark.parametrize("model", ["a\x00b", "\ud800", "x\udc00y\x00"], ids=["nul", "surrogate", "both"])
-def test_text_a_database_cannot_store_is_replaced_and_no_row_is_lost(engine: Engine, writers, monkeypatch,
-                                                                      model: str) -> None:
+def test_text_a_database_cannot_store_is_replaced_and_no_row_is_lost(engine: Engine, writers, monkeypatch, model: str) -> None:
     writer, _ = _one_batch_of_41(engine, writers, monkeypatch, {"model": model, "request_id": "req-\x00" + model})
     assert writer.written == 41 and writer.dropped == 0
     with engine.connect() as connection:
         rows = connection.execute(select(usage.c.model, usage.c.request_id).order_by(usage.c.id)).all()
     assert len(rows) == 41
-    assert rows[20] == (model.replace("\x00", "\ufffd").replace("\ud800", "\ufffd").replace("\udc00", "\ufffd"),
-                        "req-\ufffd" + rows[20][0])
+    assert rows[20] == (
+        model.replace("\x00", "\ufffd").replace("\ud800", "\ufffd").replace("\udc00", "\ufffd"),
+        "req-\ufffd" + rows[20][0],
+    )
 
 
-def test_a_row_the_database_refuses_is_dropped_alone_and_logged_without_its_text(engine: Engine, writers, monkeypatch,
-                                                                                 caplog) -> None:
+def test_a_row_the_database_refuses_is_dropped_alone_and_logged_without_its_text(engine: Engine, writers, monkeypatch, caplog) -> None:
     caplog.set_level(logging.INFO, logger="gateway")
-    writer, sizes = _one_batch_of_41(engine, writers, monkeypatch,
-                                     {"prompt_tokens": 2**70, "model": "prompt-like-text-never-logged"})
+    writer, sizes = _one_batch_of_41(engine, writers, monkeypatch, {"prompt_tokens": 2**70, "model": "prompt-like-text-never-logged"})
     assert writer.written == 40 and writer.dropped == 1
     with engine.connect() as connection:
         written = connection.execute(select(usage.c.request_id).order_by(usage.c.id)).scalars().all()
@@ -349,8 +356,10 @@ def test_a_forked_child_does_not_write_its_parents_queue(engine: Engine, monkeyp
     assert sorted(written) == ["req-0", "req-1", "req-2", "req-3"]
 
 
-@pytest.mark.parametrize(("name", "value"), [("USAGE_QUEUE_SIZE", "0"), ("USAGE_QUEUE_SIZE", "lots"),
-                                             ("USAGE_BATCH_SECONDS", "0"), ("USAGE_BATCH_SECONDS", "61")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("USAGE_QUEUE_SIZE", "0"), ("USAGE_QUEUE_SIZE", "lots"), ("USAGE_BATCH_SECONDS", "0"), ("USAGE_BATCH_SECONDS", "61")],
+)
 def test_bad_usage_settings_are_refused(name: str, value: str, tmp_path) -> None:
     with pytest.raises(ConfigError, match=name):
         load(environ={name: value}, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})

@@ -1,13 +1,13 @@
 """The quota store's outage policy (``RATE_LIMIT_ON_STORAGE_ERROR``) for our own counters.
 
-gateway.limits applies the policy to the request quotas (on flask-limiter's fallback
-strategy); the concurrency slots (:mod:`gateway.inflight`) and token counters
-(:mod:`gateway.quotas`) apply it here:
+gateway.quotas.windows applies the policy to the request quotas (on flask-limiter's fallback
+strategy); the concurrency slots (:mod:`gateway.quotas.slots`) and token counters
+(:mod:`gateway.quotas.tokens`) apply it here:
 try the shared store; if it fails, ``closed`` answers 503 and ``open`` uses the
 process's own counters instead.
 
 :func:`is_outage` tells a store that is down from one command it refused: only the
-first may switch every caller's counting to the process (gateway.limits); a refused
+first may switch every caller's counting to the process (gateway.quotas.windows); a refused
 command (one key's counters holding the wrong type, an expiry Redis will not take)
 gets the policy for that one request and leaves everyone else counting in the store.
 """
@@ -23,8 +23,12 @@ from redis import exceptions as redis_errors
 from gateway.errors import LimitStorageUnavailable
 
 # Replies that refuse a command but mean the whole server cannot serve right now.
-_SERVER_WIDE_REPLIES = (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError, redis_errors.ClusterDownError,
-                        redis_errors.TryAgainError)
+_SERVER_WIDE_REPLIES = (
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+)
 
 
 def is_outage(error: BaseException) -> bool:

@@ -99,8 +99,9 @@ def test_default_strategy_never_admits_more_than_the_quota_in_any_window(make_ap
 @pytest.mark.slow  # waits for a real window boundary
 def test_fixed_window_would_admit_a_double_burst_at_the_boundary(make_app) -> None:
     """The same traffic under fixed-window: why it is not the default."""
-    client = make_app(rate_limit_ai="5 per 2 seconds", rate_limit_general="1000 per minute",
-                      rate_limit_strategy="fixed-window").test_client()
+    client = make_app(
+        rate_limit_ai="5 per 2 seconds", rate_limit_general="1000 per minute", rate_limit_strategy="fixed-window"
+    ).test_client()
     assert _most_surely_within(_admissions_at_a_window_boundary(client), 2.0) > 5
 
 
@@ -143,8 +144,7 @@ def test_concurrency_slot_is_freed_when_the_client_drops_the_stream(make_app, re
 
 def test_concurrency_slots_free_after_errors_and_timeouts(make_app, upstream) -> None:
     client = make_app(rate_limit_concurrent=1, upstream_read_timeout=0.3).test_client()
-    for behavior in (Behavior(mode="hang", hang_seconds=2), Behavior(mode="status", status=500),
-                     Behavior(mode="drop")):
+    for behavior in (Behavior(mode="hang", hang_seconds=2), Behavior(mode="status", status=500), Behavior(mode="drop")):
         upstream.behavior = behavior
         client.post("/v1/chat/completions", json=CHAT, headers=KEY_HEADERS).get_data()
     upstream.behavior = Behavior()
@@ -169,7 +169,7 @@ def test_concurrent_callers_get_exactly_the_limit(make_app, redis_prefix, upstre
 
 
 def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
-    from gateway.inflight import RedisSlots
+    from gateway.quotas.slots import RedisSlots
 
     slots = RedisSlots(redis.Redis.from_url(REDIS_URL), redis_prefix)
     assert slots.acquire("key:x", "a", 1, ttl=0.2)
@@ -178,12 +178,11 @@ def test_slot_expiry_is_the_safety_net(redis_prefix) -> None:
     assert slots.acquire("key:x", "c", 1, ttl=0.2)
 
 
-
 def test_open_policy_serves_when_redis_answers_but_refuses_the_quota_commands(redis_app, upstream, capfd) -> None:
     """A Redis that answers PING but refuses the counting commands (here: the counters' keys
     hold fixed-window strings, and the moving window needs lists) gets the policy for each
     such request: with ``open`` the gateway counts it in the process and serves, with
-    ``closed`` it answers 503. A refused command is not an outage (gateway.outage.is_outage):
+    ``closed`` it answers 503. A refused command is not an outage (gateway.quotas.outage.is_outage):
     it is logged once, and the store stays in use for every caller whose commands it takes."""
     fixed = redis_app(rate_limit_strategy="fixed-window", rate_limit_on_storage_error="open").test_client()
     assert fixed.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS).status_code == 200
@@ -213,8 +212,7 @@ def test_an_absurd_per_key_limit_cannot_be_stored(redis_app) -> None:
 
 
 @pytest.mark.parametrize("policy", ["open", "closed"])
-def test_one_keys_refused_command_never_costs_other_keys_their_exact_quota(redis_app, upstream, capfd,
-                                                                           policy: str) -> None:
+def test_one_keys_refused_command_never_costs_other_keys_their_exact_quota(redis_app, upstream, capfd, policy: str) -> None:
     """Two instances (as two workers) share Redis. Key A's stored limit (written before limits
     had bounds) makes Redis refuse A's counting command; key B, at 5 per minute, must still get
     exactly 5 calls across both instances: A's error must not move anyone else off the store."""
@@ -230,8 +228,10 @@ def test_one_keys_refused_command_never_costs_other_keys_their_exact_quota(redis
     for client in clients:
         answer = client.post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["a"]["secret"]})
         assert answer.status_code == (200 if policy == "open" else 503)
-    statuses = [clients[i % 2].post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["b"]["secret"]})
-                .status_code for i in range(20)]
+    statuses = [
+        clients[i % 2].post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["b"]["secret"]}).status_code
+        for i in range(20)
+    ]
     assert statuses.count(200) == 5 and statuses.count(429) == 15
     logged = capfd.readouterr().err
     assert "rate limit storage unreachable" not in logged
@@ -264,8 +264,7 @@ def test_every_quota_of_a_request_and_its_headers_cost_one_round_trip(redis_app)
     client = app.test_client()
     assert _ai(client) == 200  # a Redis that has not seen the script yet also gets SCRIPT LOAD once
     responses = []
-    sent = _commands_sent(app, lambda: responses.append(client.post("/api/ai/completion", json=BODY,
-                                                                    headers=KEY_HEADERS)))
+    sent = _commands_sent(app, lambda: responses.append(client.post("/api/ai/completion", json=BODY, headers=KEY_HEADERS)))
     assert sent == ["EVALSHA"]
     assert responses[0].headers["RateLimit"].startswith('"ai";r=1;')
     fixed = redis_app(rate_limit_strategy="fixed-window")
@@ -279,7 +278,7 @@ def test_one_round_trip_counts_exactly_as_the_library_does(redis_prefix) -> None
     from limits.storage import storage_from_string
     from limits.strategies import MovingWindowRateLimiter
 
-    from gateway.redis_windows import RedisWindows
+    from gateway.quotas.redis_script import RedisWindows
 
     strategy = MovingWindowRateLimiter(storage_from_string(REDIS_URL))
     windows = RedisWindows.for_strategy(strategy)
@@ -308,7 +307,7 @@ def test_one_round_trip_is_used_only_where_it_is_exact() -> None:
     from limits.storage import MemoryStorage, storage_from_string
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
-    from gateway.redis_windows import RedisWindows
+    from gateway.quotas.redis_script import RedisWindows
 
     shared = storage_from_string(REDIS_URL)
     assert RedisWindows.for_strategy(MovingWindowRateLimiter(MemoryStorage())) is None
@@ -333,10 +332,10 @@ def _storage(storage: str, redis_prefix: str) -> dict:
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
-def test_requests_refused_for_their_own_input_use_the_general_quota_only(make_app, redis_prefix, upstream,
-                                                                         storage) -> None:
-    app = make_app(rate_limit_ai="3 per minute", rate_limit_general="30 per minute", max_request_bytes=1024,
-                   **_storage(storage, redis_prefix))
+def test_requests_refused_for_their_own_input_use_the_general_quota_only(make_app, redis_prefix, upstream, storage) -> None:
+    app = make_app(
+        rate_limit_ai="3 per minute", rate_limit_general="30 per minute", max_request_bytes=1024, **_storage(storage, redis_prefix)
+    )
     client = app.test_client()
     for _ in range(2):  # twice the AI quota's worth of malformed requests
         for status, kwargs in MALFORMED:
@@ -369,8 +368,9 @@ def test_a_failed_upstream_call_still_uses_the_ai_quota(make_app, redis_prefix, 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 def test_malformed_requests_over_the_general_quota_get_429(make_app, redis_prefix, upstream, storage) -> None:
     client = make_app(rate_limit_general="2 per minute", **_storage(storage, redis_prefix)).test_client()
-    statuses = [client.post("/api/ai/completion", data="{", content_type="application/json",
-                            headers=KEY_HEADERS).status_code for _ in range(3)]
+    statuses = [
+        client.post("/api/ai/completion", data="{", content_type="application/json", headers=KEY_HEADERS).status_code for _ in range(3)
+    ]
     assert statuses == [400, 400, 429]
     assert _ai(client) == 429
 
@@ -380,19 +380,19 @@ def test_a_refused_request_costs_one_round_trip_too(redis_app) -> None:
     client = app.test_client()
     assert _ai(client) == 200
     responses = []
-    sent = _commands_sent(app, lambda: responses.append(client.post(
-        "/api/ai/completion", data="{", content_type="application/json", headers=KEY_HEADERS)))
+    sent = _commands_sent(
+        app,
+        lambda: responses.append(client.post("/api/ai/completion", data="{", content_type="application/json", headers=KEY_HEADERS)),
+    )
     assert sent == ["EVALSHA"]
     assert responses[0].status_code == 400 and responses[0].headers["RateLimit"].startswith('"general";r=8;')
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
-def test_requests_refused_by_a_key_policy_or_the_concurrency_limit_use_no_ai_quota(make_app, redis_prefix, upstream,
-                                                                                    storage) -> None:
+def test_requests_refused_by_a_key_policy_or_the_concurrency_limit_use_no_ai_quota(make_app, redis_prefix, upstream, storage) -> None:
     """Not sent upstream, so not on the AI quota: a model the key may not use (403) and a
     request over the concurrency limit (429), which counts on the general quota only."""
-    app = make_app(rate_limit_ai="2 per minute", rate_limit_concurrent=1, key_cache_seconds=0,
-                   **_storage(storage, redis_prefix))
+    app = make_app(rate_limit_ai="2 per minute", rate_limit_concurrent=1, key_cache_seconds=0, **_storage(storage, redis_prefix))
     client = app.test_client()
     created = client.post("/admin/keys", json={"name": "t", "allowed_models": ["m"]}, headers=KEY_HEADERS)
     key = {"X-API-Key": created.get_json()["secret"]}
@@ -421,6 +421,5 @@ def test_requests_refused_by_a_token_quota_use_no_ai_quota(make_app, redis_prefi
     for _ in range(3):
         refused = client.post("/v1/completions", json={**BODY, "max_tokens": 5000}, headers=key)
         assert refused.get_json()["error"]["type"] == "insufficient_quota"
-    statuses = [client.post("/v1/completions", json={**BODY, "max_tokens": 5}, headers=key).status_code
-                for _ in range(3)]
+    statuses = [client.post("/v1/completions", json={**BODY, "max_tokens": 5}, headers=key).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

@@ -10,7 +10,7 @@ from limits.errors import StorageError
 from redis import exceptions as redis_errors
 
 from gateway.errors import LimitStorageUnavailable
-from gateway.outage import is_outage, on_store
+from gateway.quotas.outage import is_outage, on_store
 from tests.conftest import REDIS_URL
 
 

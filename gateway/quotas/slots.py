@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from gateway.config import Settings
 from gateway.errors import ConcurrencyLimited
-from gateway.outage import on_store
+from gateway.quotas.outage import on_store
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ class InFlight:
         if not self.limit:
             return Slot(None, key, "")
         token = uuid.uuid4().hex
-        backend, taken = on_store(self._shared, self.local, self._fail_open,
-                                  lambda store: store.acquire(key, token, self.limit, self.ttl))
+        backend, taken = on_store(
+            self._shared, self.local, self._fail_open, lambda store: store.acquire(key, token, self.limit, self.ttl)
+        )
         if not taken:
             raise ConcurrencyLimited(headers={"Retry-After": "1"})
         return Slot(backend, key, token)

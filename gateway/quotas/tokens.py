@@ -1,7 +1,4 @@
-"""Per-key policy: allowed models, the ``max_tokens`` cap, and token quotas and budgets.
-
-A key's unset fields fall back to the gateway's defaults; the master key has only
-the defaults (it is not a way around the limits).
+"""Token quotas and budgets per key.
 
 Token quotas are enforced before the call, atomically: a request reserves an
 estimate (its prompt size plus ``max_tokens``, or the key's cap, or
@@ -33,65 +30,19 @@ answers 503.
 from __future__ import annotations
 
 import calendar
-import fnmatch
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from flask import current_app, g
-
-from gateway.auth.keys import MASTER_KEY_ID
+from gateway import extensions
 from gateway.config import Settings
-from gateway.errors import BadRequest, Forbidden, GatewayError
-from gateway.outage import on_store
-from gateway.store.keys import KeyRecord
+from gateway.errors import InsufficientQuota
+from gateway.quotas.outage import on_store
+from gateway.quotas.policy import CallerPolicy, caller_policy
 
 log = logging.getLogger(__name__)
-
-DEFAULT_COMPLETION_RESERVE = 1024
-TOKEN_COUNTERS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month")
-
-
-class InsufficientQuota(GatewayError):
-    code = 429
-    error_type = "insufficient_quota"
-    error_code = "insufficient_quota"
-    description = "This key's token quota is used up."
-
-
-@dataclass(frozen=True)
-class CallerPolicy:
-    """What applies to one caller, defaults filled in."""
-
-    key_id: str
-    rate_limit_general: str
-    rate_limit_ai: str
-    allowed_models: tuple[str, ...] | None
-    max_tokens_cap: int | None
-    token_limits: tuple[tuple[str, int], ...]  # (counter field, limit), set ones only
-
-    @classmethod
-    def build(cls, key_id: str, record: KeyRecord | None, settings: Settings) -> CallerPolicy:
-        def pick(name: str) -> Any:
-            return getattr(record, name) if record is not None else None
-
-        models = pick("allowed_models")
-        return cls(
-            key_id=key_id,
-            rate_limit_general=pick("rate_limit_general") or settings.rate_limit_general,
-            rate_limit_ai=pick("rate_limit_ai") or settings.rate_limit_ai,
-            allowed_models=tuple(models) if models else None,
-            max_tokens_cap=pick("max_tokens_cap"),
-            token_limits=tuple((name, pick(name)) for name in TOKEN_COUNTERS if pick(name) is not None),
-        )
-
-    def allows_model(self, model: str) -> bool:
-        if self.allowed_models is None:
-            return True
-        return any(model == pattern or fnmatch.fnmatchcase(model, pattern) for pattern in self.allowed_models)
 
 
 def window_of(counter: str, now: float) -> tuple[str, int]:
@@ -125,6 +76,16 @@ for i, key in ipairs(KEYS) do
 end
 return amount
 """
+
+
+class TokenCounters(Protocol):
+    """Where token counters live: the process (:class:`LocalCounters`) or Redis (:class:`RedisCounters`)."""
+
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int: ...
+
+    def adjust(self, keys: list[str], amount: int) -> None: ...
+
+    def used(self, key: str) -> int: ...
 
 
 class LocalCounters:
@@ -206,7 +167,7 @@ NO_RESERVATION = Reservation(None, None, [], 0)
 
 
 class TokenLedger:
-    def __init__(self, prefix: str, shared: RedisCounters | None, fail_open: bool) -> None:
+    def __init__(self, prefix: str, shared: TokenCounters | None, fail_open: bool) -> None:
         self.prefix = prefix
         self.local = LocalCounters()
         self._shared = shared
@@ -239,8 +200,10 @@ class TokenLedger:
             return NO_RESERVATION
         now = time.time()
         keys, limits, ttls = self._keys(policy, now)
-        backend, held = on_store(self._shared, self.local, self._fail_open,
-                                 lambda store: store.reserve(keys, limits, ttls, amount, flexible))
+        local: TokenCounters = self.local
+        backend, held = on_store(
+            self._shared, local, self._fail_open, lambda store: store.reserve(keys, limits, ttls, amount, flexible)
+        )
         if held < 0:
             counter, limit = policy.token_limits[-held - 1]
             resets_in = window_of(counter, now)[1]
@@ -264,75 +227,10 @@ class TokenLedger:
             except Exception:  # the store is down: say so rather than show this process's count
                 figures[counter] = None
                 continue
-            figures[counter] = {"limit": limit, "remaining": max(0, limit - used),
-                                "resets_in": window_of(counter, now)[1]}
+            figures[counter] = {"limit": limit, "remaining": max(0, limit - used), "resets_in": window_of(counter, now)[1]}
         return figures
 
 
-# --- the request's policy ----------------------------------------------------------
-
-
-def caller_policy() -> CallerPolicy:
-    """The current caller's policy, worked out once per request."""
-    ctx = g._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
-    policy = ctx.get("caller_policy")
-    if policy is None:
-        from gateway import auth
-
-        caller = auth.current_caller()
-        settings: Settings = current_app.config["GATEWAY"]
-        key_id = caller.id if caller else "anonymous"
-        record = None
-        if caller is not None and key_id != MASTER_KEY_ID:
-            record = current_app.extensions["gateway.keys"].record(key_id)
-        policy = CallerPolicy.build(key_id, record, settings)
-        ctx.caller_policy = policy
-    return policy
-
-
-def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, bool]:
-    """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve and
-    whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
-
-    :raises 403: the model is not among the key's allowed models.
-    :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
-    """
-    policy = caller_policy()
-    model = document.get("model")
-    if policy.allowed_models is not None and not (isinstance(model, str) and policy.allows_model(model)):
-        raise Forbidden(f"This key may not use the model {model!r}." if isinstance(model, str)
-                        else "This key must name one of its allowed models.",
-                        error_code="model_not_allowed", param="model")
-    requested = None
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = document.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"'{name}' must be a positive integer.", param=name, error_code="invalid_type")
-        if policy.max_tokens_cap is not None and value > policy.max_tokens_cap:
-            raise BadRequest(f"'{name}' is above this key's cap of {policy.max_tokens_cap}.", param=name,
-                             error_code="max_tokens_above_cap")
-        requested = value if requested is None else max(requested, value)
-    completion = requested or policy.max_tokens_cap or DEFAULT_COMPLETION_RESERVE
-    return prompt_estimate + completion, requested is None
-
-
 def reserve_tokens(amount: int, flexible: bool) -> Reservation:
-    ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
+    ledger = extensions.token_ledger()
     return ledger.reserve(caller_policy(), amount, flexible)
-
-
-def remaining_for_caller() -> dict[str, Any]:
-    """What the caller has left: request quotas and token counters (for ``GET /api/usage``).
-
-    ``requests``: per policy (``general``, ``ai``) the limit, remaining requests and
-    seconds until the window frees one; ``tokens``: per set token counter the limit,
-    remaining tokens and seconds until it resets.
-    """
-    from gateway import limits  # limits builds on this module
-
-    policy = caller_policy()
-    requests = limits.remaining_requests(policy)
-    ledger: TokenLedger = current_app.extensions["gateway.tokens_ledger"]
-    return {"requests": requests, "tokens": ledger.remaining(policy)}

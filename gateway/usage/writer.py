@@ -1,37 +1,12 @@
-"""Usage accounting: one row per AI request, written off the request's path.
+"""The usage writer: a bounded queue per process and one thread writing it in batches.
 
-:meth:`UsageWriter.record` only puts a :class:`UsageRecord` on a bounded in-memory
-queue and returns; it never waits for the database, and it does not wake the
-writer either (a wake-up per request would cost a thread switch per request). One
-background thread per worker process (started on the first record, so after
-gunicorn's fork) writes the queue in batches: every ``USAGE_BATCH_SECONDS`` (0.5),
-or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The queue holds
-``USAGE_QUEUE_SIZE`` (10,000) records.
-
-- A full queue drops the new record, counts it (:attr:`UsageWriter.dropped`) and
-  logs the count at most once per :data:`DROP_LOG_INTERVAL_SECONDS`: never silently.
-- A database outage keeps the batch and retries with exponential backoff (up to
-  :data:`MAX_BACKOFF_SECONDS`); meanwhile the queue holds what arrives, up to its bound.
-- A batch the database refuses (a row it cannot take: a number out of range, a value
-  the driver cannot encode) is written again row by row, so one bad row never takes
-  the others with it; a row refused again is dropped, counted and logged (its key,
-  operation, status and request id: never its text). Text fields are made storable
-  first (:func:`gateway.payload.storable_text`), so a NUL or lone surrogate that
-  reached a record is replaced rather than refused.
-- :meth:`UsageWriter.flush` writes everything queued (graceful stop: gunicorn's
-  ``worker_exit`` hook and ``atexit`` call :func:`stop_all`); what cannot be written
-  before its timeout is logged with its count.
-- :meth:`UsageWriter.watch` lets metrics follow the queue's depth and drops.
-
-The relay views call :func:`account_request` when a request reaches them and wrap
-their stream-end callback with :func:`on_stream_end`; an ``after_request`` hook
-records the rest. Token counts come from :mod:`gateway.upstream.accounting`.
+See :mod:`gateway.usage` for the contract (never waits for the database; drops are
+counted and logged; outages retried; a refused batch written row by row).
 """
 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import threading
@@ -39,59 +14,24 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from flask import Flask, Response, current_app, g
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from gateway import auth
 from gateway.payload import storable_text
-from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH, usage
-from gateway.upstream.accounting import Usage
+from gateway.store.tables import usage
+from gateway.usage.rows import UsageRecord
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
-BATCH_SIZE = 50  # an insert runs in the worker's thread: 50 rows hold it about 0.5 ms, 200 about 2 ms
+BATCH_SIZE = 50  # an insert runs in the worker's thread: a bigger batch holds it longer (docs/benchmarks.md)
 BATCH_INTERVAL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
 DROP_LOG_INTERVAL_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
 
 _INSERT_USAGE = insert(usage)
-
-
-@dataclass
-class UsageRecord:
-    """One AI request. Token counts are ``None`` until the upstream's usage is read.
-
-    Treated as immutable once made (:func:`dataclasses.replace` makes changed copies);
-    not ``frozen``, whose ``__init__`` costs a ``object.__setattr__`` call per field."""
-
-    ts: datetime  # when the request started, aware UTC
-    key_id: str
-    operation: str
-    model: str | None
-    status: int
-    duration_ms: float
-    upstream_ms: float | None
-    request_id: str | None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    tokens_estimated: bool = False
-
-    def row(self) -> dict[str, object]:
-        values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
-        # Column widths and storable text (no NUL, no lone surrogate) are enforced here, so a
-        # long or odd model name cannot fail a batch.
-        values["key_id"] = storable_text(self.key_id)
-        values["operation"] = storable_text(self.operation[:OPERATION_LENGTH])
-        values["model"] = storable_text(self.model[:MODEL_LENGTH]) if self.model is not None else None
-        values["request_id"] = storable_text(self.request_id[:REQUEST_ID_LENGTH]) if self.request_id is not None else None
-        return values
 
 
 def _is_outage(error: Exception) -> bool:
@@ -195,8 +135,10 @@ class UsageWriter:
             if not self._unreported_drops or (not force and now - self._last_drop_log < DROP_LOG_INTERVAL_SECONDS):
                 return
             count, self._unreported_drops, self._last_drop_log = self._unreported_drops, 0, now
-        log.warning("usage records dropped: the queue was full", extra={"fields": {
-            "dropped": count, "dropped_total": self.dropped, "queue_size": self.queue_size}})
+        log.warning(
+            "usage records dropped: the queue was full",
+            extra={"fields": {"dropped": count, "dropped_total": self.dropped, "queue_size": self.queue_size}},
+        )
 
     # --- the writer thread -----------------------------------------------------------
     def _collect(self) -> list[UsageRecord]:
@@ -230,21 +172,26 @@ class UsageWriter:
                 outage: Exception | None = error
                 if not _is_outage(error):
                     pending, outage = self._write_each(pending, error)
-                if outage is None:
-                    break  # every row written or dropped
+                if outage is None:  # every row written or dropped
+                    if failures:
+                        log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
+                    break
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
-                    log.warning("usage write failed (%s); retrying with backoff", type(outage).__name__,
-                                extra={"fields": {"attempt": failures, "queued": self._unwritten}})
+                    log.warning(
+                        "usage write failed (%s); retrying with backoff",
+                        type(outage).__name__,
+                        extra={"fields": {"attempt": failures, "queued": self._unwritten}},
+                    )
                 if self._stopping:
                     return  # stop() accounts for what is left
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
+            if failures:  # said before settling, so whoever flush() woke sees it logged
+                log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
             self._settle(len(pending), dropped=False)
             break
-        if failures:
-            log.info("usage writes resumed", extra={"fields": {"attempts": failures + 1}})
 
     def _write_each(self, rows: list[UsageRecord], refused: Exception) -> tuple[list[UsageRecord], Exception | None]:
         """Insert ``rows`` one at a time after the database refused them as one batch.
@@ -255,18 +202,29 @@ class UsageWriter:
         :returns: the rows not yet written when an outage stopped it, and its error;
             else no rows and ``None``.
         """
-        log.warning("usage batch refused by the database (%s); writing its rows one by one", type(refused).__name__,
-                    extra={"fields": {"rows": len(rows)}})
+        log.warning(
+            "usage batch refused by the database (%s); writing its rows one by one",
+            type(refused).__name__,
+            extra={"fields": {"rows": len(rows)}},
+        )
         for index, item in enumerate(rows):
             try:
                 self._insert([item])
             except Exception as error:
                 if _is_outage(error):
                     return rows[index:], error
-                log.error("usage record refused by the database (%s); it is dropped", type(error).__name__,
-                          extra={"fields": {"key_id": storable_text(item.key_id),
-                                            "operation": storable_text(item.operation), "status": item.status,
-                                            "request_id": storable_text(item.request_id or "")}})
+                log.error(
+                    "usage record refused by the database (%s); it is dropped",
+                    type(error).__name__,
+                    extra={
+                        "fields": {
+                            "key_id": storable_text(item.key_id),
+                            "operation": storable_text(item.operation),
+                            "status": item.status,
+                            "request_id": storable_text(item.request_id or ""),
+                        }
+                    },
+                )
                 self._settle(1, dropped=True)
             else:
                 self._settle(1, dropped=False)
@@ -289,8 +247,9 @@ class UsageWriter:
                 try:
                     self._write(batch)
                 except Exception:  # a bug, not an outage: lose this batch, loudly, and keep the thread
-                    log.exception("usage batch could not be written; its records are dropped",
-                                  extra={"fields": {"dropped": len(batch)}})
+                    log.exception(
+                        "usage batch could not be written; its records are dropped", extra={"fields": {"dropped": len(batch)}}
+                    )
                     self._settle(len(batch), dropped=True)
             self._report_drops()
             if self._stopping:
@@ -327,8 +286,10 @@ class UsageWriter:
                 lost, self._unwritten = self._unwritten, 0
                 self.dropped += lost
                 self._changed(dropped=lost)
-            log.error("usage records lost at stop: the database did not take them in time",
-                      extra={"fields": {"lost": lost, "timeout_s": timeout}})
+            log.error(
+                "usage records lost at stop: the database did not take them in time",
+                extra={"fields": {"lost": lost, "timeout_s": timeout}},
+            )
         self._report_drops(force=True)
         self._thread = None
         _started.discard(self)
@@ -345,75 +306,3 @@ def stop_all(timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 
 
 atexit.register(stop_all)
-
-
-# --- what the relay views call ---------------------------------------------------------
-def account_request(operation: str) -> None:
-    """Mark the current request for accounting: one row is recorded when its response is
-    made (errors included), or for a stream when the stream ends (:func:`on_stream_end`)."""
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    ctx.usage_operation = operation
-    ctx.usage_ts = datetime.now(UTC)
-
-
-def _token_fields(usage: Usage | None) -> dict[str, object]:
-    if usage is None:
-        return {}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "tokens_estimated": usage.estimated}
-
-
-def _pending(status: int, duration_ms: float, upstream_ms: float | None) -> UsageRecord:
-    ctx = g._get_current_object()  # one context lookup rather than one per attribute
-    caller = auth.current_caller()
-    return UsageRecord(
-        ts=ctx.usage_ts,
-        key_id=caller.id if caller else "unknown",
-        operation=ctx.usage_operation,
-        model=ctx.get("model"),
-        status=status,
-        duration_ms=round(duration_ms, 2),
-        upstream_ms=round(upstream_ms, 2) if upstream_ms is not None else None,
-        request_id=ctx.get("request_id"),
-        **_token_fields(ctx.get("usage")),  # type: ignore[arg-type]
-    )
-
-
-def _record_response(response: Response) -> Response:
-    ctx = g._get_current_object()
-    if "usage_operation" in ctx and not response.is_streamed:
-        writer: UsageWriter = current_app.extensions["gateway.usage"]
-        writer.record(_pending(response.status_code, (time.perf_counter() - ctx.started) * 1000, ctx.get("upstream_ms")))
-    return response
-
-
-def on_stream_end(
-    then: Callable[[str, Usage | None], None], upstream_started: float
-) -> Callable[[str, Usage | None], None]:
-    """Wrap a stream-end callback so the stream is also recorded when it ends.
-
-    Built during the request (the request context is gone when the stream ends).
-    For a stream, ``upstream_ms`` runs until the stream's end, not its first byte.
-    """
-    writer: UsageWriter = current_app.extensions["gateway.usage"]
-    started = g.started
-    pending = _pending(200, 0.0, None)
-
-    def finished(outcome: str, usage: Usage | None = None) -> None:
-        try:
-            then(outcome, usage)
-        finally:
-            ended = time.perf_counter()
-            writer.record(dataclasses.replace(pending, duration_ms=round((ended - started) * 1000, 2),
-                                              upstream_ms=round((ended - upstream_started) * 1000, 2),
-                                              **_token_fields(usage)))  # type: ignore[arg-type]
-
-    return finished
-
-
-def init_app(app: Flask) -> None:
-    settings = app.config["GATEWAY"]
-    app.extensions["gateway.usage"] = UsageWriter(app.extensions["gateway.store"].engine,
-                                                  queue_size=settings.usage_queue_size,
-                                                  interval=settings.usage_batch_seconds)
-    app.after_request(_record_response)

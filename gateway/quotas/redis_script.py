@@ -3,7 +3,7 @@
 With the ``limits`` library each quota costs two round trips on Redis: one to count
 the request (``hit``) and one to read what is left for the headers
 (``get_window_stats``). A request on an AI endpoint is held to two quotas, so four
-round trips, about 0.26 ms of redis-py's own CPU each.
+round trips, each costing redis-py's own CPU (measured in bench/results/profile.md).
 
 :class:`RedisWindows` does the same in one script call: for each counter in turn it
 runs the steps of limits' ``acquire_moving_window.lua`` (stop at the first counter
@@ -90,8 +90,11 @@ class RedisWindows:
     def for_strategy(cls, strategy: RateLimiter) -> RedisWindows | None:
         """The fast path for ``strategy``, or ``None`` where only the library's path is exact."""
         storage = strategy.storage
-        if (isinstance(strategy, MovingWindowRateLimiter) and isinstance(storage, RedisStorage)
-                and not isinstance(storage, RedisClusterStorage)):
+        if (
+            isinstance(strategy, MovingWindowRateLimiter)
+            and isinstance(storage, RedisStorage)
+            and not isinstance(storage, RedisClusterStorage)
+        ):
             return cls(storage)
         return None
 
@@ -109,6 +112,7 @@ class RedisWindows:
             rows = self._script(keys=keys, args=args)
         except self.storage.base_exceptions as error:
             raise StorageError(error) from error
-        return [Window(not counted, 0 if not counted else item.amount - count,
-                       int(float(oldest) + item.get_expiry() + 1))
-                for (item, _), (counted, count, oldest) in zip(counters, rows, strict=False)]
+        return [
+            Window(not counted, 0 if not counted else item.amount - count, int(float(oldest) + item.get_expiry() + 1))
+            for (item, _), (counted, count, oldest) in zip(counters, rows, strict=False)
+        ]

@@ -70,8 +70,9 @@ def test_health_and_preflights_are_never_limited(make_app) -> None:
     client = app.test_client()
     for _ in range(30):
         assert client.get("/health").status_code == 200
-        preflight = client.options("/api/ai/completion", headers={
-            "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+        preflight = client.options(
+            "/api/ai/completion", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        )
         assert preflight.status_code == 200
     assert [client.get("/").status_code for _ in range(3)] == [200, 200, 429]
 
@@ -79,8 +80,7 @@ def test_health_and_preflights_are_never_limited(make_app) -> None:
 def test_token_and_key_share_one_quota(make_app) -> None:
     client = make_app(rate_limit_ai="4 per minute").test_client()
     tokens = [client.post("/auth/token", json={"apiKey": CANARY_MASTER_KEY}).get_json()["token"] for _ in range(3)]
-    statuses = [client.post("/api/ai/completion", json=BODY, headers={"Authorization": f"Bearer {t}"}).status_code
-                for t in tokens]
+    statuses = [client.post("/api/ai/completion", json=BODY, headers={"Authorization": f"Bearer {t}"}).status_code for t in tokens]
     statuses += [_ai(client).status_code for _ in range(2)]
     assert statuses == [200, 200, 200, 200, 429]
 
@@ -112,8 +112,12 @@ def test_quota_resets_after_the_window(make_app) -> None:
 def test_upstream_429_is_distinguishable_and_keeps_retry_after(client, upstream) -> None:
     from tests.fakes.upstream import Behavior
 
-    upstream.behavior = Behavior(mode="status", status=429, headers={"Retry-After": "7"},
-                                 body=b'{"error": {"message": "slow down", "type": "requests", "code": null}}')
+    upstream.behavior = Behavior(
+        mode="status",
+        status=429,
+        headers={"Retry-After": "7"},
+        body=b'{"error": {"message": "slow down", "type": "requests", "code": null}}',
+    )
     response = _ai(client)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "7"

@@ -1,0 +1,35 @@
+"""Which endpoints need credentials and which request quotas they pay: data, not code.
+
+The auth hook (:mod:`gateway.auth`) and the request quotas (:mod:`gateway.quotas.windows`)
+read these tables; ``GET /`` shows them. An endpoint is named as Flask names it
+(``blueprint.view``). Adding a public endpoint is one pair in :data:`PUBLIC_ENDPOINTS`;
+an endpoint named nowhere needs credentials and pays the general quota.
+"""
+
+from __future__ import annotations
+
+# (endpoint, method) pairs served without credentials. HEAD follows GET.
+PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("meta.index", "GET"),
+        ("meta.index", "HEAD"),
+        ("meta.openapi", "GET"),
+        ("meta.openapi", "HEAD"),
+        ("meta.health", "GET"),
+        ("meta.health", "HEAD"),
+        ("meta.ready", "GET"),
+        ("meta.ready", "HEAD"),
+        ("auth.issue_token", "POST"),
+    }
+)
+# (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
+METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
+
+# Endpoints that pay no request quota at all: probes and scrapes that infrastructure
+# calls often and that never reach the upstream. Who may call them is still auth's decision.
+QUOTA_EXEMPT_ENDPOINTS: frozenset[str] = frozenset({"meta.health", "meta.ready", "metrics.scrape"})
+# The blueprint of the AI operations: the general and the AI quota, counted by the relay
+# view once it knows whether the request goes upstream (not by the quota hook).
+AI_BLUEPRINT = "ai"
+# The blueprint whose endpoints also pay the failed-attempt limit per client address.
+AUTH_FAILURE_BLUEPRINT = "auth"

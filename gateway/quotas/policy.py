@@ -1,0 +1,111 @@
+"""Per-key policy: allowed models, the ``max_tokens`` cap, and which limits apply.
+
+A key's unset fields fall back to the gateway's defaults; the master key has only
+the defaults (it is not a way around the limits). The token quotas and budgets a
+policy names are counted by :mod:`gateway.quotas.tokens`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from gateway import extensions
+from gateway.auth.keys import MASTER_KEY_ID
+from gateway.config import Settings
+from gateway.errors import BadRequest, Forbidden
+from gateway.exchange import current
+from gateway.store.keys import KeyRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMPLETION_RESERVE = 1024  # completion tokens reserved when neither max_tokens nor a cap is set
+TOKEN_COUNTERS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month")
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """What applies to one caller, defaults filled in."""
+
+    key_id: str
+    rate_limit_general: str
+    rate_limit_ai: str
+    allowed_models: tuple[str, ...] | None
+    max_tokens_cap: int | None
+    token_limits: tuple[tuple[str, int], ...]  # (counter field, limit), set ones only
+
+    @classmethod
+    def build(cls, key_id: str, record: KeyRecord | None, settings: Settings) -> CallerPolicy:
+        def pick(name: str) -> Any:
+            return getattr(record, name) if record is not None else None
+
+        models = pick("allowed_models")
+        return cls(
+            key_id=key_id,
+            rate_limit_general=pick("rate_limit_general") or settings.rate_limit_general,
+            rate_limit_ai=pick("rate_limit_ai") or settings.rate_limit_ai,
+            allowed_models=tuple(models) if models else None,
+            max_tokens_cap=pick("max_tokens_cap"),
+            token_limits=tuple((name, pick(name)) for name in TOKEN_COUNTERS if pick(name) is not None),
+        )
+
+    def allows_model(self, model: str) -> bool:
+        if self.allowed_models is None:
+            return True
+        return any(model == pattern or fnmatch.fnmatchcase(model, pattern) for pattern in self.allowed_models)
+
+
+# --- the request's policy ----------------------------------------------------------
+
+
+def caller_policy() -> CallerPolicy:
+    """The current caller's policy, worked out once per request."""
+    exchange = current()
+    policy = exchange.policy
+    if policy is None:
+        caller = exchange.caller
+        settings: Settings = current_app.config["GATEWAY"]
+        key_id = caller.id if caller else "anonymous"
+        record = None
+        if caller is not None and key_id != MASTER_KEY_ID:
+            record = extensions.keys().record(key_id)
+        policy = CallerPolicy.build(key_id, record, settings)
+        exchange.policy = policy
+    return policy
+
+
+def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, bool]:
+    """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve and
+    whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
+
+    :raises 403: the model is not among the key's allowed models.
+    :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
+    """
+    policy = caller_policy()
+    model = document.get("model")
+    if policy.allowed_models is not None and not (isinstance(model, str) and policy.allows_model(model)):
+        raise Forbidden(
+            f"This key may not use the model {model!r}."
+            if isinstance(model, str)
+            else "This key must name one of its allowed models.",
+            error_code="model_not_allowed",
+            param="model",
+        )
+    requested = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = document.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"'{name}' must be a positive integer.", param=name, error_code="invalid_type")
+        if policy.max_tokens_cap is not None and value > policy.max_tokens_cap:
+            raise BadRequest(
+                f"'{name}' is above this key's cap of {policy.max_tokens_cap}.", param=name, error_code="max_tokens_above_cap"
+            )
+        requested = value if requested is None else max(requested, value)
+    completion = requested or policy.max_tokens_cap or DEFAULT_COMPLETION_RESERVE
+    return prompt_estimate + completion, requested is None

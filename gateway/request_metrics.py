@@ -1,0 +1,68 @@
+"""The metrics sink: each finished request record counted in :mod:`gateway.metrics`' instruments.
+
+Per record: its response (route, method, status), the time until the response (a
+stream's first byte), the upstream's time and the gateway's overhead, an error the
+gateway made itself (the refusing quota read from the record), tokens used and, for a
+stream, how it ended and the end of its in-flight count (:func:`gateway.metrics.stream_opened`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask
+
+from gateway import extensions
+from gateway.exchange import Exchange
+from gateway.metrics import METHODS, OTHER, QUOTA_CODES, UNMATCHED, Instruments
+from gateway.upstream.relay import STREAM_ERROR_CODES
+
+
+def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> None:
+    """An error response the gateway made itself (:attr:`Exchange.error_code`)."""
+    if code.startswith("upstream_"):
+        instruments.child(instruments.upstream_errors, code).inc()
+    elif code == "gateway_rate_limited":
+        instruments.child(instruments.quota_rejections, quota or OTHER).inc()
+    elif code in QUOTA_CODES:
+        instruments.child(instruments.quota_rejections, QUOTA_CODES[code]).inc()
+
+
+def request_metrics(app: Flask) -> Callable[[Exchange], None]:
+    """Sink: count a finished record: its response (route, method, status, time until the
+    response, upstream time, an error the gateway made) and, for a stream, how it ended."""
+    instruments = extensions.instruments(app)
+
+    def count_request(exchange: Exchange) -> None:
+        status = exchange.status
+        route = exchange.endpoint or UNMATCHED
+        method = exchange.method if exchange.method in METHODS else OTHER
+        instruments.child(instruments.requests, route, method, str(status)).inc()
+        upstream_ms = exchange.upstream_ms
+        if exchange.response_ms is not None:
+            elapsed = exchange.response_ms / 1000
+            instruments.child(instruments.duration, route).observe(elapsed)
+            if upstream_ms is not None:
+                operation = route.rpartition(".")[2]
+                upstream = upstream_ms / 1000
+                instruments.child(instruments.upstream, operation).observe(upstream)
+                instruments.child(instruments.overhead, operation).observe(max(0.0, elapsed - upstream))
+        code = exchange.error_code
+        if code is not None:
+            _count_refusal(instruments, code, exchange.quota_refused)
+        elif status == 429 and upstream_ms is not None:
+            # The upstream's own 429, passed through (its body may carry any code).
+            instruments.child(instruments.upstream_errors, "upstream_rate_limited").inc()
+        if exchange.stream:
+            operation = route.rpartition(".")[2]
+            instruments.child(instruments.streams_in_flight, operation).dec()
+            instruments.child(instruments.streams, operation, exchange.outcome).inc()
+            stream_code = STREAM_ERROR_CODES.get(exchange.outcome)
+            if stream_code is not None:
+                instruments.child(instruments.upstream_errors, stream_code).inc()
+        usage = exchange.usage
+        if usage is not None:
+            caller = exchange.caller
+            instruments.count_tokens(caller.id if caller else "unknown", exchange.model, usage)
+
+    return count_request
