@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import extensions
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.store import Store, schema
@@ -49,7 +50,7 @@ ACTOR = "cli"
 
 
 def _store() -> Store:
-    store: Store = current_app.extensions["gateway.store"]
+    store: Store = extensions.store()
     return store
 
 
@@ -65,7 +66,7 @@ def _key_admin() -> Iterator[KeyAdmin]:
     except schema.SchemaError as error:
         raise click.ClickException(str(error)) from None
     try:
-        admin: KeyAdmin = current_app.extensions["gateway.key_admin"]
+        admin: KeyAdmin = extensions.key_admin()
         yield admin
     except FieldError as error:
         raise click.BadParameter(str(error), param_hint=OPTIONS.get(error.param, error.param)) from None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
+from gateway import extensions
 from gateway.auth import tokens
 from gateway.body import json_object_body
 from gateway.errors import BadRequest, Unauthorized
@@ -24,10 +25,10 @@ def issue_token() -> Response:
     api_key = body.get("apiKey")
     if not isinstance(api_key, str) or not api_key:
         raise BadRequest('Send {"apiKey": "<your key>"}.', param="apiKey", error_code="missing_api_key")
-    key_id = current_app.extensions["gateway.keys"].identify(api_key)
+    key_id = extensions.keys().identify(api_key)
     if key_id is None:
         raise Unauthorized()
-    config: tokens.TokenConfig = current_app.extensions["gateway.tokens"]
+    config: tokens.TokenConfig = extensions.tokens()
     response = jsonify(
         token=tokens.mint(config, key_id),
         token_type="Bearer",

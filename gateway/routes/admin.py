@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import extensions
 from gateway.auth import current_caller, is_preflight
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
@@ -29,7 +30,7 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 def _admin() -> KeyAdmin:
-    admin: KeyAdmin = current_app.extensions["gateway.key_admin"]
+    admin: KeyAdmin = extensions.key_admin()
     return admin
 
 

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 
-from gateway import operations, payload, quotas
+from gateway import extensions, operations, payload, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
@@ -45,7 +45,7 @@ DEFAULT_LIMIT_SETTINGS = {"rate_limit_general": "rate_limit_general", "rate_limi
 
 
 def _report() -> UsageReport:
-    store: Store = current_app.extensions["gateway.store"]
+    store: Store = extensions.store()
     return store.usage
 
 
@@ -187,7 +187,7 @@ def limits_of(key_id: str) -> dict[str, Any]:
     has no stored limits: it is held to the defaults.
     """
     settings = current_app.config["GATEWAY"]
-    record = None if key_id == MASTER_KEY_ID else current_app.extensions["gateway.store"].keys.get(key_id)
+    record = None if key_id == MASTER_KEY_ID else extensions.store().keys.get(key_id)
     limits: dict[str, Any] = {}
     for name in (*LIMIT_FIELDS, *TOKEN_FIELDS):
         value = getattr(record, name) if record is not None else None

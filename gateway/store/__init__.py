@@ -29,6 +29,7 @@ from flask import Flask
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from gateway import extensions
 from gateway.config import Settings
 from gateway.store import schema
 from gateway.store.keys import KeyStore
@@ -172,7 +173,7 @@ def init_app(app: Flask) -> None:
     :raises SchemaError: outside the CLI, when the schema is not current.
     """
     store = Store.from_settings(app.config["GATEWAY"])
-    app.extensions["gateway.store"] = store
+    app.extensions[extensions.STORE] = store
     if click.get_current_context(silent=True) is None:
         try:
             store.prepare()
