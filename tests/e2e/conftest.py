@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
 from gateway.config import Settings
-from tests.conftest import CANARY_AI_API_KEY, CANARY_JWT_SECRET, CANARY_MASTER_KEY
+from gateway.store import database_url, schema
+from tests.conftest import CANARY_AI_API_KEY, CANARY_JWT_SECRET, CANARY_MASTER_KEY, postgres_schema
 from tests.fakes.upstream import FakeUpstream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -263,3 +265,13 @@ def error_envelope(body: bytes) -> dict:
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["type"], str) and error["type"]
     return error
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own on the machine's server, migrated; dropped afterwards."""
+    with postgres_schema() as url:
+        engine = create_engine(database_url(Settings(database_url=url)))
+        schema.upgrade(engine)
+        engine.dispose()
+        yield url

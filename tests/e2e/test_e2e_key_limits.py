@@ -6,26 +6,16 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from gateway.config import Settings
-from gateway.store import database_url, schema
+from gateway.store import database_url
 from gateway.store.tables import usage
-from tests.conftest import REDIS_URL, postgres_schema
+from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, request
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with postgres_schema() as url:
-        engine = create_engine(database_url(Settings(database_url=url)))
-        schema.upgrade(engine)
-        engine.dispose()
-        yield url
 
 
 def _create_key(server, **fields) -> dict:

@@ -13,7 +13,6 @@ from gateway.store import database_url
 from gateway.store.tables import api_keys
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, request
-from tests.e2e.test_e2e_key_limits import pg_url  # noqa: F401 (a fixture)
 
 ABSURD_LIMIT = "5 per 99999999999999 years"  # stored before limits had bounds
 BODY = {"model": "m", "prompt": "hi"}
@@ -29,7 +28,7 @@ def _create_key(server, **fields) -> dict:
 @pytest.mark.parametrize("policy", ["open", "closed"])
 def test_a_key_redis_refuses_leaves_every_other_key_exact(
     gateway_server,
-    pg_url,  # noqa: F811 (the fixture imported above)
+    pg_url,
     redis_prefix,
     policy: str,
 ) -> None:

@@ -23,16 +23,12 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
-from gateway.config import Settings
-from gateway.store import database_url, schema
-from tests.conftest import REDIS_URL, postgres_schema
+from tests.conftest import REDIS_URL
 from tests.e2e.conftest import AUTH, GatewayServer, request
 
 FUZZ_SECONDS = int(os.environ.get("FUZZ_SECONDS", "80"))
@@ -56,15 +52,6 @@ CHECKS_EXCLUDED = (
     # Revoking a key keeps its row (GET shows it as "revoked"): by design, not a use after free.
     "use_after_free",
 )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with postgres_schema() as url:
-        engine = create_engine(database_url(Settings(database_url=url)))
-        schema.upgrade(engine)
-        engine.dispose()
-        yield url
 
 
 def schemathesis_command() -> list[str]:
