@@ -14,8 +14,9 @@ Every few seconds it samples each worker's resident memory (``VmRSS`` in
 end of the warm-up and at the end (keep-alive connections close) for a quiet sample, the
 baseline and the final one. It fails (exit 1) unless:
 
-- the usage table holds one row per AI response the clients received (counted after a
-  graceful stop, which flushes the usage queues);
+- the usage table holds one row per AI response the clients received, matched by the
+  request id each AI call sends (read after a graceful stop, which flushes the usage
+  queues); a 401 for a key another client thread has just revoked rightly has none;
 - each worker's RSS grew by less than ``--rss-bound-mb`` (5 MB) between the two quiet samples;
 - no worker holds more descriptors at the end than at the baseline;
 - no worker was restarted (same pids from start to end), no request failed at the socket,
@@ -56,6 +57,9 @@ HOST = "127.0.0.1"
 PLENTY = "100000000 per minute"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 KEY_CREATE_SECONDS = 2.0
+# AI answers that rightly get no usage row: the caller was refused before the AI view took the
+# request in (a key revoked by another client thread between choosing it and using it: 401).
+NO_ROW_STATUSES = frozenset({401})
 
 
 # Kept-alive upstream connections per worker (UPSTREAM_POOL_SIZE), and the most pooled
@@ -158,15 +162,23 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
     kinds: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
-    ai_responses: int = 0  # AI requests that got a status line: each should be one usage row
+    ai_responses: int = 0  # AI requests that got a status line
+    # request id -> (kind, status) of each AI answer: each should be one usage row, unless the
+    # answer is a refusal that rightly gets none (see NO_ROW_STATUSES)
+    ai_answers: dict[str, tuple[str, int]] = field(default_factory=dict)
     socket_errors: list[str] = field(default_factory=list)
 
-    def count(self, kind: str, status: int, ai: bool) -> None:
+    def count(self, kind: str, status: int, request_id: str | None = None) -> None:
         with self.lock:
             self.kinds[kind] += 1
             self.statuses[status] += 1
-            if ai:
+            if request_id is not None:
                 self.ai_responses += 1
+                self.ai_answers[request_id] = (kind, status)
+
+    def expected_rows(self) -> set[str]:
+        """The request ids that must each have one usage row."""
+        return {rid for rid, (_, status) in self.ai_answers.items() if status not in NO_ROW_STATUSES}
 
     def failed(self, kind: str, error: BaseException) -> None:
         with self.lock:
@@ -196,9 +208,12 @@ class Traffic:
         self, kind: str, method: str, path: str, body: object = None, headers: dict | None = None, ai: bool = False, stream: str = ""
     ) -> dict | None:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        request_id = f"soak-{secrets.token_hex(8)}" if ai else None
         try:
             data = json.dumps(body).encode() if body is not None else None
             sent = dict(headers or {})
+            if request_id is not None:
+                sent["X-Request-ID"] = request_id  # the gateway keeps a safe id: it is the usage row's request_id
             if data is not None:
                 sent["Content-Type"] = "application/json"
             conn.request(method, path, body=data, headers=sent)
@@ -207,10 +222,10 @@ class Traffic:
                 response.read1(1024)  # the first event, then hang up mid-stream
                 if conn.sock is not None:
                     conn.sock.shutdown(socket.SHUT_RDWR)
-                self.tally.count(kind, response.status, ai)
+                self.tally.count(kind, response.status, request_id)
                 return None
             payload = response.read()
-            self.tally.count(kind, response.status, ai)
+            self.tally.count(kind, response.status, request_id)
             if response.headers.get_content_type() == "application/json" and payload:
                 return json.loads(payload)
             return None
@@ -367,15 +382,16 @@ def upgrade_schema(database_url: str) -> None:
         engine.dispose()
 
 
-def count_usage_rows(database_url: str) -> int:
-    from sqlalchemy import func, select
+def usage_request_ids(database_url: str) -> Counter:
+    """How many usage rows each request id has."""
+    from sqlalchemy import select
 
     from gateway.store.tables import usage
 
     engine = _engine(database_url)
     try:
         with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(usage)).scalar_one())
+            return Counter(rid for (rid,) in conn.execute(select(usage.c.request_id)))
     finally:
         engine.dispose()
 
@@ -514,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
 
         gateway.send_signal(signal.SIGTERM)  # graceful: each worker flushes its usage queue
         gateway.wait(timeout=60)
-        rows = count_usage_rows(database_url)
+        rows = usage_request_ids(database_url)
     finally:
         for proc in (gateway, upstream):
             if proc.poll() is None:
@@ -531,6 +547,27 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
+def row_problems(tally: Tally, rows: Counter) -> list[str]:
+    """One usage row per AI answer that must have one, matched by request id: what is missing,
+    doubled or has no answer behind it (named by kind and status, so a miss can be traced in
+    the gateway's log)."""
+    expected = tally.expected_rows()
+    missing = sorted(expected - rows.keys())
+    doubled = sorted(rid for rid, n in rows.items() if n > 1)
+    unknown = sorted(rid for rid in rows.keys() - expected if rid is None or not rid.startswith("soak-") or rid in tally.ai_answers)
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} AI answers have no usage row: "
+            + ", ".join(f"{rid} ({tally.ai_answers[rid][0]}, {tally.ai_answers[rid][1]})" for rid in missing[:10])
+        )
+    if doubled:
+        problems.append(f"{len(doubled)} requests have more than one usage row: {', '.join(map(str, doubled[:10]))}")
+    if unknown:
+        problems.append(f"{len(unknown)} usage rows match no AI answer that should have one: {', '.join(map(str, unknown[:10]))}")
+    return problems
+
+
 def report(
     args: argparse.Namespace,
     warmup: int,
@@ -540,7 +577,7 @@ def report(
     pids_at_end: list[int],
     samples: list[Sample],
     tally: Tally,
-    rows: int,
+    rows: Counter,
     log: str,
 ) -> int:
     lines: list[str] = []
@@ -583,8 +620,7 @@ def report(
     server_errors = sum(n for status, n in tally.statuses.items() if status >= 500)
     if server_errors:
         problems.append(f"{server_errors} answers were 5xx")
-    if rows != tally.ai_responses:
-        problems.append(f"usage rows {rows} != AI responses {tally.ai_responses}")
+    problems += row_problems(tally, rows)
     if "Traceback" in log:
         problems.append("the gateway logged a traceback")
 
@@ -616,7 +652,8 @@ def report(
         f"{'SQLite' if not args.database_url else args.database_url.split(':', 1)[0]}; the fake upstream on loopback",
         f"- Clients: {args.threads} threads, {total} requests ({total / args.seconds:.0f}/s), statuses "
         + ", ".join(f"{status}: {n}" for status, n in sorted(tally.statuses.items())),
-        f"- Usage rows after the graceful stop: {rows}; AI responses received: {tally.ai_responses}",
+        f"- Usage rows after the graceful stop: {rows.total()}; AI responses received: {tally.ai_responses}, "
+        f"of which {len(tally.expected_rows())} must have a row (each matched by its request id)",
         f"- Bounds: RSS growth < {args.rss_bound_mb} MB per worker between the quiet samples after warm-up and "
         "at the end; no more open descriptors at the end than at the baseline; no worker restart",
         *(f"- {line}" for line in trend),
