@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.quotas.tokens import TokenLedger
     from gateway.quotas.windows import RequestWindows
     from gateway.store import Store
-    from gateway.upstream.client import UpstreamClient
+    from gateway.backends.router import Router
     from gateway.usage.writer import UsageWriter
 
 STORE = "gateway.store"
@@ -36,7 +36,7 @@ LIMITER = "gateway.limiter"
 REQUEST_WINDOWS = "gateway.quotas"
 SLOTS = "gateway.inflight"
 TOKEN_LEDGER = "gateway.tokens_ledger"
-UPSTREAM = "gateway.upstream"
+ROUTER = "gateway.upstream"  # the backends' routing table and clients
 USAGE = "gateway.usage"
 INSTRUMENTS = "gateway.metrics"
 METRICS_DIRECTORY = "gateway.metrics.directory"
@@ -91,8 +91,8 @@ def token_ledger(app: Flask | None = None) -> TokenLedger:
     return found
 
 
-def upstream(app: Flask | None = None) -> UpstreamClient:
-    found: UpstreamClient = _get(UPSTREAM, app)
+def router(app: Flask | None = None) -> Router:
+    found: Router = _get(ROUTER, app)
     return found
 
 
