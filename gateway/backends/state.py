@@ -124,6 +124,21 @@ class DeploymentState:
             and self._circuit.admits(now)
         )
 
+    @property
+    def breaker_enabled(self) -> bool:
+        return self._circuit.policy.enabled
+
+    def paused_for(self, now: float | None = None) -> float | None:
+        """Seconds left of a ``Retry-After`` pause when that pause is all that keeps this
+        deployment unavailable (its circuit admits and it is under its cap); else ``None``."""
+        if now is None:
+            now = self.clock()
+        if now >= self._cooldown_until or not self._circuit.admits(now):
+            return None
+        if self.max_concurrent and self._in_flight >= self.max_concurrent:
+            return None
+        return self._cooldown_until - now
+
     # --- deciding (under the lock) -----------------------------------------------------
     def start(self, now: float | None = None) -> Attempt | None:
         """Admit one request: an :class:`Attempt` to end once, or ``None`` when not available."""
