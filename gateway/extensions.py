@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.auth.keys import KeyRing
     from gateway.auth.management import KeyAdmin
     from gateway.auth.tokens import TokenConfig
+    from gateway.backends.config import GatewayConfig
     from gateway.metrics import Instruments
     from gateway.quotas.slots import InFlight
     from gateway.quotas.tokens import TokenLedger
@@ -40,6 +41,7 @@ ROUTER = "gateway.upstream"  # the backends' routing table and clients
 USAGE = "gateway.usage"
 INSTRUMENTS = "gateway.metrics"
 METRICS_DIRECTORY = "gateway.metrics.directory"
+BACKENDS_CONFIG = "gateway.backends_config"
 
 
 def _get(key: str, app: Flask | None) -> Any:
@@ -108,4 +110,9 @@ def instruments(app: Flask | None = None) -> Instruments:
 
 def metrics_directory(app: Flask | None = None) -> str:
     found: str = _get(METRICS_DIRECTORY, app)
+    return found
+
+
+def backends_config(app: Flask | None = None) -> GatewayConfig:
+    found: GatewayConfig = _get(BACKENDS_CONFIG, app)
     return found
