@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from gateway.auth.management import KeyAdmin
     from gateway.auth.tokens import TokenConfig
     from gateway.backends.config import GatewayConfig
+    from gateway.backends.router import Router
     from gateway.metrics import Instruments
     from gateway.quotas.slots import InFlight
     from gateway.quotas.tokens import TokenLedger
     from gateway.quotas.windows import RequestWindows
     from gateway.store import Store
-    from gateway.backends.router import Router
     from gateway.usage.writer import UsageWriter
 
 STORE = "gateway.store"

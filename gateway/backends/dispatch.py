@@ -42,6 +42,7 @@ from gateway.errors import BackendsRateLimited, BackendsUnavailable, NotFound, U
 from gateway.exchange import Exchange, UpstreamAttempt
 from gateway.operations import Operation
 from gateway.upstream import relay as answers
+from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamResponse
 from gateway.upstream.streams import OpenedStream, RelayLimits, StreamEndedEarly, ended_stream, open_stream
 
@@ -85,7 +86,7 @@ def relay(
     stream: bool,
     limits_for: Callable[[float], RelayLimits],
     on_stream_end: Callable[[str], None],
-    tap: object = None,
+    tap: StreamUsageTap | None = None,
 ) -> Response:
     """The answer to one AI request (see the module).
 
@@ -126,7 +127,9 @@ def relay(
         record = exchange.attempt(UpstreamAttempt(started=time.perf_counter(), backend=state.backend, model=state.model))
         may_retry = retries and number + 1 < routing.max_attempts
         try:
-            response = _attempt(router, op, body, exchange, admitted, record, stream, limits_for(deadline), on_stream_end, tap, may_retry)
+            response = _attempt(
+                router, op, body, exchange, admitted, record, stream, limits_for(deadline), on_stream_end, tap, may_retry
+            )
         except _Failed as failure:
             record.outcome = failure.kind
             admitted.failed(failure.kind, failure.retry_after)
@@ -159,7 +162,7 @@ def _attempt(
     stream: bool,
     limits: RelayLimits,
     on_stream_end: Callable[[str], None],
-    tap: object,
+    tap: StreamUsageTap | None,
     may_retry: bool,
 ) -> Response:
     """One attempt: the answer, or :class:`_Failed` before anything reached the client."""
@@ -189,7 +192,7 @@ def _attempt(
         idle = client.config.idle_timeout
         if may_retry or idle is not None:
             try:
-                opened = open_stream(upstream, limits, tap)  # type: ignore[arg-type]
+                opened = open_stream(upstream, limits, tap)
             except StreamEndedEarly as early:
                 upstream.close()
                 failure = _failed("timeout" if early.outcome == "upstream_idle_timeout" else "broke_off", "")
@@ -212,10 +215,15 @@ def _attempt(
             on_stream_end(outcome)
 
         return answers.to_response(
-            upstream, wants_stream=True, limits=limits, on_stream_end=stream_ended, tap=tap, opened=opened  # type: ignore[arg-type]
+            upstream,
+            wants_stream=True,
+            limits=limits,
+            on_stream_end=stream_ended,
+            tap=tap,
+            opened=opened,
         )
     try:
-        response = answers.to_response(upstream, wants_stream=stream, limits=limits, on_stream_end=on_stream_end, tap=tap)  # type: ignore[arg-type]
+        response = answers.to_response(upstream, wants_stream=stream, limits=limits, on_stream_end=on_stream_end, tap=tap)
     except UpstreamTimeout as error:
         raise _failed("timeout", "timeout", error=error) from None
     except UpstreamError as error:
@@ -277,11 +285,11 @@ def _retry_wait(
 
 
 def _answer_failure(
-    failure: _Failed, stream: bool, limits: RelayLimits, on_stream_end: Callable[[str], None], tap: object
+    failure: _Failed, stream: bool, limits: RelayLimits, on_stream_end: Callable[[str], None], tap: StreamUsageTap | None
 ) -> Response:
     """The client's answer to the last failed attempt, as a single backend's would be."""
     if failure.upstream is not None:
-        return answers.to_response(failure.upstream, wants_stream=stream, limits=limits, on_stream_end=on_stream_end, tap=tap)  # type: ignore[arg-type]
+        return answers.to_response(failure.upstream, wants_stream=stream, limits=limits, on_stream_end=on_stream_end, tap=tap)
     if failure.stream_outcome is not None:
         return ended_stream(failure.stream_outcome, on_stream_end)
     assert failure.error is not None

@@ -46,12 +46,10 @@ class Router:
             min_requests=routing.breaker_min_requests,
             cooldown=routing.breaker_cooldown,
         )
-        self.budget = RetryBudget(
-            routing.retry_budget_ratio, routing.retry_budget_window, routing.retry_budget_min, clock=clock
-        )
+        self.budget = RetryBudget(routing.retry_budget_ratio, routing.retry_budget_window, routing.retry_budget_min, clock=clock)
         self._states: dict[str, list[DeploymentState]] = {}
         for route in config.models:
-            states = []
+            states: list[DeploymentState] = []
             for deployment in route.deployments:
                 backend = config.backend(deployment.backend)
                 key = f"{deployment.backend}/{deployment.model or '*'}"
@@ -102,9 +100,7 @@ class Router:
 
     def snapshot(self) -> list[dict[str, object]]:
         """Every deployment's state, by route (``GET /admin/backends``)."""
-        return [
-            {"model": route.name, **state.snapshot()} for route in self.config.models for state in self._states[route.name]
-        ]
+        return [{"route": route.name, **state.snapshot()} for route in self.config.models for state in self._states[route.name]]
 
     def close(self) -> None:
         for client in self.clients.values():

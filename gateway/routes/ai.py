@@ -12,6 +12,8 @@ from limits.errors import StorageError
 
 from gateway import extensions, metrics
 from gateway.auth import caller_key
+from gateway.backends import dispatch
+from gateway.backends.config import GatewayConfig
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
 from gateway.exchange import current
@@ -19,11 +21,9 @@ from gateway.operations import OPERATIONS, Operation
 from gateway.quotas.policy import caller_policy, check_request
 from gateway.quotas.slots import Slot
 from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
-from gateway.backends import dispatch
-from gateway.backends.config import GatewayConfig
 from gateway.upstream import accounting, relay
-from gateway.upstream.streams import RelayLimits
 from gateway.upstream.accounting import StreamUsageTap
+from gateway.upstream.streams import RelayLimits
 
 blueprint = Blueprint("ai", __name__)
 
@@ -147,6 +147,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 # token quota, ...): the general quota only. A 429 if that one is full.
                 request_quotas.hold(ai=False)
             raise
+
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
@@ -162,7 +163,14 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 response = configured_models(router.config)  # the config file's public names; no backend called
             else:
                 response = dispatch.relay(
-                    router, op, exchange, call.body, stream=call.stream, limits_for=limits_for, on_stream_end=stream_ended, tap=call.tap
+                    router,
+                    op,
+                    exchange,
+                    call.body,
+                    stream=call.stream,
+                    limits_for=limits_for,
+                    on_stream_end=stream_ended,
+                    tap=call.tap,
                 )
             streaming = response.is_streamed
             if streaming:

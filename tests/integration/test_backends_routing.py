@@ -15,6 +15,8 @@ from tests.conftest import KEY_HEADERS
 from tests.fakes.upstream import Behavior, FakeUpstream
 
 CHAT = "/v1/chat/completions"
+# The gateway's own quotas are not under test here.
+PLENTY = {"rate_limit_general": "10000 per minute", "rate_limit_ai": "10000 per minute"}
 
 
 @pytest.fixture
@@ -71,7 +73,7 @@ def chat(client: Any, model: str, stream: bool = False) -> Any:
 
 def test_a_model_goes_to_its_backends_under_their_own_model_names(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     for _ in range(10):
         assert chat(client, "shared").status_code == 200
     sent = [r.json()["model"] for r in a.requests] + [r.json()["model"] for r in b.requests]
@@ -86,7 +88,7 @@ def test_a_model_goes_to_its_backends_under_their_own_model_names(make_app, tmp_
 
 def test_an_unknown_model_is_a_404_without_calling_any_backend(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     answer = chat(client, "gpt-nope")
     assert answer.status_code == 404
     assert answer.get_json()["error"]["code"] == "model_not_found"
@@ -95,7 +97,7 @@ def test_an_unknown_model_is_a_404_without_calling_any_backend(make_app, tmp_pat
 
 def test_models_lists_the_configured_names_without_calling_a_backend(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     listing = client.get("/v1/models", headers=KEY_HEADERS)
     assert listing.status_code == 200
     assert [m["id"] for m in listing.get_json()["data"]] == ["shared", "only-a"]  # globs are not listed
@@ -107,19 +109,23 @@ def test_models_lists_the_configured_names_without_calling_a_backend(make_app, t
 
 def test_a_refused_connection_falls_over_to_the_other_backend_and_opens_the_circuit(make_app, tmp_path, two) -> None:
     a, b = two
-    app = make_app(gateway_config=write_config(tmp_path, a, b))
+    app = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b))
     client = app.test_client()
     a.stop()  # backend a dies: connections refused
     statuses = [chat(client, "shared").status_code for _ in range(30)]
     assert statuses == [200] * 30  # not one error for the client
     assert len(b.requests) == 30
-    state = {row["backend"]: row for row in client.get("/admin/backends", headers=KEY_HEADERS).get_json()["data"] if row["model"] == "shared"}
+    state = {
+        row["backend"]: row
+        for row in client.get("/admin/backends", headers=KEY_HEADERS).get_json()["data"]
+        if row["route"] == "shared"
+    }
     assert state["a"]["circuit"] == "open" and state["b"]["circuit"] == "closed"
 
 
 def test_a_dead_backend_gets_one_trial_per_cooldown_and_traffic_again_once_back(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     port = a.port
     a.stop()
     for _ in range(10):
@@ -136,7 +142,7 @@ def test_a_dead_backend_gets_one_trial_per_cooldown_and_traffic_again_once_back(
 
 def test_a_429_with_retry_after_is_served_by_the_other_backend_at_once(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     a.behavior = Behavior(mode="status", status=429, headers={"Retry-After": "1"})
     started = time.monotonic()
     statuses = [chat(client, "shared").status_code for _ in range(10)]
@@ -147,7 +153,7 @@ def test_a_429_with_retry_after_is_served_by_the_other_backend_at_once(make_app,
 
 def test_the_only_backend_answering_429_is_tried_again_after_its_retry_after(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     a.script = [Behavior(mode="status", status=429, headers={"Retry-After": "1"})]
     started = time.monotonic()
     answer = chat(client, "only-a")
@@ -159,14 +165,14 @@ def test_the_only_backend_answering_429_is_tried_again_after_its_retry_after(mak
 
 def test_a_retry_after_beyond_the_deadline_fails_fast_with_the_backends_429(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     a.behavior = Behavior(mode="status", status=429, headers={"Retry-After": "30"})
     started = time.monotonic()
     answer = chat(client, "only-a")
     assert time.monotonic() - started < 0.5
     assert answer.status_code == 429
-    assert answer.headers["Retry-After"] == "30"
-    assert answer.get_json()["error"]["code"] == "upstream_rate_limited"
+    assert answer.headers["Retry-After"] == "30"  # the backend's own 429, passed through
+    assert answer.get_json()["error"]["code"] == "rate_limit_exceeded"
     assert len(a.requests) == 1
     again = chat(client, "only-a")  # a asked for 30 s: the next request is refused without calling it
     assert again.status_code == 429 and again.get_json()["error"]["code"] == "upstream_rate_limited"
@@ -175,7 +181,7 @@ def test_a_retry_after_beyond_the_deadline_fails_fast_with_the_backends_429(make
 
 def test_never_more_attempts_than_configured(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b, routing="  expose_backend_header: true")).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b, routing="  expose_backend_header: true")).test_client()
     a.behavior = b.behavior = Behavior(mode="status", status=503)
     answer = chat(client, "shared")
     assert answer.status_code == 502  # the last backend failure, as a single backend's
@@ -184,7 +190,7 @@ def test_never_more_attempts_than_configured(make_app, tmp_path, two) -> None:
 
 def test_a_client_error_is_not_retried_and_not_a_backend_failure(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     a.behavior = b.behavior = Behavior(mode="status", status=400)
     for _ in range(5):
         assert chat(client, "shared").status_code == 400
@@ -195,8 +201,10 @@ def test_a_client_error_is_not_retried_and_not_a_backend_failure(make_app, tmp_p
 
 def test_the_backend_header_only_when_the_operator_enables_it(make_app, tmp_path, two) -> None:
     a, b = two
-    hidden = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    hidden = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     assert "X-Gateway-Backend" not in chat(hidden, "only-a").headers
     (tmp_path / "shown").mkdir()
-    shown = make_app(gateway_config=write_config(tmp_path / "shown", a, b, routing="  expose_backend_header: true")).test_client()
+    shown = make_app(
+        **PLENTY, gateway_config=write_config(tmp_path / "shown", a, b, routing="  expose_backend_header: true")
+    ).test_client()
     assert chat(shown, "only-a").headers["X-Gateway-Backend"] == "a"

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from gateway.store.tables import usage
 from tests.conftest import KEY_HEADERS
 from tests.fakes.upstream import Behavior
-from tests.integration.test_backends_routing import CHAT, two, write_config
+from tests.integration.test_backends_routing import CHAT, PLENTY, two, write_config
 
 __all__ = ["two"]  # the fixture, shared
 
@@ -23,9 +23,10 @@ def stream(client: Any, model: str) -> list[dict | str]:
     assert answer.status_code == 200 and answer.mimetype == "text/event-stream"
     events: list[dict | str] = []
     for block in answer.get_data(as_text=True).split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
+        for line in block.split("\n"):
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
 
@@ -35,7 +36,7 @@ def text_of(events: list[dict | str]) -> list[str]:
 
 def test_a_backend_failing_before_its_first_event_is_retried_transparently(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
     a.behavior = Behavior(mode="drop", drop_after=0)  # a head, then the connection closes: no event
     for _ in range(4):
         events = stream(client, "shared")
@@ -47,7 +48,7 @@ def test_a_backend_failing_before_its_first_event_is_retried_transparently(make_
 
 def test_a_stream_broken_after_five_events_ends_with_the_error_event_and_no_copy(make_app, tmp_path, two) -> None:
     a, b = two
-    app = make_app(gateway_config=write_config(tmp_path, a, b))
+    app = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b))
     client = app.test_client()
     a.behavior = Behavior(mode="drop", drop_after=5, chunks=10)
     events = stream(client, "only-a")
@@ -63,12 +64,20 @@ def test_a_stream_broken_after_five_events_ends_with_the_error_event_and_no_copy
 
 def test_usage_rows_name_the_backend_that_answered_and_the_attempts(make_app, tmp_path, two) -> None:
     a, b = two
-    app = make_app(gateway_config=write_config(tmp_path, a, b, models="""
+    app = make_app(
+        **PLENTY,
+        gateway_config=write_config(
+            tmp_path,
+            a,
+            b,
+            models="""
   - name: shared
     deployments:
       - {backend: a, model: model-a}
       - {backend: b, model: model-b, priority: 1}
-"""))
+""",
+        ),
+    )
     client = app.test_client()
     a.behavior = Behavior(mode="status", status=503)
     body = {"model": "shared", "messages": [{"role": "user", "content": "hi"}]}
