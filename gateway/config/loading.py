@@ -181,6 +181,8 @@ def log_startup(settings: Settings) -> None:
             settings.node_env or "unset",
             where,
         )
+    if settings.gateway_config:
+        return  # the backends come from the file (gateway.backends.snapshot logs them)
     variable = "AI_API_BASE_URL" if settings.ai_api_base_url else "AI_API_URL"
     log.info("upstream %s (from %s)", describe_upstream(settings), variable)
     if not settings.ai_api_base_url and settings.ai_api_url == DEFAULT_AI_API_URL:

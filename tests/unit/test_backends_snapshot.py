@@ -121,3 +121,13 @@ def test_the_readme_example_is_a_valid_file() -> None:
     config = load_config(Settings(gateway_config="README.md"), text=example, environ=environ)
     assert config.public_models() == ("gpt-4o",) and config.route_for("llama-3.1-8b").name == "llama-*"  # type: ignore[union-attr]
     assert config.backend("vllm-a").url == "http://10.0.0.11:8000/v1"
+
+
+def test_the_several_backends_example_is_a_valid_file() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Several backends\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(Settings(gateway_config="README.md"), text=example, environ={"OPENAI_API_KEY": "k1"})
+    assert config.public_models() == ("gpt-4o-mini", "llama-3.1-8b")
+    route = config.route_for("llama-3.1-8b")
+    assert route is not None and [(d.backend, d.priority) for d in route.deployments] == [("vllm-1", 0), ("vllm-2", 0), ("ollama", 1)]
