@@ -48,10 +48,17 @@ if _early("GATEWAY_WORKER_CLASS", "gevent") == "gevent":
 
 import gunicorn.http.wsgi  # noqa: E402
 
+from gateway.backends import snapshot  # noqa: E402
 from gateway.config import ConfigError, load  # noqa: E402
 
 try:
     _settings = load()
+    # The backends file (GATEWAY_CONFIG), checked once here, so that an invalid one stops
+    # the start in one line before gunicorn says anything. gunicorn re-executes this file
+    # on every reload (SIGHUP): there on_reload decides, and a bad file never stops a
+    # running gateway (see gateway.backends.snapshot).
+    if not snapshot.started():
+        snapshot.take(_settings)
 except ConfigError as error:
     raise SystemExit(f"configuration error: {error}") from None
 
@@ -87,8 +94,8 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Log the mode and the upstream, then refuse to start, in one line, when the
-    database schema is behind the code.
+    """Log the mode, the upstream and the backends file (checked already, above), then
+    refuse to start, in one line, when the database schema is behind the code.
 
     With the default SQLite file (or DATABASE_AUTO_UPGRADE=true) this applies the
     migrations instead, once, before any worker starts (see gateway.store).
@@ -103,6 +110,7 @@ def on_starting(server: Any) -> None:
 
     configure_logging(_settings.log_level)  # so an automatic upgrade is logged
     config.log_startup(_settings)
+    snapshot.log_taken(_settings)
     store = Store.from_settings(_settings)
     try:
         store.prepare()
@@ -111,6 +119,14 @@ def on_starting(server: Any) -> None:
     finally:
         store.dispose()  # no connection crosses the fork into the workers
     metrics.prepare_directory(_settings)
+
+
+def on_reload(server: Any) -> None:
+    """SIGHUP (systemctl reload): gunicorn calls this after re-reading this file and before
+    it forks the new workers (gunicorn.arbiter.Arbiter.reload), so they build from the
+    backends file accepted here; a file refused here is logged with its one-line reason
+    and the new workers keep the previous one (gateway.backends.snapshot.reload)."""
+    snapshot.reload(_settings)
 
 
 def post_worker_init(worker: Any) -> None:

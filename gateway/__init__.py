@@ -17,6 +17,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from gateway import (
     auth,
+    backends,
     cli,
     config,
     edge,
@@ -76,6 +77,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     quotas.init_app(app)
     routes.init_app(app)
+    backends.init_app(app)  # the backends configuration (GATEWAY_CONFIG), read by the upstream client
     upstream.init_app(app)
     usage.init_app(app)
     cli.init_app(app)

@@ -164,6 +164,26 @@ class UpstreamTimeout(UpstreamError):
     description = "The AI backend did not answer in time."
 
 
+class BackendsUnavailable(GatewayError):
+    """No deployment of the model can take a request now: their circuits are open (the
+    backends failed) or they are all at their concurrency cap (:mod:`gateway.backends`)."""
+
+    code = 503
+    error_type = "api_error"
+    error_code = "backend_unavailable"
+    description = "No backend of this model is available now; retry later."
+
+
+class BackendsRateLimited(GatewayError):
+    """Every deployment of the model asked for a pause (``Retry-After``) that ends after
+    the request's deadline (:mod:`gateway.backends`)."""
+
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "upstream_rate_limited"
+    description = "Every backend of this model is rate limited; retry later."
+
+
 class UpstreamHeadCutOff(http.client.HTTPException):
     """Raised while the upstream client reads an answer's head, when the connection ends
     before the blank line that closes the header block. An ``http.client`` exception

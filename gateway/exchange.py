@@ -56,11 +56,17 @@ _SINKS_KEY = "gateway.sinks"
 
 @dataclass(slots=True, eq=False)
 class UpstreamAttempt:
-    """One call to the upstream: when it started (``perf_counter``) and how long it took
-    until the gateway had its answer (headers, for a stream)."""
+    """One call to a backend: which one, with which model name, when it started
+    (``perf_counter``), how long it took until the gateway had its answer (headers, for a
+    stream) and how it went: ``ok``, or why another attempt followed or the request failed
+    (``connect``, ``timeout``, ``status_503``, ``broke_off``, ...)."""
 
     started: float
     duration_ms: float | None = None
+    backend: str = ""
+    model: str | None = None  # the model name the backend was sent
+    outcome: str = ""
+    circuit: str = ""  # the deployment's circuit once the attempt ended ("closed", "open", "half_open")
 
 
 @dataclass(slots=True, eq=False)
@@ -81,7 +87,9 @@ class Exchange:
     stream: bool = False  # a relayed stream: finished at the stream's end
     quotas_counted: list[Counted] | None = None  # the request quotas it was counted against
     quota_refused: str | None = None  # the request quota that refused it, if one did
-    upstream: UpstreamAttempt | None = None  # today at most one attempt per request
+    upstream: UpstreamAttempt | None = None  # the last attempt: the one that answered, or failed last
+    attempts: list[UpstreamAttempt] | None = None  # every attempt, in order (retries and fallbacks)
+    retry_budget_exhausted: bool = False  # a retry was due but the retry budget had none left
     usage: TokenUsage | None = None
     error_code: str | None = None  # the code of an error response the gateway made itself
     status: int = 0
@@ -90,6 +98,15 @@ class Exchange:
     duration_ms: float | None = None  # from the start until finish (a stream's end for a stream)
     outcome: str = "response"  # for a stream: how it ended ("completed", "client_disconnected", ...)
     finished: bool = False
+
+    def attempt(self, attempt: UpstreamAttempt) -> UpstreamAttempt:
+        """Add an attempt: it is now the record's :attr:`upstream`."""
+        if self.attempts is None:
+            self.attempts = [attempt]
+        else:
+            self.attempts.append(attempt)
+        self.upstream = attempt
+        return attempt
 
     @property
     def upstream_ms(self) -> float | None:

@@ -19,12 +19,13 @@ if TYPE_CHECKING:
     from gateway.auth.keys import KeyRing
     from gateway.auth.management import KeyAdmin
     from gateway.auth.tokens import TokenConfig
+    from gateway.backends.config import GatewayConfig
+    from gateway.backends.router import Router
     from gateway.metrics import Instruments
     from gateway.quotas.slots import InFlight
     from gateway.quotas.tokens import TokenLedger
     from gateway.quotas.windows import RequestWindows
     from gateway.store import Store
-    from gateway.upstream.client import UpstreamClient
     from gateway.usage.writer import UsageWriter
 
 STORE = "gateway.store"
@@ -36,10 +37,11 @@ LIMITER = "gateway.limiter"
 REQUEST_WINDOWS = "gateway.quotas"
 SLOTS = "gateway.inflight"
 TOKEN_LEDGER = "gateway.tokens_ledger"
-UPSTREAM = "gateway.upstream"
+ROUTER = "gateway.upstream"  # the backends' routing table and clients
 USAGE = "gateway.usage"
 INSTRUMENTS = "gateway.metrics"
 METRICS_DIRECTORY = "gateway.metrics.directory"
+BACKENDS_CONFIG = "gateway.backends_config"
 
 
 def _get(key: str, app: Flask | None) -> Any:
@@ -91,8 +93,8 @@ def token_ledger(app: Flask | None = None) -> TokenLedger:
     return found
 
 
-def upstream(app: Flask | None = None) -> UpstreamClient:
-    found: UpstreamClient = _get(UPSTREAM, app)
+def router(app: Flask | None = None) -> Router:
+    found: Router = _get(ROUTER, app)
     return found
 
 
@@ -108,4 +110,9 @@ def instruments(app: Flask | None = None) -> Instruments:
 
 def metrics_directory(app: Flask | None = None) -> str:
     found: str = _get(METRICS_DIRECTORY, app)
+    return found
+
+
+def backends_config(app: Flask | None = None) -> GatewayConfig:
+    found: GatewayConfig = _get(BACKENDS_CONFIG, app)
     return found

@@ -163,6 +163,28 @@ class Instruments:
         self.usage_dropped = counter(
             "aiproxy_usage_records_dropped", "Usage records lost (queue full, database refused, stop timed out)."
         )
+        self.backend_attempts = counter(
+            "aiproxy_backend_attempts",
+            "Attempts sent to a backend, by backend and outcome (ok, connect, timeout, status_5xx, status_429, broke_off, ...).",
+            ("backend", "outcome"),
+        )
+        self.backend_duration = histogram(
+            "aiproxy_backend_duration_seconds",
+            "Time until a backend's answer (a stream's first event, when read before relaying), by backend.",
+            "backend",
+            LATENCY_BUCKETS,
+        )
+        self.circuit_state = Gauge(
+            "aiproxy_backend_circuit_state",
+            "A deployment's circuit after its last attempt in a worker: 0 closed, 1 half-open, 2 open (the worst worker's).",
+            ("backend", "model"),
+            multiprocess_mode="livemax",
+            registry=None,
+        )
+        self.retries = counter("aiproxy_retries", "Attempts after a request's first, by the failure that caused them.", ("reason",))
+        self.retry_budget_exhausted = counter(
+            "aiproxy_retry_budget_exhausted", "Retries not made because the retry budget had none left."
+        )
         self.models = BoundedLabel(MODEL_LABELS)
         self.keys = BoundedLabel(KEY_LABELS)
         # Label children, looked up once: labels() costs more than the increment itself.

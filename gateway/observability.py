@@ -99,6 +99,13 @@ def access_log(exchange: Exchange) -> None:
         "error": exchange.error_code,
         **_usage_fields(exchange.usage),
     }
+    attempts = exchange.attempts
+    if attempts:
+        last = attempts[-1]
+        fields["backend"] = last.backend
+        fields["upstream_model"] = last.model
+        if len(attempts) > 1:  # each attempt's backend and outcome, in order
+            fields["attempts"] = [f"{attempt.backend}:{attempt.outcome}" for attempt in attempts]
     if exchange.stream:
         fields["stream"] = "server_shutdown" if stream_cut.get() else exchange.outcome
     log.info("request", extra={"fields": fields})

@@ -144,6 +144,7 @@ SUCCESS: dict[str, tuple[str, dict[str, Any]]] = {
     "admin.revoke_key": ("200", _json(ref("KeyRecord"))),
     "admin.rotate_key": ("200", _json(ref("NewKey"))),
     "admin.usage_report": ("200", _json(ref("UsageReport"))),
+    "admin.backends": ("200", _json(ref("Backends"))),
     "usage_api.own_usage": ("200", _json(ref("Usage"))),
     "metrics.scrape": (
         "200",

@@ -245,6 +245,31 @@ def component_schemas() -> dict[str, Any]:
             },
             required=["object", "totals", "groups"],
         ),
+        "Backends": _object(
+            {
+                "object": {"const": "list"},
+                "worker_pid": {"type": "integer"},
+                "source": {"type": "string"},
+                "retry_budget": {"type": "object"},
+                "data": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "route": {"type": "string"},
+                            "backend": {"type": "string"},
+                            "model": {"type": ["string", "null"]},
+                            "circuit": {"enum": ["closed", "open", "half_open"]},
+                            "in_flight": {"type": "integer"},
+                            "error_ratio": {"type": "number"},
+                            "latency_s": {"type": ["number", "null"]},
+                        },
+                        required=["route", "backend", "circuit", "in_flight", "error_ratio"],
+                        closed=False,
+                    ),
+                },
+            },
+            required=["object", "worker_pid", "data"],
+        ),
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
         "RelayedAnswer": {"description": "The upstream's JSON answer, passed through unchanged."},
         "RelayedEvent": {

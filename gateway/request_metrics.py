@@ -15,7 +15,7 @@ from flask import Flask
 from gateway import extensions
 from gateway.exchange import Exchange
 from gateway.metrics import METHODS, OTHER, QUOTA_CODES, UNMATCHED, Instruments
-from gateway.upstream.relay import STREAM_ERROR_CODES
+from gateway.upstream.streams import STREAM_ERROR_CODES
 
 
 def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> None:
@@ -26,6 +26,25 @@ def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> No
         instruments.child(instruments.quota_rejections, quota or OTHER).inc()
     elif code in QUOTA_CODES:
         instruments.child(instruments.quota_rejections, QUOTA_CODES[code]).inc()
+
+
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _count_attempts(instruments: Instruments, exchange: Exchange) -> None:
+    """Each attempt at a backend: its outcome and time, its deployment's circuit; the retries."""
+    attempts = exchange.attempts or []
+    for number, attempt in enumerate(attempts):
+        backend = attempt.backend or OTHER
+        instruments.child(instruments.backend_attempts, backend, attempt.outcome or "unknown").inc()
+        if attempt.duration_ms is not None:
+            instruments.child(instruments.backend_duration, backend).observe(attempt.duration_ms / 1000)
+        if attempt.circuit:
+            instruments.child(instruments.circuit_state, backend, attempt.model or "*").set(CIRCUIT_STATES.get(attempt.circuit, 0))
+        if number:
+            instruments.child(instruments.retries, attempts[number - 1].outcome or "unknown").inc()
+    if exchange.retry_budget_exhausted:
+        instruments.retry_budget_exhausted.inc()
 
 
 def request_metrics(app: Flask) -> Callable[[Exchange], None]:
@@ -60,6 +79,8 @@ def request_metrics(app: Flask) -> Callable[[Exchange], None]:
             stream_code = STREAM_ERROR_CODES.get(exchange.outcome)
             if stream_code is not None:
                 instruments.child(instruments.upstream_errors, stream_code).inc()
+        if exchange.attempts:
+            _count_attempts(instruments, exchange)
         usage = exchange.usage
         if usage is not None:
             caller = exchange.caller

@@ -50,6 +50,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
         "TRUSTED_PROXY_COUNT",
         "FORCE_HTTPS",
         "GATEWAY_WORKERS",
+        "GATEWAY_CONFIG",
+        "GATEWAY_CONFIG_ACCEPTED",
     ):
         monkeypatch.delenv(name, raising=False)
 

@@ -15,7 +15,7 @@ A bad value stops the process with one line naming the variable, never its value
 from __future__ import annotations
 
 from gateway.config.checks import RATE_LIMIT_BOUNDS, SECRET_FIELDS, parse_rate_limit, validate
-from gateway.config.loading import ENV_FILE_VARIABLE, describe_upstream, load, log_startup, variable_names
+from gateway.config.loading import ENV_FILE_VARIABLE, describe_upstream, environment, load, log_startup, variable_names
 from gateway.config.settings import (
     DEFAULT_AI_API_URL,
     MIN_SECRET_LENGTH,
@@ -43,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "describe_upstream",
+    "environment",
     "load",
     "log_startup",
     "parse_rate_limit",

@@ -62,6 +62,23 @@ def _convert(name: str, raw: str, target: Any) -> Any:
     return raw
 
 
+def environment(environ: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
+    """Every variable as the gateway sees it: the ``.env`` file, overridden by the process
+    environment. Settings are read from it, and so are the variables a backends file names
+    (``api_key_env``, ``${VAR}``: see gateway.backends.config).
+
+    :param environ: the environment; ``os.environ`` when ``None``.
+    :param env_file: path of the ``.env`` file; ``AI_PROXY_ENV_FILE`` or ``./.env``.
+    """
+    environ = os.environ if environ is None else environ
+    env_file = env_file or environ.get(ENV_FILE_VARIABLE) or ".env"
+    source: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    source.update(environ)
+    return source
+
+
 def load(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -74,12 +91,7 @@ def load(
     :param env_file: path of the ``.env`` file; ``AI_PROXY_ENV_FILE`` or ``./.env``.
     :raises ConfigError: on any invalid value, naming the variable.
     """
-    environ = os.environ if environ is None else environ
-    env_file = env_file or environ.get(ENV_FILE_VARIABLE) or ".env"
-    source: dict[str, str] = {}
-    if env_file and os.path.isfile(env_file):
-        source.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    source.update(environ)
+    source = environment(environ, env_file)
 
     values: dict[str, Any] = {}
     hints = {f.name: f.type for f in dataclasses.fields(Settings)}
@@ -169,6 +181,8 @@ def log_startup(settings: Settings) -> None:
             settings.node_env or "unset",
             where,
         )
+    if settings.gateway_config:
+        return  # the backends come from the file (gateway.backends.snapshot logs them)
     variable = "AI_API_BASE_URL" if settings.ai_api_base_url else "AI_API_URL"
     log.info("upstream %s (from %s)", describe_upstream(settings), variable)
     if not settings.ai_api_base_url and settings.ai_api_url == DEFAULT_AI_API_URL:

@@ -83,6 +83,9 @@ class Settings:
     max_response_bytes: int = 64 * 1024 * 1024
     max_stream_event_bytes: int = 1024 * 1024  # one SSE event from the upstream; a larger one ends the stream
 
+    # --- several backends (gateway.backends) ----------------------------------------
+    gateway_config: str = ""  # path of the backends YAML file; empty: one upstream from AI_API_URL
+
     # --- HTTP edge ---------------------------------------------------------------
     trusted_proxy_count: int = 0
     force_https: bool = False

@@ -9,6 +9,7 @@ answers to create and rotate, once; listings show the key's ``prefix``.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -152,3 +153,19 @@ def usage_report() -> Response:
     :raises 400: a bad or unknown parameter (``param`` names it).
     """
     return admin_report(request.args)
+
+
+@blueprint.get("/backends")
+def backends() -> Response:
+    """Each deployment's live state in the worker process that answers (each worker keeps
+    its own): circuit, requests in flight, recent error ratio and latency, and the retry budget."""
+    router = extensions.router()
+    return jsonify(
+        {
+            "object": "list",
+            "worker_pid": os.getpid(),
+            "source": router.config.source or "environment",
+            "retry_budget": router.budget.snapshot(),
+            "data": router.snapshot(),
+        }
+    )

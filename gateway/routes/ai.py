@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,15 +12,18 @@ from limits.errors import StorageError
 
 from gateway import extensions, metrics
 from gateway.auth import caller_key
+from gateway.backends import dispatch
+from gateway.backends.config import GatewayConfig
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
-from gateway.exchange import UpstreamAttempt, current
+from gateway.exchange import current
 from gateway.operations import OPERATIONS, Operation
 from gateway.quotas.policy import caller_policy, check_request
 from gateway.quotas.slots import Slot
 from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
+from gateway.upstream.streams import RelayLimits
 
 blueprint = Blueprint("ai", __name__)
 
@@ -70,6 +72,18 @@ def read_request(op: Operation) -> ClientCall:
     return call
 
 
+def configured_models(config: GatewayConfig) -> Response:
+    """``GET /v1/models`` with a config file: its public model names (glob routes are not
+    listed), in OpenAI's list shape, as if a backend had answered it."""
+    answer = {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "gateway"} for name in config.public_models()],
+    }
+    response = jsonify(answer)
+    setattr(response, relay.UPSTREAM_ANSWER, answer)
+    return response
+
+
 def models_for_caller(response: Response, item_id: str | None) -> Response:
     """A listing answer cut to the models the caller's key may use, or with ``item_id``
     the one model of that id as an OpenAI model object (``id``, ``object``, ``created``,
@@ -114,7 +128,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         exchange.accounted_at = datetime.now(UTC)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # one context lookup, not one per use
         settings = app.config["GATEWAY"]
-        client = extensions.upstream(app)
+        router = extensions.router(app)
         request_quotas = extensions.request_windows(app)
         reservation = NO_RESERVATION
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
@@ -133,7 +147,6 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 # token quota, ...): the general quota only. A 429 if that one is full.
                 request_quotas.hold(ai=False)
             raise
-        attempt = exchange.upstream = UpstreamAttempt(started=time.perf_counter())
 
         def stream_ended(outcome: str) -> None:
             slot.release()
@@ -141,15 +154,24 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             reservation.settle(usage.total_tokens if usage else 0)
             exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 
+        def limits_for(deadline: float) -> RelayLimits:
+            return RelayLimits(deadline, settings.max_response_bytes, settings.max_stream_event_bytes)
+
         streaming = False
         try:
-            limits = relay.RelayLimits(
-                deadline=time.monotonic() + settings.upstream_total_timeout,
-                max_bytes=settings.max_response_bytes,
-                max_event_bytes=settings.max_stream_event_bytes,
-            )
-            upstream = client.send(op.method, op.upstream_path, call.body, exchange.request_id, call.stream, deadline=limits.deadline)
-            response = relay.to_response(upstream, wants_stream=call.stream, limits=limits, on_stream_end=stream_ended, tap=call.tap)
+            if op.item_summary is not None and router.config.from_file:
+                response = configured_models(router.config)  # the config file's public names; no backend called
+            else:
+                response = dispatch.relay(
+                    router,
+                    op,
+                    exchange,
+                    call.body,
+                    stream=call.stream,
+                    limits_for=limits_for,
+                    on_stream_end=stream_ended,
+                    tap=call.tap,
+                )
             streaming = response.is_streamed
             if streaming:
                 exchange.stream = True
@@ -161,7 +183,6 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 exchange.usage = accounting.usage_of_answer(getattr(response, relay.UPSTREAM_ANSWER, None), call.prompt_estimate)
             return response
         finally:
-            attempt.duration_ms = (time.perf_counter() - attempt.started) * 1000
             if not streaming:
                 slot.release()
                 usage = exchange.usage

@@ -42,6 +42,7 @@ KEY_ID_LENGTH = 40
 MODEL_LENGTH = 200
 REQUEST_ID_LENGTH = 128
 OPERATION_LENGTH = 40
+BACKEND_LENGTH = 100
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -112,6 +113,9 @@ usage = Table(
     Column("duration_ms", Float, nullable=False),
     Column("upstream_ms", Float, nullable=True),
     Column("request_id", String(REQUEST_ID_LENGTH), nullable=True),
+    Column("backend", String(BACKEND_LENGTH), nullable=True),  # the backend that answered (the last attempt's)
+    Column("upstream_model", String(MODEL_LENGTH), nullable=True),  # the model name it was sent
+    Column("attempts", Integer, nullable=True),  # upstream attempts made (retries and fallbacks included)
     Index(None, "ts"),
     Index(None, "key_id", "ts"),
 )

@@ -5,7 +5,9 @@ its connection pool as large as the worker's concurrency, explicit connect/read
 timeouts, no redirects, and ``trust_env`` off so ``HTTPS_PROXY`` or ``~/.netrc``
 cannot reroute traffic or replace the upstream key.
 
-The upstream URL is configuration only: callers pass an operation's fixed path.
+The upstream URL is configuration only: callers pass an operation's fixed path (and,
+for an Azure OpenAI backend, the deployment, which comes from the config file and is
+checked to be one path segment). One client per backend (:mod:`gateway.backends`).
 
 Speed: everything ``Session.request`` works out per call (environment merging,
 URL parsing, hooks, cookie jars, the choice of adapter and pool) is the same for
@@ -24,11 +26,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -44,7 +47,7 @@ from urllib3.exceptions import (
 
 from gateway import compat
 from gateway.config import Settings
-from gateway.errors import UpstreamError, UpstreamHeadCutOff, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadRequest, UpstreamError, UpstreamHeadCutOff, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.connection import HEAD_DEADLINE, pool_connection_class
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,16 @@ class UpstreamConfig:
     pool_size: int
     trust_env: bool
     total_timeout: float = 600.0  # connect + head (+ the relay's body reads) of one call
+    name: str = "default"  # the backend's name (logs, metrics); never sent to clients unless the operator says so
+    dialect: str = "openai"  # "openai" (OpenAI-compatible) or "azure" (Azure OpenAI)
+    api_version: str = ""  # Azure OpenAI's api-version query parameter
+    headers: tuple[tuple[str, str], ...] = ()  # the operator's extra static headers
+    idle_timeout: float | None = None  # between a stream's events after the first; None: read_timeout
+    where: str = "AI_API_URL (or AI_API_BASE_URL)"  # what the operator should check when it is unreachable
+
+
+# An Azure deployment name is one path segment of the operator's choosing.
+_AZURE_DEPLOYMENT = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
 
 
 class UpstreamResponse:
@@ -70,6 +83,13 @@ class UpstreamResponse:
         self.raw = raw
         self.status_code = raw.status
         self.headers = raw.headers
+
+    def set_read_timeout(self, seconds: float) -> None:
+        """From now on each read of the body waits at most ``seconds`` (a stream's idle timeout)."""
+        connection = self.raw.connection
+        sock = getattr(connection, "sock", None) if connection is not None else None
+        if sock is not None:
+            sock.settimeout(seconds)
 
     def close(self) -> None:
         """Give the connection back to the pool if the body was read to its end, else drop it."""
@@ -96,7 +116,7 @@ class UpstreamClient:
         parts = urlsplit(config.base_url)
         self._address = f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self._unreachable_message = (
-            "The AI backend could not be reached: check the gateway's AI_API_URL (a hint shown in development only)."
+            f"The AI backend could not be reached: check the gateway's {config.where} (a hint shown in development only)."
             if explain_unreachable
             else None
         )
@@ -108,8 +128,14 @@ class UpstreamClient:
             "User-Agent": "ai-proxy-gateway",
             "Accept-Encoding": "identity",
         }
+        self._static_headers.update(config.headers)
         if config.api_key:
-            self._static_headers["Authorization"] = f"Bearer {config.api_key}"
+            if config.dialect == "azure":
+                self._static_headers["api-key"] = config.api_key
+            else:
+                self._static_headers["Authorization"] = f"Bearer {config.api_key}"
+        self._azure = config.dialect == "azure"
+        self._query = f"?api-version={quote(config.api_version, safe='')}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpstreamClient:
@@ -158,13 +184,33 @@ class UpstreamClient:
         url_prefix = mounted.request_url(probe, env["proxies"])[: -len("/_")]
         return _Route(session=session, pool=pool, url_prefix=url_prefix, retries=mounted.max_retries)
 
+    def url_path(self, path: str, model: str | None) -> str:
+        """The request target for an operation's path: the path itself for an OpenAI-compatible
+        backend; ``/openai/deployments/<model><path>?api-version=...`` for Azure OpenAI.
+
+        :raises BadRequest: (Azure) the model is not a plain deployment name.
+        """
+        if not self._azure:
+            return path
+        if model is None or not _AZURE_DEPLOYMENT.match(model):
+            raise BadRequest("The model name is not one this backend can serve.", param="model", error_code="model_not_found")
+        return f"/openai/deployments/{model}{path}{self._query}"
+
     def send(
-        self, method: str, path: str, body: bytes | None, request_id: str, stream: bool, deadline: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        request_id: str,
+        stream: bool,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> UpstreamResponse:
         """Send one request upstream; the body is read later by :mod:`gateway.upstream.relay`.
 
         :param deadline: ``time.monotonic()`` by which the answer's head must be in;
             default: ``total_timeout`` from now.
+        :param model: the upstream model (an Azure backend's deployment).
         :raises UpstreamUnavailable: connection refused or reset before an answer (502).
         :raises UpstreamError: the upstream closed the connection inside its header block (502).
         :raises UpstreamTimeout: no connection or no answer within the timeouts, or no
@@ -180,7 +226,7 @@ class UpstreamClient:
         try:
             raw = route.pool.urlopen(
                 method,
-                route.url_prefix + path,
+                route.url_prefix + (self.url_path(path, model) if self._azure else path),
                 body=body,
                 headers=headers,
                 redirect=False,
@@ -211,9 +257,10 @@ class UpstreamClient:
 
     def _unreachable(self, request_id: str) -> UpstreamUnavailable:
         log.warning(
-            "upstream %s unreachable: check AI_API_URL (or AI_API_BASE_URL)",
+            "upstream %s unreachable: check %s",
             self._address,
-            extra={"fields": {"request_id": request_id}},
+            self.config.where,
+            extra={"fields": {"request_id": request_id, "backend": self.config.name}},
         )
         return UpstreamUnavailable(self._unreachable_message)
 

@@ -54,7 +54,7 @@ class EventFramer:
     when its boundary arrives. So an upstream that never ends an event costs one pass
     over its bytes, not one pass over all of them per read. The framer does not bound
     the pending event itself: the caller reads :attr:`pending` after each call and
-    gives up past its own limit (:func:`gateway.upstream.relay.stream_events`).
+    gives up past its own limit (:func:`gateway.upstream.streams.stream_events`).
     """
 
     __slots__ = ("_first", "_more", "_size")

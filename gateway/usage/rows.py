@@ -42,6 +42,9 @@ class UsageRecord:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     tokens_estimated: bool = False
+    backend: str | None = None
+    upstream_model: str | None = None
+    attempts: int | None = None
 
     def row(self) -> dict[str, object]:
         values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
@@ -51,6 +54,8 @@ class UsageRecord:
         values["operation"] = storable_text(self.operation[:OPERATION_LENGTH])
         values["model"] = storable_text(self.model[:MODEL_LENGTH]) if self.model is not None else None
         values["request_id"] = storable_text(self.request_id[:REQUEST_ID_LENGTH]) if self.request_id is not None else None
+        if self.upstream_model is not None:
+            values["upstream_model"] = storable_text(self.upstream_model[:MODEL_LENGTH])
         return values
 
 
@@ -93,6 +98,9 @@ def row_of(exchange: Exchange) -> UsageRecord | None:
         duration_ms=round(exchange.duration_ms or 0.0, 2),
         upstream_ms=upstream_ms,
         request_id=exchange.request_id,
+        backend=(attempt.backend or None) if attempt is not None else None,
+        upstream_model=attempt.model if attempt is not None else None,
+        attempts=len(exchange.attempts) if exchange.attempts else None,
         **_token_fields(exchange.usage),
     )
 

@@ -217,9 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         rec = Recorded(self.command, self.path, headers, body)
-        fake._record(rec)
-
-        behavior = fake.behavior
+        behavior = fake._record(rec)
         handler: Callable[[Behavior, Recorded], None] | None = getattr(self, f"_mode_{behavior.mode}", None)
         if handler is None:
             self._send_bytes(
@@ -764,6 +762,8 @@ class FakeUpstream:
         #: connections stay open until the client closes them).
         self.idle_timeout = idle_timeout
         self.behavior = Behavior()
+        #: Behaviours for the next requests, one each, before :attr:`behavior` applies again.
+        self.script: list[Behavior] = []
         self.requests: list[Recorded] = []
         self._cond = threading.Condition()
         self._open_connections = 0
@@ -780,7 +780,8 @@ class FakeUpstream:
         if self._server is not None:
             return self
         self._stop_event = threading.Event()
-        server = _Server((self.host, self._requested_port), self)
+        # A restart (after stop()) listens on the same port again: a backend coming back.
+        server = _Server((self.host, self._port or self._requested_port), self)
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
@@ -829,6 +830,7 @@ class FakeUpstream:
     def reset(self) -> None:
         self.behavior = Behavior()
         with self._cond:
+            self.script.clear()
             self.requests.clear()
 
     # -- counters ----------------------------------------------------------- #
@@ -841,10 +843,12 @@ class FakeUpstream:
     def active_streams(self) -> int:
         return self._active_streams
 
-    def _record(self, rec: Recorded) -> None:
+    def _record(self, rec: Recorded) -> Behavior:
+        """Record a request; the behaviour it gets (the script's next one, else :attr:`behavior`)."""
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
+            return self.script.pop(0) if self.script else self.behavior
 
     def _conn_opened(self, sock: Any) -> None:
         with self._cond:

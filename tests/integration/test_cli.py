@@ -145,9 +145,9 @@ def test_db_upgrade_brings_an_empty_database_to_the_current_schema(upstream, tmp
     assert refused.exit_code == 1 and "flask --app wsgi db upgrade" in refused.output
 
     upgraded = runner.invoke(cli, ["db", "upgrade"])
-    assert upgraded.exit_code == 0 and "upgraded from empty to 0001" in upgraded.output
+    assert upgraded.exit_code == 0 and "upgraded from empty to 0002" in upgraded.output
     again = runner.invoke(cli, ["db", "upgrade"])
-    assert again.exit_code == 0 and "already at 0001" in again.output
+    assert again.exit_code == 0 and "already at 0002" in again.output
     current = runner.invoke(cli, ["db", "current", "--check"])
     assert current.exit_code == 0 and "(current)" in current.output
     assert runner.invoke(cli, ["keys", "list"]).exit_code == 0

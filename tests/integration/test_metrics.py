@@ -158,7 +158,7 @@ def test_the_readme_lists_every_metric(app: Flask) -> None:
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     }
-    assert listed == defined and len(defined) == 11
+    assert listed == defined and len(defined) == 16
 
 
 def test_metrics_use_no_quota_and_are_listed(make_app) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.upstream.relay import StreamBody
+from gateway.upstream.streams import StreamBody
 
 
 class _Upstream:

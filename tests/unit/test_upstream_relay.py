@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.upstream import relay
-from gateway.upstream.relay import RelayLimits, stream_events
+from gateway.upstream import streams
+from gateway.upstream.streams import RelayLimits, stream_events
 
 
 class _Raw:
@@ -56,15 +56,15 @@ def test_an_endless_event_ends_the_stream_once_past_the_limit() -> None:
 
 def test_without_gevent_there_is_no_yield() -> None:
     # The unit tests run without gevent's monkey-patching: threads share the CPU already.
-    relay._cooperative_yield.cache_clear()
-    assert relay._cooperative_yield() is None
+    streams._cooperative_yield.cache_clear()
+    assert streams._cooperative_yield() is None
 
 
 def test_a_stream_that_keeps_coming_gives_other_greenlets_turns(monkeypatch: pytest.MonkeyPatch) -> None:
     turns: list[int] = []
     upstream = _Upstream(iter([b"data: %d\n\n" % i for i in range(50)]))
-    monkeypatch.setattr(relay, "_cooperative_yield", lambda: lambda: turns.append(upstream.raw.reads))
-    monkeypatch.setattr(relay, "YIELD_EVERY", 0.0)  # a turn before every read
+    monkeypatch.setattr(streams, "_cooperative_yield", lambda: lambda: turns.append(upstream.raw.reads))
+    monkeypatch.setattr(streams, "YIELD_EVERY", 0.0)  # a turn before every read
     out = list(stream_events(upstream, _limits(), lambda outcome: None))
     assert len(out) == 50
     assert turns == list(range(51))  # before each of the 50 reads with data and the one that finds the end
@@ -73,7 +73,7 @@ def test_a_stream_that_keeps_coming_gives_other_greenlets_turns(monkeypatch: pyt
 def test_turns_are_rationed_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
     turns: list[int] = []
     upstream = _Upstream(iter([b"data: %d\n\n" % i for i in range(1000)]))
-    monkeypatch.setattr(relay, "_cooperative_yield", lambda: lambda: turns.append(1))
-    monkeypatch.setattr(relay, "YIELD_EVERY", 3600.0)
+    monkeypatch.setattr(streams, "_cooperative_yield", lambda: lambda: turns.append(1))
+    monkeypatch.setattr(streams, "YIELD_EVERY", 3600.0)
     assert len(list(stream_events(upstream, _limits(), lambda outcome: None))) == 1000
     assert turns == []  # a fast reader does not pay for a switch per event

@@ -1,0 +1,258 @@
+"""Relaying a ``text/event-stream`` answer: event by event, as it arrives.
+
+:func:`stream_events` relays whole events (framed by :class:`gateway.upstream.sse.EventFramer`)
+and ends with an SSE error event, never a made-up ``[DONE]``, when the upstream breaks off,
+stalls, runs past the deadline or sends one event larger than ``MAX_STREAM_EVENT_BYTES``.
+:func:`open_stream` reads a stream up to its first event before anything reaches the
+client, so that a backend failing before then can be tried again
+(:mod:`gateway.backends.dispatch`); after the first byte the client has, there is no retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import urllib3.exceptions
+from flask import Response
+
+from gateway.upstream.accounting import StreamUsageTap
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.sse import EventFramer, error_event
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# How a stream that the upstream ended early is reported: outcome -> the error event's code.
+# The other outcomes are "completed" and "client_disconnected".
+STREAM_ERROR_CODES = {
+    "deadline_exceeded": "upstream_timeout",
+    "upstream_idle_timeout": "upstream_timeout",
+    "upstream_broke_off": "upstream_stream_error",
+    "event_too_large": "upstream_event_too_large",
+}
+# A stream whose bytes keep arriving never waits on its socket, so under gevent it
+# would never let the worker's other greenlets (``/health``, other requests, the
+# heartbeat) run: it gives them a turn after this long without one.
+YIELD_EVERY = 0.005
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    deadline: float  # time.monotonic() by which the whole answer must be in
+    max_bytes: int  # largest non-streamed body accepted from the upstream
+    max_event_bytes: int = 1024 * 1024  # largest single streamed event (MAX_STREAM_EVENT_BYTES)
+
+
+@functools.cache
+def _cooperative_yield() -> Callable[[], None] | None:
+    """``gevent.sleep(0)`` where gevent runs the worker (it has patched ``socket``), else None:
+    with threads, the OS already shares the processor between requests."""
+    try:
+        from gevent import monkey, sleep
+    except ImportError:  # gevent is not installed
+        return None
+    return functools.partial(sleep, 0) if monkey.is_module_patched("socket") else None
+
+
+def read_chunk(upstream: UpstreamResponse) -> bytes:
+    # read1 returns what has arrived (one recv), so a trickling upstream cannot
+    # hold us past the deadline, and a connection-delimited stream is not buffered.
+    return upstream.raw.read1(READ_SIZE, decode_content=True)
+
+
+class StreamEndedEarly(Exception):
+    """A stream ended before its first event (:func:`open_stream`): nothing has reached the
+    client yet, so another attempt may still serve it. ``outcome`` names how it ended."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+@dataclass
+class OpenedStream:
+    """A stream whose first events are in (:func:`open_stream`), not yet sent to the client."""
+
+    framer: EventFramer
+    first: bytes
+
+
+def open_stream(upstream: UpstreamResponse, limits: RelayLimits, tap: StreamUsageTap | None) -> OpenedStream:
+    """Read a stream until its first whole event, before anything is sent to the client.
+
+    :raises StreamEndedEarly: the upstream broke off, stalled or ended before a first event
+        (the upstream is left open: the caller closes it).
+    """
+    framer = EventFramer()
+    while True:
+        if time.monotonic() > limits.deadline:
+            raise StreamEndedEarly("deadline_exceeded")
+        try:
+            data = read_chunk(upstream)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise StreamEndedEarly("upstream_idle_timeout") from None
+        except READ_ERRORS:
+            raise StreamEndedEarly("upstream_broke_off") from None
+        events = framer.feed(data) if data else framer.flush()
+        if events and tap is not None:
+            events = tap.feed(events)
+        if events:
+            return OpenedStream(framer, events)
+        if not data:
+            raise StreamEndedEarly("upstream_broke_off")
+        if framer.pending > limits.max_event_bytes:
+            raise StreamEndedEarly("event_too_large")
+
+
+def ended_stream(outcome: str, on_end: Callable[[str], None]) -> Response:
+    """The client's stream for one that ended before its first event and was not tried
+    again: the error event of ``outcome`` alone, as :func:`stream_events` would end it."""
+
+    def events() -> Generator[bytes, None, None]:
+        try:
+            yield error_event(_EARLY_END_MESSAGES[outcome], code=STREAM_ERROR_CODES[outcome])
+        finally:
+            on_end(outcome)
+
+    return _event_stream(StreamBody(None, events(), on_end))
+
+
+_EARLY_END_MESSAGES = {
+    "deadline_exceeded": "The stream exceeded the gateway's maximum duration.",
+    "upstream_idle_timeout": "The AI backend stopped sending.",
+    "upstream_broke_off": "The AI backend ended the stream early.",
+    "event_too_large": "The AI backend sent an event larger than the gateway accepts.",
+}
+
+
+class StreamBody:
+    """The response body of a stream. Closing it before its first event (the server
+    gave up on the response, or a hook failed after the view) still closes the
+    upstream and runs the stream-end callback, which a generator that never started
+    would not do; so no concurrency slot, gauge or usage row is left open."""
+
+    def __init__(self, upstream: UpstreamResponse | None, events: Generator[bytes, None, None], on_end: Callable[[str], None]) -> None:
+        self._upstream = upstream
+        self._events = events
+        self._on_end = on_end
+        self._started = False
+
+    def __iter__(self) -> StreamBody:
+        return self
+
+    def __next__(self) -> bytes:
+        self._started = True
+        return next(self._events)
+
+    def close(self) -> None:
+        if self._started:
+            self._events.close()
+        else:
+            self._started = True
+            if self._upstream is not None:
+                self._upstream.close()
+            self._on_end("client_disconnected")
+
+
+def stream_response(
+    upstream: UpstreamResponse,
+    limits: RelayLimits,
+    on_end: Callable[[str], None],
+    tap: StreamUsageTap | None,
+    opened: OpenedStream | None,
+) -> Response:
+    framer, first = (opened.framer, opened.first) if opened is not None else (None, b"")
+    return _event_stream(StreamBody(upstream, stream_events(upstream, limits, on_end, tap, framer=framer, first=first), on_end))
+
+
+def _event_stream(body: StreamBody) -> Response:
+    response = Response(body, status=200, mimetype="text/event-stream", direct_passthrough=True)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def stream_events(
+    upstream: UpstreamResponse,
+    limits: RelayLimits,
+    on_end: Callable[[str], None],
+    tap: StreamUsageTap | None = None,
+    *,
+    framer: EventFramer | None = None,
+    first: bytes = b"",
+) -> Generator[bytes, None, None]:
+    """Yield whole SSE events as the upstream sends them.
+
+    Ends with an SSE error event (and no ``[DONE]``) when the upstream breaks off or
+    sends nothing at all, stalls beyond the read timeout, runs past the deadline, or holds more than
+    ``limits.max_event_bytes`` of one event (:data:`STREAM_ERROR_CODES`); the events
+    complete before that are relayed first. Closing the generator (the client went
+    away) closes the upstream connection at once. ``on_end`` gets the outcome either way.
+
+    Under gevent the loop gives the worker's other greenlets a turn at least every
+    :data:`YIELD_EVERY` seconds, however fast the upstream sends.
+
+    ``framer`` and ``first``: a stream :func:`open_stream` has begun (its first events are
+    sent first).
+    """
+    framer = framer if framer is not None else EventFramer()
+    outcome = "completed"
+    pause = _cooperative_yield()
+    turn_ends = time.monotonic() + YIELD_EVERY
+    try:
+        if first:
+            yield first
+        while True:
+            now = time.monotonic()
+            if pause is not None and now > turn_ends:
+                pause()
+                turn_ends = time.monotonic() + YIELD_EVERY
+            if now > limits.deadline:
+                outcome = "deadline_exceeded"
+                yield error_event("The stream exceeded the gateway's maximum duration.", code=STREAM_ERROR_CODES[outcome])
+                return
+            try:
+                data = read_chunk(upstream)
+            except urllib3.exceptions.ReadTimeoutError:
+                outcome = "upstream_idle_timeout"
+                yield error_event("The AI backend stopped sending.", code=STREAM_ERROR_CODES[outcome])
+                return
+            except READ_ERRORS:
+                outcome = "upstream_broke_off"
+                yield error_event("The AI backend ended the stream early.", code=STREAM_ERROR_CODES[outcome])
+                return
+            if not data:
+                if upstream.raw.tell() == 0:  # an event stream with no byte in it
+                    outcome = "upstream_broke_off"
+                    log.warning("upstream answered a stream with an empty body")
+                    yield error_event("The AI backend returned an empty stream.", code=STREAM_ERROR_CODES[outcome])
+                    return
+                break
+            events = framer.feed(data)
+            if events and tap is not None:
+                events = tap.feed(events)
+            if events:
+                yield events
+            if framer.pending > limits.max_event_bytes:
+                outcome = "event_too_large"
+                yield error_event("The AI backend sent an event larger than the gateway accepts.", code=STREAM_ERROR_CODES[outcome])
+                return
+        rest = framer.flush()
+        if rest and tap is not None:
+            rest = tap.feed(rest)
+        if rest:
+            yield rest
+    except GeneratorExit:
+        outcome = "client_disconnected"
+        raise
+    finally:
+        upstream.close()
+        if outcome not in ("completed", "client_disconnected"):
+            log.warning("stream ended early: %s", outcome)
+        on_end(outcome)
