@@ -22,10 +22,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from gateway import compat
 from gateway.errors import GatewayError
 from gateway.quotas.headers import EXPOSED_HEADERS
+from gateway.quotas.policy import CLAMPED_HEADER
 from gateway.routes.meta import health, ready
 
 ALLOWED_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "X-Request-ID")
-EXPOSED_RESPONSE_HEADERS = (*EXPOSED_HEADERS, "X-Request-ID", "Server-Timing")
+EXPOSED_RESPONSE_HEADERS = (*EXPOSED_HEADERS, "X-Request-ID", "Server-Timing", CLAMPED_HEADER)
 
 
 class HttpsRequired(GatewayError):

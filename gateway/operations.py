@@ -22,6 +22,9 @@ class Operation:
     summary: str
     # Also served at <each path>/<item_id> (one entry of the list answer, by its id) when set.
     item_summary: str | None = None
+    # The body field that limits the tokens it generates, which the gateway sets when a call
+    # names no limit and its key's token counters or cap call for one (None: no text generated).
+    completion_limit: str | None = None
 
     @property
     def gateway_paths(self) -> tuple[str, str]:
@@ -40,8 +43,12 @@ class Operation:
 
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("completion", "POST", "/completions", True, "Text completion (OpenAI /v1/completions)"),
-    Operation("chat", "POST", "/chat/completions", True, "Chat completion (OpenAI /v1/chat/completions)"),
+    Operation("completion", "POST", "/completions", True, "Text completion (OpenAI /v1/completions)", completion_limit="max_tokens"),
+    # max_tokens, not max_completion_tokens: every OpenAI-compatible server honours it, and some
+    # (Ollama) would ignore the newer name, letting the answer pass the reservation (README: Quotas).
+    Operation(
+        "chat", "POST", "/chat/completions", True, "Chat completion (OpenAI /v1/chat/completions)", completion_limit="max_tokens"
+    ),
     Operation("embeddings", "POST", "/embeddings", False, "Embeddings (OpenAI /v1/embeddings)"),
     Operation("images", "POST", "/images/generations", False, "Image generation (OpenAI /v1/images/generations)"),
     Operation(

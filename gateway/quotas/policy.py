@@ -24,6 +24,11 @@ from gateway.store.keys import KeyRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPLETION_RESERVE = 1024  # completion tokens reserved when neither max_tokens nor a cap is set
+# The fewest completion tokens a call without max_tokens is admitted with: with less left
+# on a counter, a shorter answer is seldom of use and would still cost the whole prompt.
+MIN_COMPLETION_TOKENS = 16
+# On an answer whose completion limit the gateway set upstream: that limit.
+CLAMPED_HEADER = "X-Gateway-Max-Tokens-Clamped"
 TOKEN_COUNTERS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month")
 
 
@@ -78,9 +83,41 @@ def caller_policy() -> CallerPolicy:
     return policy
 
 
-def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, bool]:
-    """Apply the key's model list and ``max_tokens`` cap; return the tokens to reserve and
-    whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
+@dataclass(frozen=True)
+class TokenPlan:
+    """What one call holds on its key's token counters, and the completion limit the gateway
+    may have to give the upstream.
+
+    ``reserve`` is the prompt estimate plus the completion: the client's ``max_tokens`` (or
+    ``max_completion_tokens``), else the key's cap, else :data:`DEFAULT_COMPLETION_RESERVE`.
+    ``minimum`` is the least that may be held: all of ``reserve`` when the client named its
+    limit, else the prompt estimate plus :data:`MIN_COMPLETION_TOKENS` (or the cap, if smaller).
+    ``limit_field`` is set when the gateway limits the completion itself: the client named no
+    limit and the operation generates text.
+    """
+
+    prompt_estimate: int
+    reserve: int
+    minimum: int
+    limit_field: str | None = None
+    cap: int | None = None
+
+    def upstream_limit(self, held: int) -> int | None:
+        """The completion limit the gateway sets upstream, having held ``held`` tokens (0: the
+        key has no token counters): what was held beyond the prompt estimate when that is less
+        than the plan, else the key's cap; ``None``: the body goes as the client wrote it."""
+        if self.limit_field is None:
+            return None
+        if 0 < held < self.reserve:
+            return held - self.prompt_estimate
+        return self.cap
+
+
+def check_request(document: dict[str, Any], prompt_estimate: int, limit_field: str | None = None) -> TokenPlan:
+    """Apply the key's model list and ``max_tokens`` cap; return what the call reserves.
+
+    ``limit_field``: the body field that limits the completion of this operation upstream
+    (``None``: it generates no text, and nothing is set for it).
 
     :raises 403: the model is not among the key's allowed models.
     :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
@@ -107,5 +144,11 @@ def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, 
                 f"'{name}' is above this key's cap of {policy.max_tokens_cap}.", param=name, error_code="max_tokens_above_cap"
             )
         requested = value if requested is None else max(requested, value)
-    completion = requested or policy.max_tokens_cap or DEFAULT_COMPLETION_RESERVE
-    return prompt_estimate + completion, requested is None
+    if requested is not None:
+        reserve = prompt_estimate + requested
+        return TokenPlan(prompt_estimate, reserve, reserve)
+    completion = policy.max_tokens_cap or DEFAULT_COMPLETION_RESERVE
+    if limit_field is None:  # no text generated: only the prompt must fit
+        return TokenPlan(prompt_estimate, prompt_estimate + completion, max(1, prompt_estimate))
+    minimum = prompt_estimate + min(MIN_COMPLETION_TOKENS, completion)
+    return TokenPlan(prompt_estimate, prompt_estimate + completion, minimum, limit_field, policy.max_tokens_cap)

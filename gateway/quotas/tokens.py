@@ -1,14 +1,19 @@
 """Token quotas and budgets per key.
 
-Token quotas are enforced before the call, atomically: a request reserves an
-estimate (its prompt size plus ``max_tokens``, or the key's cap, or
-:data:`DEFAULT_COMPLETION_RESERVE`) against every token counter of its key at once,
-and is refused if any counter would pass its limit. When the answer is complete the
-reservation is settled to the tokens actually used. Without ``max_tokens`` the
-estimate is a guess, so such a request holds what is left when less is left, and
-is refused only when nothing is. So concurrent requests can
-overshoot a limit by no more than one request's reservation (only when a request
-uses more than it reserved), never by the number of requests in flight.
+Token quotas are enforced before the call, atomically: a request reserves its prompt
+estimate plus its completion (``max_tokens``, or the key's cap, or
+:data:`~gateway.quotas.policy.DEFAULT_COMPLETION_RESERVE`) against every token counter
+of its key at once, and is refused (429) if any counter would pass its limit. When the
+answer is complete the reservation is settled to the tokens actually used.
+
+A call that names no limit of its own is not refused for that: when less than its
+reservation is left, it holds what is left, and the gateway sets the upstream's
+completion limit to exactly what it holds beyond the prompt estimate (so the upstream
+cannot produce more than was reserved); it is refused only when not even the prompt and
+:data:`~gateway.quotas.policy.MIN_COMPLETION_TOKENS` fit (:class:`~gateway.quotas.policy.TokenPlan`).
+With a ``max_tokens_cap`` every such call is limited upstream; without one, a call made
+while more than the default reserve is left is not, and a longer answer passes the limit
+by what it uses beyond its reservation (the README says so).
 
 Counters (all per key; windows in UTC):
 
@@ -40,7 +45,7 @@ from gateway import extensions
 from gateway.config import Settings
 from gateway.errors import InsufficientQuota
 from gateway.quotas.outage import on_store
-from gateway.quotas.policy import CallerPolicy, caller_policy
+from gateway.quotas.policy import CallerPolicy, TokenPlan, caller_policy
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +64,18 @@ def window_of(counter: str, now: float) -> tuple[str, int]:
     return moment.strftime("M%Y%m"), month_end - int(now)
 
 
-# KEYS: counter keys. ARGV[1]: amount, ARGV[2]: 1 if the amount may shrink to what is
-# left; then per counter: limit, ttl seconds. Returns the amount added to every
-# counter, or minus the index of the first counter that refused.
+# KEYS: counter keys. ARGV[1]: amount, ARGV[2]: the least it may shrink to (at least 1)
+# when less is left; then per counter: limit, ttl seconds. Returns the amount added to
+# every counter, or minus the index of the first counter that refused.
 _RESERVE = """
 local amount = tonumber(ARGV[1])
-local flexible = ARGV[2] == '1'
+local minimum = tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
   local room = tonumber(ARGV[2 * i + 1]) - tonumber(redis.call('GET', key) or '0')
-  if flexible and room < amount then amount = room end
-  if room < 1 or amount > room then return -i end
+  if room < amount then
+    if room < minimum then return -i end
+    amount = room
+  end
 end
 for i, key in ipairs(KEYS) do
   redis.call('INCRBY', key, amount)
@@ -81,7 +88,7 @@ return amount
 class TokenCounters(Protocol):
     """Where token counters live: the process (:class:`LocalCounters`) or Redis (:class:`RedisCounters`)."""
 
-    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int: ...
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, minimum: int) -> int: ...
 
     def adjust(self, keys: list[str], amount: int) -> None: ...
 
@@ -97,15 +104,15 @@ class LocalCounters:
         used, expires = self._used.get(key, (0, 0.0))
         return used if expires > now else 0
 
-    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int:
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, minimum: int) -> int:
         now = time.time()
         with self._lock:
             for index, (key, limit) in enumerate(zip(keys, limits, strict=True), start=1):
                 room = limit - self._get(key, now)
-                if flexible:
-                    amount = min(amount, room)
-                if room < 1 or amount > room:
-                    return -index
+                if room < amount:
+                    if room < minimum:
+                        return -index
+                    amount = room
             for key, ttl in zip(keys, ttls, strict=True):
                 self._used[key] = (self._get(key, now) + amount, now + ttl)
             return amount
@@ -128,8 +135,8 @@ class RedisCounters:
         self._client = client
         self._reserve = client.register_script(_RESERVE)
 
-    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, flexible: bool) -> int:
-        args: list[int] = [amount, 1 if flexible else 0]
+    def reserve(self, keys: list[str], limits: list[int], ttls: list[int], amount: int, minimum: int) -> int:
+        args: list[int] = [amount, minimum]
         for limit, ttl in zip(limits, ttls, strict=True):
             args += [limit, ttl]
         return int(self._reserve(keys=keys, args=args))
@@ -187,11 +194,12 @@ class TokenLedger:
             ttls.append(remaining + 60)
         return keys, limits, ttls
 
-    def reserve(self, policy: CallerPolicy, amount: int, flexible: bool = False) -> Reservation:
+    def reserve(self, policy: CallerPolicy, amount: int, minimum: int | None = None) -> Reservation:
         """Hold ``amount`` tokens on every counter of the caller, or refuse.
 
-        ``flexible``: the amount is a guess (no ``max_tokens``), so hold what is left when
-        less than that is left; refuse only when nothing is.
+        ``minimum`` (default: ``amount``): when less than ``amount`` is left on a counter,
+        hold what is left if that is at least ``minimum``; :attr:`Reservation.amount` says
+        what was held. Checked and held on every counter at once, atomically.
 
         :raises InsufficientQuota: a counter would pass its limit (429, with ``Retry-After``).
         :raises LimitStorageUnavailable: the store is down and the policy is closed (503).
@@ -200,16 +208,16 @@ class TokenLedger:
             return NO_RESERVATION
         now = time.time()
         keys, limits, ttls = self._keys(policy, now)
+        least = amount if minimum is None else max(1, min(minimum, amount))
         local: TokenCounters = self.local
-        backend, held = on_store(
-            self._shared, local, self._fail_open, lambda store: store.reserve(keys, limits, ttls, amount, flexible)
-        )
+        backend, held = on_store(self._shared, local, self._fail_open, lambda store: store.reserve(keys, limits, ttls, amount, least))
         if held < 0:
             counter, limit = policy.token_limits[-held - 1]
             resets_in = window_of(counter, now)[1]
+            needed = f"{amount} tokens: prompt plus max_tokens" if least == amount else f"{least} tokens: prompt plus a minimal answer"
             raise InsufficientQuota(
                 f"This key's {counter.replace('_', ' ')} ({limit} tokens) does not leave room for this request "
-                f"(about {amount} tokens: prompt plus max_tokens). It resets in {resets_in} s.",
+                f"(about {needed}). It resets in {resets_in} s.",
                 headers={"Retry-After": str(max(1, resets_in)), "X-RateLimit-Reset-Tokens": f"{resets_in}s"},
             )
         return Reservation(self, backend, keys, held)
@@ -231,6 +239,7 @@ class TokenLedger:
         return figures
 
 
-def reserve_tokens(amount: int, flexible: bool) -> Reservation:
+def reserve_tokens(plan: TokenPlan) -> Reservation:
+    """Hold the call's tokens on the caller's counters (see :meth:`TokenLedger.reserve`)."""
     ledger = extensions.token_ledger()
-    return ledger.reserve(caller_policy(), amount, flexible)
+    return ledger.reserve(caller_policy(), plan.reserve, plan.minimum)

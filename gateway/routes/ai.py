@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,9 +19,9 @@ from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
 from gateway.exchange import current
 from gateway.operations import OPERATIONS, Operation
-from gateway.quotas.policy import caller_policy, check_request
+from gateway.quotas.policy import CLAMPED_HEADER, TokenPlan, caller_policy, check_request
 from gateway.quotas.slots import Slot
-from gateway.quotas.tokens import NO_RESERVATION, reserve_tokens
+from gateway.quotas.tokens import NO_RESERVATION, Reservation, reserve_tokens
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.streams import RelayLimits
@@ -32,12 +33,34 @@ blueprint = Blueprint("ai", __name__)
 class ClientCall:
     """A validated AI request: what to send upstream, and how to account for it."""
 
-    body: bytes | None = None
+    body: bytes | None = None  # what goes upstream (final once :meth:`hold_tokens` has run)
+    document: dict[str, Any] | None = None
     stream: bool = False
     prompt_estimate: int = 0
-    reserve: int = 0  # tokens to hold against the key's token quotas
-    reserve_is_guess: bool = True  # no max_tokens: may hold less when less is left
+    plan: TokenPlan | None = None  # what to hold on the key's token counters
+    ask_for_usage: bool = False  # add stream_options.include_usage upstream
     tap: StreamUsageTap | None = None
+    clamped: int | None = None  # the completion limit the gateway set upstream (CLAMPED_HEADER)
+
+    def hold_tokens(self) -> Reservation:
+        """Reserve the call's tokens, then settle what goes upstream, re-encoded once if at all:
+        the completion limit the gateway sets (what was held beyond the prompt estimate, or the
+        key's cap) and the stream usage option.
+
+        :raises 429: not even the prompt and a minimal answer fit (``insufficient_quota``).
+        """
+        if self.plan is None or self.document is None:
+            return NO_RESERVATION
+        reservation = reserve_tokens(self.plan)
+        document = self.document
+        self.clamped = self.plan.upstream_limit(reservation.amount)
+        if self.clamped is not None and self.plan.limit_field is not None:
+            document = {**document, self.plan.limit_field: self.clamped}
+        if self.ask_for_usage:
+            self.body = accounting.ask_for_stream_usage(document)
+        elif document is not self.document:
+            self.body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        return reservation
 
 
 def read_request(op: Operation) -> ClientCall:
@@ -62,12 +85,11 @@ def read_request(op: Operation) -> ClientCall:
     if isinstance(model, str):
         current().model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
-    reserve, guess = check_request(document, prompt_estimate)
-    call = ClientCall(body=raw, stream=stream, prompt_estimate=prompt_estimate, reserve=reserve, reserve_is_guess=guess)
+    plan = check_request(document, prompt_estimate, op.completion_limit)
+    call = ClientCall(body=raw, document=document, stream=stream, prompt_estimate=prompt_estimate, plan=plan)
     if stream:
         asked = accounting.client_asked_for_usage(document)
-        if not asked and current_app.config["GATEWAY"].upstream_stream_usage:
-            call.body = accounting.ask_for_stream_usage(document)
+        call.ask_for_usage = not asked and current_app.config["GATEWAY"].upstream_stream_usage
         call.tap = accounting.StreamUsageTap(strip_usage_chunk=not asked)
     return call
 
@@ -134,8 +156,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         try:
             call = read_request(op)
-            if call.reserve:
-                reservation = reserve_tokens(call.reserve, call.reserve_is_guess)
+            reservation = call.hold_tokens()
             slot = extensions.slots(app).acquire(caller_key())
             # Going upstream: the general and the AI quota, in one count.
             request_quotas.hold(ai=True)
@@ -181,6 +202,8 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                 response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
                 exchange.usage = accounting.usage_of_answer(getattr(response, relay.UPSTREAM_ANSWER, None), call.prompt_estimate)
+            if call.clamped is not None:
+                response.headers[CLAMPED_HEADER] = str(call.clamped)
             return response
         finally:
             if not streaming:

@@ -61,7 +61,7 @@ def test_allowed_origin_on_success_and_errors_with_exposed_headers(cors_client) 
     ok = cors_client.post("/api/ai/completion", json=BODY, headers={**KEY_HEADERS, "Origin": ORIGIN})
     assert ok.headers["Access-Control-Allow-Origin"] == ORIGIN
     exposed = ok.headers["Access-Control-Expose-Headers"]
-    for name in ("X-RateLimit-Remaining", "Retry-After", "X-Request-ID"):
+    for name in ("X-RateLimit-Remaining", "Retry-After", "X-Request-ID", "X-Gateway-Max-Tokens-Clamped"):
         assert name in exposed
     denied = cors_client.post("/api/ai/completion", json=BODY, headers={"Origin": ORIGIN})
     assert denied.status_code == 401 and denied.headers["Access-Control-Allow-Origin"] == ORIGIN

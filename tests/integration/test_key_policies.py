@@ -172,12 +172,14 @@ def test_policy_falls_back_to_defaults() -> None:
 
 
 def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -> None:
-    """The reservation is a guess then: it shrinks to what is left, and nothing left means 429."""
+    """The reservation shrinks to what is left, the upstream is told so, and a room smaller than
+    the prompt (1) and MIN_COMPLETION_TOKENS (16) means 429 (tests/integration/test_token_clamping.py)."""
     client = sqlite_app().test_client()
     key = _create(client, tokens_per_day=100)
     statuses = [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(12)]
-    # Each call uses 12 (the fake's usage): 9 calls bring the counter to 108, then nothing is left.
-    assert statuses == [200] * 9 + [429] * 3
+    # Each call uses 12 (the fake's usage): after 7 calls 16 are left, fewer than 1 + 16.
+    assert statuses == [200] * 7 + [429] * 5
+    assert [request.json()["max_tokens"] for request in upstream.requests] == [99 - 12 * n for n in range(7)]
 
 
 def test_remaining_says_unknown_when_the_store_is_down() -> None:
