@@ -104,11 +104,12 @@ class TokenPlan:
 
     def upstream_limit(self, held: int) -> int | None:
         """The completion limit the gateway sets upstream, having held ``held`` tokens (0: the
-        key has no token counters): what was held beyond the prompt estimate when that is less
-        than the plan, else the key's cap; ``None``: the body goes as the client wrote it."""
+        key has no token counters): what was held beyond the prompt's bound, so the answer
+        can never use more than was held; without counters the key's cap; ``None``: the body
+        goes as the client wrote it."""
         if self.limit_field is None:
             return None
-        if 0 < held < self.reserve:
+        if held > 0:
             return held - self.prompt_estimate
         return self.cap
 

@@ -1,19 +1,17 @@
 """Token quotas and budgets per key.
 
-Token quotas are enforced before the call, atomically: a request reserves its prompt
-estimate plus its completion (``max_tokens``, or the key's cap, or
+Token quotas are enforced before the call, atomically: a request reserves a bound on its
+prompt (:func:`gateway.upstream.accounting.prompt_token_bound`) plus its completion (``max_tokens``, or the key's cap, or
 :data:`~gateway.quotas.policy.DEFAULT_COMPLETION_RESERVE`) against every token counter
 of its key at once, and is refused (429) if any counter would pass its limit. When the
 answer is complete the reservation is settled to the tokens actually used.
 
-A call that names no limit of its own is not refused for that: when less than its
-reservation is left, it holds what is left, and the gateway sets the upstream's
-completion limit to exactly what it holds beyond the prompt estimate (so the upstream
-cannot produce more than was reserved); it is refused only when not even the prompt and
-:data:`~gateway.quotas.policy.MIN_COMPLETION_TOKENS` fit (:class:`~gateway.quotas.policy.TokenPlan`).
-With a ``max_tokens_cap`` every such call is limited upstream; without one, a call made
-while more than the default reserve is left is not, and a longer answer passes the limit
-by what it uses beyond its reservation (the README says so).
+A call that names no limit of its own is not refused for that: it holds its reservation,
+or what is left when less is left, and the gateway sets the upstream's completion limit
+to exactly what it holds beyond the prompt's bound (so the upstream cannot produce more
+than was reserved, and a counter is never passed); it is refused only when not even the
+prompt and :data:`~gateway.quotas.policy.MIN_COMPLETION_TOKENS` fit
+(:class:`~gateway.quotas.policy.TokenPlan`).
 
 Counters (all per key; windows in UTC):
 

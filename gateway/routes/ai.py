@@ -85,7 +85,9 @@ def read_request(op: Operation) -> ClientCall:
     if isinstance(model, str):
         current().model = model[:200]
     prompt_estimate = accounting.estimate_prompt_tokens(document)
-    plan = check_request(document, prompt_estimate, op.completion_limit)
+    # Reservations use a bound on the prompt, never below its real size, so what is held
+    # (the bound plus the completion limit set upstream) is never passed when settled.
+    plan = check_request(document, accounting.prompt_token_bound(document), op.completion_limit)
     call = ClientCall(body=raw, document=document, stream=stream, prompt_estimate=prompt_estimate, plan=plan)
     if stream:
         asked = accounting.client_asked_for_usage(document)

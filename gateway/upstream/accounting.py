@@ -71,6 +71,36 @@ def estimate_prompt_tokens(document: dict[str, Any]) -> int:
     return max(1, -(-chars // CHARS_PER_TOKEN)) if chars else 0
 
 
+# A bound on a prompt's tokens, never below what a BPE tokenizer counts: each token holds
+# at least one byte of text, plus each chat message's framing and the reply's priming
+# (OpenAI counts 3 to 4 per message and 3 for the reply).
+MESSAGE_OVERHEAD_TOKENS = 4
+REQUEST_OVERHEAD_TOKENS = 8
+
+
+def _text_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, list):
+        return sum(_text_bytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_text_bytes(item) for key, item in value.items() if key in ("content", "text", "instructions"))
+    return 0
+
+
+def prompt_token_bound(document: dict[str, Any]) -> int:
+    """An upper bound on the prompt's tokens, for reservations that must never be passed:
+    the UTF-8 bytes of ``prompt``, ``input``, ``instructions`` and the messages' text, plus
+    :data:`MESSAGE_OVERHEAD_TOKENS` per message and :data:`REQUEST_OVERHEAD_TOKENS`."""
+    size = _text_bytes(document.get("prompt")) + _text_bytes(document.get("input")) + _text_bytes(document.get("instructions"))
+    messages = document.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                size += _text_bytes(message.get("content")) + MESSAGE_OVERHEAD_TOKENS
+    return size + REQUEST_OVERHEAD_TOKENS
+
+
 def estimate_completion_tokens(answer: dict[str, Any]) -> int:
     """A rough completion size in tokens from the choices of a JSON answer.
 

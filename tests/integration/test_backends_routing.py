@@ -27,7 +27,9 @@ def two() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
     b.stop()
 
 
-def write_config(tmp_path: Path, a: FakeUpstream, b: FakeUpstream, routing: str = "", models: str | None = None) -> str:
+def write_config(
+    tmp_path: Path, a: FakeUpstream, b: FakeUpstream, routing: str = "", models: str | None = None, cooldown: float = 1
+) -> str:
     path = tmp_path / "gateway.yaml"
     models = (
         models
@@ -59,7 +61,7 @@ routing:
   max_attempts: 3
   backoff: {{base: 0.01, max: 0.05}}
   retry_budget: {{ratio: 1.0, window: 10, min_retries: 10}}
-  circuit_breaker: {{failures: 3, cooldown: 1}}
+  circuit_breaker: {{failures: 3, cooldown: {cooldown}}}
 {routing}
 """
     )
@@ -125,7 +127,7 @@ def test_a_refused_connection_falls_over_to_the_other_backend_and_opens_the_circ
 
 def test_a_dead_backend_gets_one_trial_per_cooldown_and_traffic_again_once_back(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b, cooldown=3)).test_client()
     port = a.port
     a.stop()
     for _ in range(10):
@@ -133,8 +135,8 @@ def test_a_dead_backend_gets_one_trial_per_cooldown_and_traffic_again_once_back(
     a.start()  # back, on the same port
     assert a.port == port
     assert all(chat(client, "shared").status_code == 200 for _ in range(5))
-    assert not a.requests  # still inside the cooldown (1 s): the circuit is open
-    time.sleep(1.1)
+    assert not a.requests  # still inside the cooldown (3 s): the circuit is open
+    time.sleep(3.1)
     for _ in range(10):
         assert chat(client, "shared").status_code == 200
     assert len(a.requests) >= 3  # the trial succeeded, the circuit closed, a takes its share again

@@ -83,11 +83,11 @@ def test_key_general_limit_overrides_the_default(sqlite_app) -> None:
 def test_token_budget_is_reserved_then_settled(sqlite_app, upstream) -> None:
     client = sqlite_app().test_client()
     key = _create(client, budget_tokens_day=100)
-    # Reserve prompt (1) + max_tokens (80) = 81; the fake then reports 12 used.
-    assert client.post("/v1/completions", json={**BODY, "max_tokens": 80}, headers=key).status_code == 200
-    # 12 used, so another 81-token reservation fits (12 + 81 <= 100); it settles to 12 as well.
-    assert client.post("/v1/completions", json={**BODY, "max_tokens": 80}, headers=key).status_code == 200
-    refused = client.post("/v1/completions", json={**BODY, "max_tokens": 90}, headers=key)  # 24 + 91 > 100
+    # Reserve the prompt's bound (10: 2 bytes + 8) + max_tokens (70) = 80; the fake then reports 12 used.
+    assert client.post("/v1/completions", json={**BODY, "max_tokens": 70}, headers=key).status_code == 200
+    # 12 used, so another 80-token reservation fits (12 + 80 <= 100); it settles to 12 as well.
+    assert client.post("/v1/completions", json={**BODY, "max_tokens": 70}, headers=key).status_code == 200
+    refused = client.post("/v1/completions", json={**BODY, "max_tokens": 90}, headers=key)  # 24 + 100 > 100
     assert refused.status_code == 429
     error = refused.get_json()["error"]
     assert error["type"] == "insufficient_quota" and error["code"] == "insufficient_quota"
@@ -107,21 +107,23 @@ def test_failed_requests_give_their_reservation_back(sqlite_app, upstream) -> No
 
 def test_streams_settle_with_the_usage_they_report(sqlite_app, upstream) -> None:
     client = sqlite_app().test_client()
-    key = _create(client, tokens_per_day=60)
+    key = _create(client, tokens_per_day=75)
     upstream.behavior = Behavior(chunks=3)
     chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
-    for _ in range(2):  # each reserves 41 and settles to 12 (9 prompt + 3 completion)
+    # each reserves 54 (the prompt's bound: 2 bytes + 4 for the message + 8; and 40) and settles
+    # to 12 (9 prompt + 3 completion)
+    for _ in range(2):
         assert client.post("/v1/chat/completions", json=chat, headers=key).get_data().endswith(b"data: [DONE]\n\n")
-    # 24 used: 41 more would pass 60
+    # 24 used: 54 more would pass 75
     assert client.post("/v1/chat/completions", json=chat, headers=key).status_code == 429
 
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
-def test_concurrent_requests_overshoot_a_budget_by_at_most_one_reservation(sqlite_app, upstream, redis_prefix, storage) -> None:
+def test_concurrent_requests_never_overshoot_a_budget(sqlite_app, upstream, redis_prefix, storage) -> None:
     extra = {"rate_limit_storage_uri": REDIS_URL, "rate_limit_key_prefix": redis_prefix} if storage == "redis" else {}
     app = sqlite_app(rate_limit_ai="1000 per minute", rate_limit_general="1000 per minute", **extra)
     key = _create(app.test_client(), budget_tokens_day=1000)
-    # Each call reserves 1 (prompt) + 100 (max_tokens) and reports 100 used.
+    # Each call reserves 10 (the prompt's bound) + 100 (max_tokens) and reports 100 used.
     answer = {
         "id": "x",
         "object": "text_completion",
@@ -141,7 +143,7 @@ def test_concurrent_requests_overshoot_a_budget_by_at_most_one_reservation(sqlit
         results = list(pool.map(call, range(50)))
     admitted = sum(1 for status, _ in results if status == 200)
     assert {code for status, code in results if status != 200} == {"insufficient_quota"}
-    assert 1 <= admitted and admitted * 100 <= 1000 + 101
+    assert 1 <= admitted and admitted * 100 <= 1000  # what each used never passes what it held
 
 
 def test_token_counters_reset_with_their_window(sqlite_app) -> None:
@@ -173,13 +175,13 @@ def test_policy_falls_back_to_defaults() -> None:
 
 def test_without_max_tokens_a_request_holds_what_is_left(sqlite_app, upstream) -> None:
     """The reservation shrinks to what is left, the upstream is told so, and a room smaller than
-    the prompt (1) and MIN_COMPLETION_TOKENS (16) means 429 (tests/integration/test_token_clamping.py)."""
+    the prompt's bound (10) and MIN_COMPLETION_TOKENS (16) means 429 (tests/integration/test_token_clamping.py)."""
     client = sqlite_app().test_client()
     key = _create(client, tokens_per_day=100)
     statuses = [client.post("/v1/completions", json=BODY, headers=key).status_code for _ in range(12)]
-    # Each call uses 12 (the fake's usage): after 7 calls 16 are left, fewer than 1 + 16.
+    # Each call uses 12 (the fake's usage): after 7 calls 16 are left, fewer than 10 + 16.
     assert statuses == [200] * 7 + [429] * 5
-    assert [request.json()["max_tokens"] for request in upstream.requests] == [99 - 12 * n for n in range(7)]
+    assert [request.json()["max_tokens"] for request in upstream.requests] == [90 - 12 * n for n in range(7)]
 
 
 def test_remaining_says_unknown_when_the_store_is_down() -> None:

@@ -1,8 +1,9 @@
-"""A call without max_tokens near a token limit: clamped to what is left, never past it (issue 15).
+"""A call without max_tokens on a key with token counters: limited to what it holds, never past it (issue 15).
 
-The gateway sets the upstream's ``max_tokens`` to what the call holds beyond its prompt
-estimate and says so in ``X-Gateway-Max-Tokens-Clamped``; it refuses (429
-``insufficient_quota``) only when not even the prompt and MIN_COMPLETION_TOKENS fit.
+The gateway sets the upstream's ``max_tokens`` to what the call holds beyond its prompt's
+bound (the default reserve, the key's cap, or what is left when less is left) and says so
+in ``X-Gateway-Max-Tokens-Clamped``; it refuses (429 ``insufficient_quota``) only when not
+even the prompt and MIN_COMPLETION_TOKENS fit.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import json
 import pytest
 
 from gateway.quotas.policy import DEFAULT_COMPLETION_RESERVE, MIN_COMPLETION_TOKENS
-from gateway.upstream.accounting import estimate_prompt_tokens
+from gateway.upstream.accounting import prompt_token_bound
 from tests.conftest import KEY_HEADERS, REDIS_URL
 from tests.fakes.upstream import Behavior
 
 CLAMPED = "X-Gateway-Max-Tokens-Clamped"
 JOKE = {"model": "m", "prompt": "Tell me a joke"}
-JOKE_PROMPT = estimate_prompt_tokens(JOKE)
+JOKE_PROMPT = prompt_token_bound(JOKE)
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Tell me a joke"}]}
-CHAT_PROMPT = estimate_prompt_tokens(CHAT)
+CHAT_PROMPT = prompt_token_bound(CHAT)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -115,9 +116,18 @@ def test_a_call_with_its_own_limit_goes_as_written(build, upstream) -> None:
     assert upstream.requests[-1].json() == chat
 
 
-def test_plenty_left_and_no_cap_leaves_the_body_alone(build, upstream) -> None:
+def test_plenty_left_a_counted_key_still_limits_the_answer_to_what_it_holds(build, upstream) -> None:
+    # Exact budgets: the answer can never use more than the call held, even with plenty left.
     client = build().test_client()
     key = _key(client, budget_tokens_day=DEFAULT_COMPLETION_RESERVE * 10)
+    response = client.post("/v1/completions", json=JOKE, headers=key)
+    assert response.status_code == 200 and response.headers[CLAMPED] == str(DEFAULT_COMPLETION_RESERVE)
+    assert upstream.requests[-1].json() == {**JOKE, "max_tokens": DEFAULT_COMPLETION_RESERVE}
+
+
+def test_a_key_without_token_counters_or_cap_leaves_the_body_alone(build, upstream) -> None:
+    client = build().test_client()
+    key = _key(client)
     raw = json.dumps(JOKE).encode()
     response = client.post("/v1/completions", data=raw, content_type="application/json", headers=key)
     assert response.status_code == 200 and CLAMPED not in response.headers
@@ -137,7 +147,7 @@ def test_a_clamped_stream_says_so_and_still_reports_its_usage(build, upstream, p
     client = build().test_client()
     key = _key(client, budget_tokens_month=200)
     document = {**(CHAT if "chat" in path else JOKE), "stream": True}
-    prompt = estimate_prompt_tokens(document)
+    prompt = prompt_token_bound(document)
     upstream.behavior = Behavior(chunks=3)
     response = client.post(path, json=document, headers=key)
     assert response.status_code == 200 and response.headers[CLAMPED] == str(200 - prompt)

@@ -84,3 +84,14 @@ def test_split_events_keeps_bytes() -> None:
     raw = b"data: a\n\ndata: b\r\n\r\ndata: c\n\n"
     assert split_events(raw) == [b"data: a\n\n", b"data: b\r\n\r\n", b"data: c\n\n"]
     assert b"".join(split_events(raw)) == raw
+
+
+def test_the_prompt_bound_is_never_below_the_bytes_and_counts_each_message() -> None:
+    from gateway.upstream.accounting import prompt_token_bound
+
+    assert prompt_token_bound({"prompt": "Tell me a joke"}) == 14 + 8
+    assert prompt_token_bound({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "héllo"}]}) == (
+        2 + 6 + 2 * 4 + 8
+    )
+    assert prompt_token_bound({"input": [{"content": [{"text": "abc"}]}], "instructions": "be brief"}) == 3 + 8 + 8
+    assert prompt_token_bound({"model": "m"}) == 8
