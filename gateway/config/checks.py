@@ -120,6 +120,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("RATE_LIMIT_STORAGE_URI must be memory:// or a Redis URI such as redis://host:6379/0")
     if settings.rate_limit_strategy not in STRATEGIES:
         raise ConfigError(f"RATE_LIMIT_STRATEGY must be one of {', '.join(STRATEGIES)}")
+    if settings.stream_disconnect not in ("abort", "drain"):
+        raise ConfigError("STREAM_DISCONNECT must be abort or drain")
     if settings.rate_limit_on_storage_error not in ("open", "closed"):
         raise ConfigError("RATE_LIMIT_ON_STORAGE_ERROR must be open or closed")
     if not 0 < settings.rate_limit_storage_timeout <= 30:

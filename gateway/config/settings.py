@@ -82,6 +82,7 @@ class Settings:
     max_request_bytes: int = 8 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_stream_event_bytes: int = 1024 * 1024  # one SSE event from the upstream; a larger one ends the stream
+    stream_disconnect: str = "abort"  # a client gone mid-stream: "abort" the upstream, or "drain" it for its usage
 
     # --- several backends (gateway.backends) ----------------------------------------
     gateway_config: str = ""  # path of the backends YAML file; empty: one upstream from AI_API_URL

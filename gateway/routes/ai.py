@@ -178,7 +178,9 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 
         def limits_for(deadline: float) -> RelayLimits:
-            return RelayLimits(deadline, settings.max_response_bytes, settings.max_stream_event_bytes)
+            return RelayLimits(
+                deadline, settings.max_response_bytes, settings.max_stream_event_bytes, drain=settings.stream_disconnect == "drain"
+            )
 
         streaming = False
         try:

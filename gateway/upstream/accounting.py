@@ -6,8 +6,10 @@
   client did not ask, and :class:`StreamUsageTap` reads that chunk and, for such a
   client, removes it, so the client's stream is byte for byte what it would have
   been without the option.
-- When the upstream reports nothing, tokens are estimated (about four characters
-  per token for the prompt, one token per content chunk of a stream) and marked so.
+- When the upstream reports nothing (or a client's disconnect cut the stream before
+  its usage chunk), tokens are estimated and marked so: about four characters per
+  token of the prompt, and of the completion text the client was sent (a stream's
+  ``delta.content``, ``text``, tool-call ``arguments``, a Responses ``delta``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from typing import Any
 from gateway.upstream.sse import split_events
 
 CHARS_PER_TOKEN = 4
+# A stream's relayed events are kept (references, no copy) until its end, when they are
+# counted only if the upstream reported no usage; past this many bytes they are counted
+# at once and let go, so a long stream holds at most this much.
+RELAYED_KEPT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -152,12 +158,14 @@ class StreamUsageTap:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip = strip_usage_chunk
         self.usage: TokenUsage | None = None
-        self.content_events = 0
+        self._kept: list[bytes] = []  # relayed events not yet counted
+        self._kept_bytes = 0
+        self._chars = 0  # completion text counted so far
 
     def feed(self, events: bytes) -> bytes:
         """Take complete events; return what the client should get."""
         if b'"usage"' not in events:
-            self.content_events += events.count(b"data:") - events.count(b"data: [DONE]")
+            self._keep(events)
             return events
         kept = []
         for event in split_events(events):
@@ -166,10 +174,30 @@ class StreamUsageTap:
                 self.usage = usage
             if usage_only and self.strip:
                 continue
-            if not usage_only and b"data:" in event and b"[DONE]" not in event:
-                self.content_events += 1
             kept.append(event)
-        return b"".join(kept)
+        relayed = b"".join(kept)
+        self._keep(relayed)
+        return relayed
+
+    def _keep(self, events: bytes) -> None:
+        if self.usage is not None:
+            return  # the upstream's figures will be used: nothing to count
+        self._kept.append(events)
+        self._kept_bytes += len(events)
+        if self._kept_bytes > RELAYED_KEPT_BYTES:
+            self._count_kept()
+
+    def _count_kept(self) -> None:
+        for events in self._kept:
+            self._chars += relayed_text_chars(events)
+        self._kept.clear()
+        self._kept_bytes = 0
+
+    @property
+    def relayed_completion_tokens(self) -> int:
+        """The completion tokens of the text relayed so far, counted as an estimate."""
+        self._count_kept()
+        return -(-self._chars // CHARS_PER_TOKEN)
 
     @staticmethod
     def _inspect(event: bytes) -> tuple[TokenUsage | None, bool]:
@@ -190,5 +218,46 @@ class StreamUsageTap:
         """What the stream used: the upstream's figures, else an estimate."""
         if self.usage is not None:
             return self.usage
-        completion = self.content_events
+        completion = self.relayed_completion_tokens
         return TokenUsage(prompt_estimate, completion, prompt_estimate + completion, estimated=True)
+
+
+_TEXT_KEYS = ("content", "text", "arguments", "refusal")
+
+
+def _delta_chars(value: Any) -> int:
+    """Characters of generated text in a stream chunk's choice (or any part of it)."""
+    if isinstance(value, str):
+        return 0
+    if isinstance(value, list):
+        return sum(_delta_chars(item) for item in value)
+    if isinstance(value, dict):
+        total = 0
+        for key, item in value.items():
+            if key in _TEXT_KEYS and isinstance(item, str):
+                total += len(item)
+            elif isinstance(item, dict | list):
+                total += _delta_chars(item)
+        return total
+    return 0
+
+
+def relayed_text_chars(events: bytes) -> int:
+    """Characters of generated text in whole SSE events: chat ``choices[].delta``, completion
+    ``choices[].text``, Responses ``response.output_text.delta`` (its ``delta``)."""
+    chars = 0
+    for event in split_events(events):
+        data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        if isinstance(chunk.get("choices"), list):
+            chars += _delta_chars(chunk["choices"])
+        elif chunk.get("type") == "response.output_text.delta" and isinstance(chunk.get("delta"), str):
+            chars += len(chunk["delta"])
+    return chars

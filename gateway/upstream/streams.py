@@ -47,6 +47,7 @@ class RelayLimits:
     deadline: float  # time.monotonic() by which the whole answer must be in
     max_bytes: int  # largest non-streamed body accepted from the upstream
     max_event_bytes: int = 1024 * 1024  # largest single streamed event (MAX_STREAM_EVENT_BYTES)
+    drain: bool = False  # STREAM_DISCONNECT=drain: a stream whose client went away is read to its end
 
 
 @functools.cache
@@ -137,11 +138,18 @@ class StreamBody:
     upstream and runs the stream-end callback, which a generator that never started
     would not do; so no concurrency slot, gauge or usage row is left open."""
 
-    def __init__(self, upstream: UpstreamResponse | None, events: Generator[bytes, None, None], on_end: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamResponse | None,
+        events: Generator[bytes, None, None],
+        on_end: Callable[[str], None],
+        drain: bool = False,
+    ) -> None:
         self._upstream = upstream
         self._events = events
         self._on_end = on_end
         self._started = False
+        self._drain = drain
 
     def __iter__(self) -> StreamBody:
         return self
@@ -151,6 +159,12 @@ class StreamBody:
         return next(self._events)
 
     def close(self) -> None:
+        if not self._started and self._drain and self._upstream is not None:
+            self._started = True
+            try:  # start it, so that closing it drains the upstream (STREAM_DISCONNECT=drain)
+                next(self._events)
+            except StopIteration:
+                return
         if self._started:
             self._events.close()
         else:
@@ -168,7 +182,8 @@ def stream_response(
     opened: OpenedStream | None,
 ) -> Response:
     framer, first = (opened.framer, opened.first) if opened is not None else (None, b"")
-    return _event_stream(StreamBody(upstream, stream_events(upstream, limits, on_end, tap, framer=framer, first=first), on_end))
+    events = stream_events(upstream, limits, on_end, tap, framer=framer, first=first)
+    return _event_stream(StreamBody(upstream, events, on_end, drain=limits.drain and tap is not None))
 
 
 def _event_stream(body: StreamBody) -> Response:
@@ -176,6 +191,26 @@ def _event_stream(body: StreamBody) -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+def _drain(upstream: UpstreamResponse, limits: RelayLimits, framer: EventFramer, tap: StreamUsageTap) -> None:
+    """Read the rest of a stream whose client went away, for its usage only (nothing is
+    kept but the tap's figures), until its end, a read error or the deadline."""
+    try:
+        while time.monotonic() < limits.deadline:
+            data = read_chunk(upstream)
+            if not data:
+                rest = framer.flush()
+                if rest:
+                    tap.feed(rest)
+                return
+            events = framer.feed(data)
+            if events:
+                tap.feed(events)
+            if framer.pending > limits.max_event_bytes:
+                return
+    except READ_ERRORS:
+        return
 
 
 def stream_events(
@@ -193,7 +228,8 @@ def stream_events(
     sends nothing at all, stalls beyond the read timeout, runs past the deadline, or holds more than
     ``limits.max_event_bytes`` of one event (:data:`STREAM_ERROR_CODES`); the events
     complete before that are relayed first. Closing the generator (the client went
-    away) closes the upstream connection at once. ``on_end`` gets the outcome either way.
+    away) closes the upstream connection at once, or with ``limits.drain`` reads it to its
+    end first (within the deadline, keeping only its usage). ``on_end`` gets the outcome either way.
 
     Under gevent the loop gives the worker's other greenlets a turn at least every
     :data:`YIELD_EVERY` seconds, however fast the upstream sends.
@@ -250,6 +286,8 @@ def stream_events(
             yield rest
     except GeneratorExit:
         outcome = "client_disconnected"
+        if limits.drain and tap is not None:
+            _drain(upstream, limits, framer, tap)
         raise
     finally:
         upstream.close()

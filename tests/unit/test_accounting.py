@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 from gateway.upstream.accounting import (
+    RELAYED_KEPT_BYTES,
     StreamUsageTap,
     TokenUsage,
     ask_for_stream_usage,
     client_asked_for_usage,
     estimate_prompt_tokens,
+    relayed_text_chars,
     usage_from_body,
 )
 from gateway.upstream.sse import split_events
@@ -75,8 +77,9 @@ def test_tap_keeps_everything_for_clients_that_asked() -> None:
 
 def test_tap_estimates_when_the_upstream_reports_nothing() -> None:
     tap = StreamUsageTap(strip_usage_chunk=True)
-    for piece in (_chunk("a"), _chunk("b") + _chunk("c"), b"data: [DONE]\n\n"):
+    for piece in (_chunk("abcd"), _chunk("efgh") + _chunk("ij"), b"data: [DONE]\n\n"):
         tap.feed(piece)
+    # 10 characters of relayed text, four per token, rounded up
     assert tap.result(prompt_estimate=5) == TokenUsage(5, 3, 8, estimated=True)
 
 
@@ -95,3 +98,23 @@ def test_the_prompt_bound_is_never_below_the_bytes_and_counts_each_message() -> 
     )
     assert prompt_token_bound({"input": [{"content": [{"text": "abc"}]}], "instructions": "be brief"}) == 3 + 8 + 8
     assert prompt_token_bound({"model": "m"}) == 8
+
+
+def test_relayed_text_counts_generated_text_of_every_stream_shape() -> None:
+    chat = _chunk("héllo")
+    tool = _chunk(choices=[{"index": 0, "delta": {"tool_calls": [{"function": {"name": "f", "arguments": '{"a":1}'}}]}}])
+    completion = b'data: {"choices": [{"text": "abc", "index": 0}]}\n\n'
+    responses = b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", "delta": "xyz"}\n\n'
+    noise = b"data: [DONE]\n\ndata: not json\n\n: comment\n\n"
+    assert relayed_text_chars(chat) == 5
+    assert relayed_text_chars(tool) == len('{"a":1}')  # arguments count; the function's name does not
+    assert relayed_text_chars(completion + responses + noise) == 6
+
+
+def test_tap_holds_a_bounded_amount_of_a_long_stream_and_still_counts_all_of_it() -> None:
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    piece = _chunk("x" * 1000)
+    for _ in range(200):  # about 200 kB of events, no usage chunk
+        tap.feed(piece)
+        assert tap._kept_bytes <= RELAYED_KEPT_BYTES  # noqa: SLF001 - the bound under test
+    assert tap.result(prompt_estimate=0).completion_tokens == 200 * 1000 // 4
