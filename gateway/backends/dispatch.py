@@ -112,7 +112,7 @@ def relay(
     tried: set[str] = set()
     number = 0
     while True:
-        admitted = start_attempt(states, tried, router.rng)
+        admitted = states[0].start() if len(states) == 1 else start_attempt(states, tried, router.rng)
         if admitted is None:
             # Only pauses a backend asked for (Retry-After) are waited out, within the deadline.
             wait = router.throttled_for(route)
