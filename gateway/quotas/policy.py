@@ -24,6 +24,8 @@ from gateway.store.keys import KeyRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPLETION_RESERVE = 1024  # completion tokens reserved when neither max_tokens nor a cap is set
+# A request's completion limit: completions and chat; chat's newer name; the Responses API's.
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 TOKEN_COUNTERS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month")
 
 
@@ -83,7 +85,7 @@ def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, 
     whether that is a guess (no ``max_tokens`` given) that may shrink to what is left.
 
     :raises 403: the model is not among the key's allowed models.
-    :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
+    :raises 400: ``max_tokens`` (or another of :data:`MAX_TOKENS_FIELDS`) is above the key's cap, or not a positive integer.
     """
     policy = caller_policy()
     model = document.get("model")
@@ -96,7 +98,7 @@ def check_request(document: dict[str, Any], prompt_estimate: int) -> tuple[int, 
             param="model",
         )
     requested = None
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in MAX_TOKENS_FIELDS:
         value = document.get(name)
         if value is None:
             continue
