@@ -88,6 +88,18 @@ class Route:
         blueprint, _, name = self.endpoint.partition(".")
         return operations.BY_NAME.get(name) if blueprint == "ai" else None
 
+    @property
+    def is_item(self) -> bool:
+        """One item of an AI operation (``/v1/models/<item_id>``, ``/v1/responses/<item_id>``)."""
+        op = self.operation
+        return op is not None and self.rule in op.item_paths
+
+    @property
+    def streams(self) -> bool:
+        """An AI route that may answer with server-sent events."""
+        op = self.operation
+        return op is not None and op.streams and not self.is_item
+
 
 def served_routes(url_map: Map) -> list[Route]:
     """Every (rule, method) the app serves, by rule then method; not ``static``, HEAD or OPTIONS."""
@@ -202,7 +214,7 @@ def _error_statuses(app: Flask, route: Route, exempt: frozenset[str]) -> set[str
 def _body_schema(route: Route) -> dict[str, Any] | None:
     op = route.operation
     if op is not None:
-        return relay_body_schema(op) if op.has_body else None
+        return relay_body_schema(op) if op.has_body and not route.is_item else None
     if route.endpoint == "auth.issue_token":
         return TOKEN_REQUEST
     if route.endpoint == "admin.create_key":
@@ -228,7 +240,7 @@ def _responses(app: Flask, route: Route, exempt: frozenset[str]) -> dict[str, An
     responses: dict[str, Any] = {}
     if op is not None:
         content = _json(ref("RelayedAnswer"))
-        if op.streams:
+        if route.streams:
             content["text/event-stream"] = {"schema": ref("RelayedEvent")}
         responses["2XX"] = {"description": "The AI backend's answer, relayed.", "content": content}
     else:
@@ -245,6 +257,8 @@ def _responses(app: Flask, route: Route, exempt: frozenset[str]) -> dict[str, An
 def _operation_object(app: Flask, route: Route, exempt: frozenset[str]) -> dict[str, Any]:
     doc = _doc(app, route.endpoint)
     summary = doc.splitlines()[0] if doc else ""
+    if route.is_item and route.operation is not None and route.operation.item_summary is not None:
+        doc = summary = route.operation.item_summary
     operation: dict[str, Any] = {
         "operationId": route.method.lower() + re.sub(r"[^a-zA-Z0-9]+", "_", route.path).rstrip("_"),
         "tags": [route.endpoint.partition(".")[0]],
@@ -264,7 +278,7 @@ def _operation_object(app: Flask, route: Route, exempt: frozenset[str]) -> dict[
     if body is not None:
         operation["requestBody"] = {"required": True, "content": _json(body)}
     if route.operation is not None:
-        operation["x-streaming"] = route.operation.streams
+        operation["x-streaming"] = route.streams
     operation["responses"] = _responses(app, route, exempt)
     return operation
 

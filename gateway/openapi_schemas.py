@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway import operations
+from gateway.quotas.policy import MAX_TOKENS_FIELDS
 from gateway.routes import usage
 from gateway.store import key_fields
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
@@ -98,9 +99,9 @@ def key_fields_schema(*, creating: bool) -> dict[str, Any]:
 
 # Fields of an AI request the gateway reads (model lists, token estimates, stream usage) but
 # leaves to the upstream to judge: any JSON value, so generators try every kind.
-RELAYED_FIELDS_READ = ("model", "messages", "prompt", "input", "stream_options")
+RELAYED_FIELDS_READ = ("model", "messages", "prompt", "input", "instructions", "stream_options")
 # Fields the gateway itself checks (gateway.quotas.check_request): a positive integer.
-TOKEN_REQUEST_FIELDS = ("max_tokens", "max_completion_tokens")
+TOKEN_REQUEST_FIELDS = MAX_TOKENS_FIELDS
 
 
 def relay_body_schema(op: operations.Operation) -> dict[str, Any]:

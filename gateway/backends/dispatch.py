@@ -87,16 +87,25 @@ def relay(
     limits_for: Callable[[float], RelayLimits],
     on_stream_end: Callable[[str], None],
     tap: StreamUsageTap | None = None,
+    target: tuple[str, str] | None = None,
 ) -> Response:
     """The answer to one AI request (see the module).
 
     :param limits_for: the relay's limits for a deadline (``time.monotonic()``).
     :param on_stream_end: the view's end of a stream (called once, after the deployment's).
-    :raises 404: no route for the request's model (``model_not_found``).
+    :param target: (method, upstream path) when not the operation's own (a relayed item,
+        ``GET /responses/<id>``).
+    :raises 404: no route for the request's model (``model_not_found``), or the request names
+        no model and the config file has no catch-all route (``no_catch_all_route``).
     :raises 429: every deployment is rate limited beyond the request's deadline.
     :raises 503: no deployment is available (circuits open, or all at their concurrency cap).
     """
     route = router.route_for(exchange.model)
+    if route is None and not exchange.model:
+        raise NotFound(
+            'This request names no model, so it goes to the catch-all model route ("*") of the config file, and it has none.',
+            error_code="no_catch_all_route",
+        )
     if route is None:
         raise NotFound(
             f"The model {exchange.model or ''!r} is not served here. GET /v1/models lists the models.",
@@ -104,6 +113,7 @@ def relay(
             param="model",
         )
     routing = router.routing
+    sent_to = target or (op.method, op.upstream_path)
     states = router.states(route)
     deadline = time.monotonic() + router.total_timeout(route)
     retries = routing.max_attempts > 1
@@ -128,7 +138,7 @@ def relay(
         may_retry = retries and number + 1 < routing.max_attempts
         try:
             response = _attempt(
-                router, op, body, exchange, admitted, record, stream, limits_for(deadline), on_stream_end, tap, may_retry
+                router, sent_to, body, exchange, admitted, record, stream, limits_for(deadline), on_stream_end, tap, may_retry
             )
         except _Failed as failure:
             record.outcome = failure.kind
@@ -154,7 +164,7 @@ def relay(
 
 def _attempt(
     router: Router,
-    op: Operation,
+    target: tuple[str, str],
     body: bytes | None,
     exchange: Exchange,
     admitted: Attempt,
@@ -170,8 +180,9 @@ def _attempt(
     client = router.client(state.backend)
     upstream_model = state.model if state.model is not None else exchange.model
     try:
+        method, path = target
         upstream = client.send(
-            op.method, op.upstream_path, _with_model(body, state.model), exchange.request_id, stream, limits.deadline, upstream_model
+            method, path, _with_model(body, state.model), exchange.request_id, stream, limits.deadline, upstream_model
         )
     except UpstreamUnavailable as error:
         raise _failed("connect", "connect", error=error) from None

@@ -29,6 +29,8 @@ DEFAULT_COMPLETION_RESERVE = 1024  # completion tokens reserved when neither max
 MIN_COMPLETION_TOKENS = 16
 # On an answer whose completion limit the gateway set upstream: that limit.
 CLAMPED_HEADER = "X-Gateway-Max-Tokens-Clamped"
+# A request's completion limit: completions and chat; chat's newer name; the Responses API's.
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 TOKEN_COUNTERS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month")
 
 
@@ -121,7 +123,7 @@ def check_request(document: dict[str, Any], prompt_estimate: int, limit_field: s
     (``None``: it generates no text, and nothing is set for it).
 
     :raises 403: the model is not among the key's allowed models.
-    :raises 400: ``max_tokens`` is above the key's cap, or not a positive integer.
+    :raises 400: ``max_tokens`` (or another of :data:`MAX_TOKENS_FIELDS`) is above the key's cap, or not a positive integer.
     """
     policy = caller_policy()
     model = document.get("model")
@@ -134,7 +136,7 @@ def check_request(document: dict[str, Any], prompt_estimate: int, limit_field: s
             param="model",
         )
     requested = None
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in MAX_TOKENS_FIELDS:
         value = document.get(name)
         if value is None:
             continue

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from limits.errors import StorageError
 
 from gateway import extensions, metrics
@@ -18,7 +18,7 @@ from gateway.backends.config import GatewayConfig
 from gateway.body import ai_request_body
 from gateway.errors import BadRequest, LimitStorageUnavailable, NotFound, UpstreamError
 from gateway.exchange import current
-from gateway.operations import OPERATIONS, Operation
+from gateway.operations import ITEM_ID_MAX, OPERATIONS, Operation, item_segment
 from gateway.quotas.policy import CLAMPED_HEADER, TokenPlan, caller_policy, check_request
 from gateway.quotas.slots import Slot
 from gateway.quotas.tokens import NO_RESERVATION, Reservation, reserve_tokens
@@ -90,7 +90,7 @@ def read_request(op: Operation) -> ClientCall:
     plan = check_request(document, accounting.prompt_token_bound(document), op.completion_limit)
     call = ClientCall(body=raw, document=document, stream=stream, prompt_estimate=prompt_estimate, plan=plan)
     if stream:
-        asked = accounting.client_asked_for_usage(document)
+        asked = op.stream_usage == "always" or accounting.client_asked_for_usage(document)
         call.ask_for_usage = not asked and current_app.config["GATEWAY"].upstream_stream_usage
         call.tap = accounting.StreamUsageTap(strip_usage_chunk=not asked)
     return call
@@ -144,6 +144,22 @@ def models_for_caller(response: Response, item_id: str | None) -> Response:
     )
 
 
+def item_target(op: Operation, item_id: str) -> tuple[str, str]:
+    """(method, upstream path) of a relayed item call: ``GET /responses/<id>`` and the like.
+
+    :raises 400: the id is not one path segment (``invalid_item_id``).
+    """
+    segment = item_segment(item_id)
+    if segment is None:
+        raise BadRequest(
+            f"The id in {op.upstream_path}/<id> must be one path segment: no '/', at most {ITEM_ID_MAX} characters.",
+            param="id",
+            error_code="invalid_item_id",
+        )
+    method = "GET" if request.method == "HEAD" else request.method  # the answer's body is dropped on the way out
+    return method, f"{op.upstream_path}/{segment}"
+
+
 def _view_for(op: Operation) -> Callable[..., Response]:
     def relay_operation(item_id: str | None = None) -> Response:
         exchange = current()
@@ -156,8 +172,13 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         request_quotas = extensions.request_windows(app)
         reservation = NO_RESERVATION
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
+        target = None
         try:
-            call = read_request(op)
+            if item_id is not None and op.relays_items:
+                target = item_target(op, item_id)  # no body, no model: no tokens to hold
+                call = ClientCall()
+            else:
+                call = read_request(op)
             reservation = call.hold_tokens()
             slot = extensions.slots(app).acquire(caller_key())
             # Going upstream: the general and the AI quota, in one count.
@@ -184,7 +205,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
 
         streaming = False
         try:
-            if op.item_summary is not None and router.config.from_file:
+            if op.lists_items and router.config.from_file:
                 response = configured_models(router.config)  # the config file's public names; no backend called
             else:
                 response = dispatch.relay(
@@ -196,16 +217,19 @@ def _view_for(op: Operation) -> Callable[..., Response]:
                     limits_for=limits_for,
                     on_stream_end=stream_ended,
                     tap=call.tap,
+                    target=target,
                 )
             streaming = response.is_streamed
             if streaming:
                 exchange.stream = True
                 exchange.status = response.status_code  # even if the stream is closed before the response hook
                 metrics.stream_opened(op.name)
-            if op.item_summary is not None and response.status_code == 200 and not streaming:
+            if op.lists_items and response.status_code == 200 and not streaming:
                 response = models_for_caller(response, item_id)
             if not streaming and response.status_code < 300:
-                exchange.usage = accounting.usage_of_answer(getattr(response, relay.UPSTREAM_ANSWER, None), call.prompt_estimate)
+                answer = getattr(response, relay.UPSTREAM_ANSWER, None)
+                # A stored item's answer (a retrieved response) repeats usage billed when it was made.
+                exchange.usage = accounting.NO_TOKENS if target else accounting.usage_of_answer(answer, call.prompt_estimate)
             if call.clamped is not None:
                 response.headers[CLAMPED_HEADER] = str(call.clamped)
             return response
@@ -223,5 +247,5 @@ def _view_for(op: Operation) -> Callable[..., Response]:
 
 for _op in OPERATIONS:
     _view = _view_for(_op)
-    for _path in (*_op.gateway_paths, *_op.item_paths):
-        blueprint.add_url_rule(_path, endpoint=_op.name, view_func=_view, methods=[_op.method])
+    for _path, _method in _op.routes():
+        blueprint.add_url_rule(_path, endpoint=_op.name, view_func=_view, methods=[_method])

@@ -65,7 +65,7 @@ def plain_summary(doc: str | None) -> str:
 
 def _summary(route: openapi.Route) -> str:
     op = route.operation
-    if op is not None and op.item_summary is not None and route.rule in op.item_paths:
+    if op is not None and op.item_summary is not None and route.is_item:
         return op.item_summary
     return plain_summary(current_app.view_functions[route.endpoint].__doc__)
 
@@ -84,7 +84,7 @@ def index() -> Response:
             "description": _summary(route),
         }
         if route.operation is not None:
-            entry["streaming"] = route.operation.streams
+            entry["streaming"] = route.streams
         endpoints.append(entry)
     return jsonify(
         name="AI Proxy Gateway",

@@ -1,11 +1,16 @@
 """Token usage from upstream answers. Pure code: bytes and dicts, no Flask, no requests.
 
-- Non-streamed answers carry OpenAI's ``usage`` object: :func:`usage_from_body`.
+- Non-streamed answers carry OpenAI's ``usage`` object: :func:`usage_from_body`. Two
+  shapes: ``prompt_tokens``/``completion_tokens`` (completions, chat, embeddings) and
+  ``input_tokens``/``output_tokens`` (the Responses API), read as prompt and completion.
 - Streams carry it only when asked (``stream_options.include_usage``), in one last
   chunk with empty ``choices``. :func:`ask_for_stream_usage` adds the option when the
   client did not ask, and :class:`StreamUsageTap` reads that chunk and, for such a
   client, removes it, so the client's stream is byte for byte what it would have
   been without the option.
+- A Responses API stream always carries it, in its ``response.completed`` (or
+  ``response.incomplete``, ``response.failed``) event's ``response.usage``: the tap reads
+  it there and leaves it in the client's stream.
 - When the upstream reports nothing (or a client's disconnect cut the stream before
   its usage chunk), tokens are estimated and marked so: about four characters per
   token of the prompt, and of the completion text the client was sent (a stream's
@@ -35,11 +40,16 @@ class TokenUsage:
     estimated: bool = False
 
 
+NO_TOKENS = TokenUsage(0, 0, 0)  # a call that uses none (retrieving or deleting a stored response)
+
+
 def _as_usage(value: Any) -> TokenUsage | None:
     if not isinstance(value, dict):
         return None
-    prompt = value.get("prompt_tokens")
-    completion = value.get("completion_tokens", 0)
+    if "prompt_tokens" in value:
+        prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens", 0)
+    else:  # the Responses API's names
+        prompt, completion = value.get("input_tokens"), value.get("output_tokens", 0)
     total = value.get("total_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
@@ -69,8 +79,9 @@ def _text_length(value: Any) -> int:
 
 
 def estimate_prompt_tokens(document: dict[str, Any]) -> int:
-    """A rough prompt size in tokens from ``prompt``, ``messages`` or ``input``."""
-    chars = _text_length(document.get("prompt")) + _text_length(document.get("input"))
+    """A rough prompt size in tokens from ``prompt``, ``messages``, ``input`` (a string or a
+    list of items) and ``instructions`` (the Responses API's system prompt)."""
+    chars = _text_length(document.get("prompt")) + _text_length(document.get("input")) + _text_length(document.get("instructions"))
     for message in document.get("messages") or ():
         if isinstance(message, dict):
             chars += _text_length(message.get("content"))
@@ -108,16 +119,16 @@ def prompt_token_bound(document: dict[str, Any]) -> int:
 
 
 def estimate_completion_tokens(answer: dict[str, Any]) -> int:
-    """A rough completion size in tokens from the choices of a JSON answer.
+    """A rough completion size in tokens from the choices (or the Responses API's ``output``) of a JSON answer.
 
     An answer off OpenAI's schema (``choices`` not a list, a ``message`` not an object)
     counts what has the right shape, and nothing else: it is the upstream's answer,
     relayed as sent, and must never fail the request that carries it.
     """
+    chars = _text_length(answer.get("output"))  # a Responses API answer's output items
     choices = answer.get("choices")
     if not isinstance(choices, list):
-        return 0
-    chars = 0
+        return -(-chars // CHARS_PER_TOKEN)
     for choice in choices:
         if isinstance(choice, dict):
             message = choice.get("message")
@@ -212,6 +223,9 @@ class StreamUsageTap:
             return None, False
         usage = _as_usage(chunk.get("usage"))
         usage_only = usage is not None and chunk.get("choices") == []
+        answer = chunk.get("response")
+        if usage is None and isinstance(answer, dict):  # a Responses API event: never removed
+            usage = _as_usage(answer.get("usage"))
         return usage, usage_only
 
     def result(self, prompt_estimate: int) -> TokenUsage:

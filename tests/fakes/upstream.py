@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["Behavior", "Recorded", "FakeUpstream", "MODELS", "main"]
+__all__ = ["Behavior", "Recorded", "FakeUpstream", "MODELS", "RESPONSE_USAGE", "main"]
 
 MODES = (
     "ok",
@@ -68,7 +68,18 @@ _QUIET_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
 # these names are ignored so the response stays parseable.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
-_POST_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/images/generations"})
+_POST_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/images/generations", "/v1/responses"})
+
+#: The Responses API: a plain answer's usage (a stream's: 11 input tokens, one output token per delta).
+RESPONSE_TEXT = "Hello from the fake upstream"
+RESPONSE_USAGE: dict[str, Any] = {
+    "input_tokens": 11,
+    "input_tokens_details": {"cached_tokens": 3},
+    "output_tokens": 6,
+    "output_tokens_details": {"reasoning_tokens": 2},
+    "total_tokens": 17,
+}
+_RESPONSES_ITEM = "/v1/responses/"
 
 
 class _ClientGone(Exception):
@@ -405,6 +416,12 @@ class _Handler(BaseHTTPRequestHandler):
                     None,
                 )
             model = self._model_of(data)
+            if path == "/v1/responses":
+                if data.get("stream") is True:
+                    return 200, None, ("responses", model, True)  # the stream's last event always has usage
+                answer = self._response_object(model, RESPONSE_TEXT, RESPONSE_USAGE)
+                self.server.fake._store_response(answer, data)
+                return 200, answer, None
             if path in ("/v1/completions", "/v1/chat/completions") and data.get("stream") is True:
                 opts = data.get("stream_options")
                 include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -482,7 +499,78 @@ class _Handler(BaseHTTPRequestHandler):
                     return 200, dict(m), None
             return 404, _error_obj(f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found", "model"), None
 
+        if path.startswith(_RESPONSES_ITEM):
+            return self._response_item(method, unquote(path[len(_RESPONSES_ITEM) :]))
+
         return 404, _error_obj("Unknown path", "invalid_request_error", "not_found"), None
+
+    # -- the Responses API -------------------------------------------------- #
+
+    def _response_object(self, model: str, text: str, usage: dict[str, Any] | None, status: str = "completed") -> dict[str, Any]:
+        """A Responses API ``response`` object (OpenAI's shape, trimmed to what SDKs read)."""
+        fake = self.server.fake
+        with fake._cond:
+            fake._response_count += 1
+            number = fake._response_count
+        return {
+            "id": f"resp_fake{number}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_fake{number}",
+                    "status": status,
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ]
+            if status == "completed"
+            else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "error": None,
+            "incomplete_details": None,
+            "usage": usage,
+        }
+
+    def _response_item(self, method: str, response_id: str) -> tuple[int, Any, None]:
+        """``GET`` (the stored response) or ``DELETE`` ``/v1/responses/<id>``."""
+        fake = self.server.fake
+        if method not in ("GET", "HEAD", "DELETE"):
+            return 405, _error_obj(f"Method {method} not allowed", "invalid_request_error", "method_not_allowed"), None
+        with fake._cond:
+            stored = fake.stored_responses.pop(response_id, None) if method == "DELETE" else fake.stored_responses.get(response_id)
+        if stored is None:
+            return 404, _error_obj(f"Response with id '{response_id}' not found.", "invalid_request_error", None, "response_id"), None
+        if method == "DELETE":
+            return 200, {"id": response_id, "object": "response", "deleted": True}, None
+        return 200, stored, None
+
+    def _responses_events(self, model: str, chunks: int) -> Iterator[bytes]:
+        """A Responses API stream, each event framed (``event:`` and ``data:``): ``response.created``,
+        one ``response.output_text.delta`` per chunk, ``response.completed`` with the usage."""
+        created = self._response_object(model, "", None, status="in_progress")
+        number = 0
+
+        def event(kind: str, **fields: Any) -> bytes:
+            nonlocal number
+            number += 1
+            return b"event: %s\ndata: %s\n\n" % (kind.encode(), _dumps({"type": kind, "sequence_number": number - 1, **fields}))
+
+        yield event("response.created", response=created)
+        deltas = [f"tok{i} " for i in range(max(0, chunks))]
+        for delta in deltas:
+            yield event("response.output_text.delta", item_id="msg_fake", output_index=0, content_index=0, delta=delta)
+        n = len(deltas)
+        usage = {**RESPONSE_USAGE, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": n}
+        usage.update(output_tokens_details={"reasoning_tokens": 0}, total_tokens=RESPONSE_USAGE["input_tokens"] + n)
+        completed = {**self._response_object(model, "".join(deltas), usage), "id": created["id"]}
+        self.server.fake._store_response(completed, {})
+        yield event("response.completed", response=completed)
 
     @staticmethod
     def _sse_events(kind: str, model: str, chunks: int, include_usage: bool) -> Iterator[bytes]:
@@ -533,7 +621,9 @@ class _Handler(BaseHTTPRequestHandler):
             defaults.append(("Transfer-Encoding", "chunked"))
         else:
             defaults.append(("Connection", "close"))
-        events: Iterator[bytes] = self._sse_events(kind, model, b.chunks, include_usage)
+        events: Iterator[bytes] = (
+            self._responses_events(model, b.chunks) if kind == "responses" else self._sse_events(kind, model, b.chunks, include_usage)
+        )
         fake._stream_started()
         try:
             head = self._head_bytes(200, defaults, b.headers)
@@ -551,7 +641,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if sent and not self._pause(b.gap):
                     self._abort(False)
                     return
-                payload = b"data: " + event + b"\n\n"
+                payload = event if event.startswith(b"event: ") else b"data: " + event + b"\n\n"
                 if chunked:
                     payload = b"%x\r\n%s\r\n" % (len(payload), payload)
                 self._write(payload)
@@ -595,7 +685,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _mode_drop(self, b: Behavior, rec: Recorded) -> None:
         path = urlsplit(rec.path).path.rstrip("/")
-        kind = "completion" if path == "/v1/completions" else "chat"
+        kind = {"/v1/completions": "completion", "/v1/responses": "responses"}.get(path, "chat")
         data = self._parse_json_object(rec.body)
         opts = (data or {}).get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -765,6 +855,9 @@ class FakeUpstream:
         #: Behaviours for the next requests, one each, before :attr:`behavior` applies again.
         self.script: list[Behavior] = []
         self.requests: list[Recorded] = []
+        #: Responses API answers by id, for GET and DELETE /v1/responses/<id> (unless made with "store": false).
+        self.stored_responses: dict[str, dict[str, Any]] = {}
+        self._response_count = 0
         self._cond = threading.Condition()
         self._open_connections = 0
         self._active_streams = 0
@@ -832,6 +925,7 @@ class FakeUpstream:
         with self._cond:
             self.script.clear()
             self.requests.clear()
+            self.stored_responses.clear()
 
     # -- counters ----------------------------------------------------------- #
 
@@ -849,6 +943,11 @@ class FakeUpstream:
             self.requests.append(rec)
             self._cond.notify_all()
             return self.script.pop(0) if self.script else self.behavior
+
+    def _store_response(self, answer: dict[str, Any], request: dict[str, Any]) -> None:
+        if request.get("store") is not False:
+            with self._cond:
+                self.stored_responses[answer["id"]] = answer
 
     def _conn_opened(self, sock: Any) -> None:
         with self._cond:

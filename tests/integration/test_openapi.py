@@ -234,3 +234,30 @@ def test_the_documented_token_request_is_what_auth_token_takes(make_app) -> None
     good, bad = {"apiKey": CANARY_MASTER_KEY}, {"api_key": CANARY_MASTER_KEY}
     assert schema.is_valid(good) and client.post("/auth/token", json=good).status_code == 200
     assert not schema.is_valid(bad) and client.post("/auth/token", json=bad).status_code == 400
+
+
+def test_the_responses_api_is_described_with_its_items(make_app) -> None:
+    paths = openapi.build(make_app())["paths"]
+    create = paths["/v1/responses"]["post"]
+    assert create["x-streaming"] is True and "text/event-stream" in create["responses"]["2XX"]["content"]
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["max_output_tokens"] == {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
+    assert "instructions" in body["properties"]
+    op = operations.BY_NAME["responses"]
+    for path in ("/v1/responses/{item_id}", "/api/ai/responses/{item_id}"):
+        assert set(paths[path]) == {"get", "delete"}
+        for method in ("get", "delete"):
+            item = paths[path][method]
+            assert "requestBody" not in item and item["x-streaming"] is False
+            assert item["summary"] == op.item_summary
+            assert set(item["responses"]["2XX"]["content"]) == {"application/json"}
+            assert [p["name"] for p in item["parameters"]] == ["item_id"]
+            assert {"401", "4XX", "502", "504"} <= set(item["responses"])
+    # The index (GET /) says the same.
+    index = make_app().test_client().get("/").get_json()["endpoints"]
+    entries = [e for e in index if e["path"].startswith("/v1/responses")]
+    assert sorted((e["method"], e["path"], e["streaming"]) for e in entries) == [
+        ("DELETE", "/v1/responses/<path:item_id>", False),
+        ("GET", "/v1/responses/<path:item_id>", False),
+        ("POST", "/v1/responses", True),
+    ]

@@ -17,6 +17,7 @@ BODIES = {
     "chat": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
     "embeddings": {"model": "m", "input": ["a", "b"]},
     "images": {"model": "m", "prompt": "a cat"},
+    "responses": {"model": "m", "input": "hi", "max_output_tokens": 50},
 }
 
 

@@ -626,3 +626,36 @@ def test_surrogates_in_a_stream(fake):
     usage_chunk = json.loads(events[-2][len(b"data: ") :])
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["prompt_tokens"] == 5
     assert usage_chunk["model"] == "fake\ud800model\x00"
+
+
+# --------------------------------------------------------------------------- #
+# the Responses API
+# --------------------------------------------------------------------------- #
+
+
+def test_responses_are_created_stored_retrieved_and_deleted(fake):
+    created = requests.post(f"{fake.base_url}/responses", json={"model": "m", "input": "hi"}, timeout=5).json()
+    assert created["object"] == "response" and created["model"] == "m" and created["status"] == "completed"
+    assert created["usage"]["input_tokens"] == 11 and created["usage"]["total_tokens"] == 17
+    item = f"{fake.base_url}/responses/{created['id']}"
+    assert requests.get(item, timeout=5).json() == created
+    assert requests.delete(item, timeout=5).json() == {"id": created["id"], "object": "response", "deleted": True}
+    assert requests.get(item, timeout=5).status_code == 404
+    assert requests.delete(item, timeout=5).status_code == 404
+    unstored = requests.post(f"{fake.base_url}/responses", json={"model": "m", "input": "hi", "store": False}, timeout=5).json()
+    assert unstored["id"] not in fake.stored_responses
+
+
+def test_a_responses_stream_is_named_events_ending_with_the_usage(fake):
+    fake.behavior = Behavior(chunks=3)
+    body = requests.post(f"{fake.base_url}/responses", json={"model": "m", "input": "hi", "stream": True}, timeout=5).content
+    events = [block.split(b"\n") for block in body.split(b"\n\n") if block]
+    kinds = [lines[0].removeprefix(b"event: ").decode() for lines in events]
+    assert kinds == ["response.created", *["response.output_text.delta"] * 3, "response.completed"]
+    data = [json.loads(lines[1].removeprefix(b"data: ")) for lines in events]
+    assert [d["type"] for d in data] == kinds and [d["sequence_number"] for d in data] == list(range(5))
+    assert data[0]["response"]["usage"] is None
+    completed = data[-1]["response"]
+    assert completed["usage"]["output_tokens"] == 3 and completed["usage"]["total_tokens"] == 14
+    assert completed["output"][0]["content"][0]["text"] == "tok0 tok1 tok2 "
+    assert fake.stored_responses[completed["id"]] == completed
