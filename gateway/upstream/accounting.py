@@ -8,6 +8,10 @@
   been without the option.
 - When the upstream reports nothing, tokens are estimated (about four characters
   per token for the prompt, one token per content chunk of a stream) and marked so.
+- Details, as OpenAI reports them: ``prompt_tokens_details.cached_tokens`` (prompt tokens
+  read from the upstream's cache) is part of ``prompt_tokens``, and
+  ``completion_tokens_details.reasoning_tokens`` is part of ``completion_tokens``. They are
+  kept beside the totals, never added to them (each clamped to its total).
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ class TokenUsage:
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
+    cached_tokens: int = 0  # of prompt_tokens: read from the upstream's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens: the model's hidden reasoning
+
+
+def _detail(value: Any, details: str, name: str, most: int) -> int:
+    """``value[details][name]`` when it is a whole number, clamped to 0..``most``; else 0."""
+    found = value.get(details)
+    count = found.get(name) if isinstance(found, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool):
+        return 0
+    return max(0, min(count, most))
 
 
 def _as_usage(value: Any) -> TokenUsage | None:
@@ -39,7 +54,9 @@ def _as_usage(value: Any) -> TokenUsage | None:
         return None
     if not isinstance(total, int):
         total = prompt + completion
-    return TokenUsage(prompt, completion, total)
+    cached = _detail(value, "prompt_tokens_details", "cached_tokens", prompt)
+    reasoning = _detail(value, "completion_tokens_details", "reasoning_tokens", completion)
+    return TokenUsage(prompt, completion, total, cached_tokens=cached, reasoning_tokens=reasoning)
 
 
 def usage_from_body(body: bytes | dict[str, Any]) -> TokenUsage | None:
