@@ -157,6 +157,7 @@ SUCCESS: dict[str, tuple[str, dict[str, Any]]] = {
     "admin.rotate_key": ("200", _json(ref("NewKey"))),
     "admin.usage_report": ("200", _json(ref("UsageReport"))),
     "admin.backends": ("200", _json(ref("Backends"))),
+    "admin.prices": ("200", _json(ref("Prices"))),
     "usage_api.own_usage": ("200", _json(ref("Usage"))),
     "metrics.scrape": (
         "200",

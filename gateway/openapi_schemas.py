@@ -142,7 +142,17 @@ QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 _TIME = {"type": "string", "format": "date-time"}
-_TOTALS = {"type": "object"}
+_COUNT = {"type": "integer", "minimum": 0}
+_TOTALS = _object(
+    {
+        **{name: _COUNT for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")},
+        **{name: _COUNT for name in ("reasoning_tokens", "cached_tokens", "estimated_requests", "unpriced_requests")},
+        "cost_usd": {"type": ["number", "null"], "description": "USD; null when no row has a cost"},
+    },
+    required=["requests", "total_tokens", "cost_usd"],
+    closed=False,
+)
+_PRICE = {"type": "number", "minimum": 0, "description": "USD per million tokens"}
 
 
 def _key_record() -> dict[str, Any]:
@@ -270,6 +280,29 @@ def component_schemas() -> dict[str, Any]:
                 },
             },
             required=["object", "worker_pid", "data"],
+        ),
+        "Prices": _object(
+            {
+                "object": {"const": "list"},
+                "source": {"type": ["string", "null"]},
+                "currency": {"const": "USD"},
+                "per_tokens": {"const": 1_000_000},
+                "data": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "model": {"type": "string", "description": "a public model name, or a glob"},
+                            "input": _PRICE,
+                            "cached_input": _PRICE,
+                            "output": _PRICE,
+                            "currency": {"const": "USD"},
+                            "per_tokens": {"const": 1_000_000},
+                        },
+                        required=["model", "input", "cached_input", "output", "currency", "per_tokens"],
+                    ),
+                },
+            },
+            required=["object", "currency", "data"],
         ),
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
         "RelayedAnswer": {"description": "The upstream's JSON answer, passed through unchanged."},

@@ -11,22 +11,30 @@ from the variable named by ``api_key_env`` (or ``api_key: ${VAR}``), and ``${VAR
 ``url`` or a header value is replaced by that variable; an unset variable is an error.
 Variables are read from the process environment, then the ``.env`` file, as every setting.
 
+``prices:`` (optional) maps public model names or globs to USD per million tokens:
+``input``, ``cached_input`` (default: ``input``), ``output``, ``currency`` (``USD`` only).
+A file with ``prices:`` alone (no ``backends``, ``models`` or ``routing``) keeps today's
+single upstream and adds the prices.
+
 The records themselves live in :mod:`gateway.backends.model` (re-exported here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.backends import config_checks as check
 from gateway.backends.config_checks import Invalid
 from gateway.backends.model import (
+    CURRENCY,
     DIALECTS,
     Backend,
     Deployment,
     GatewayConfig,
     ModelRoute,
+    Price,
     Routing,
     Timeouts,
 )
@@ -39,6 +47,7 @@ __all__ = [
     "Deployment",
     "GatewayConfig",
     "ModelRoute",
+    "Price",
     "Routing",
     "Timeouts",
     "from_environment",
@@ -120,8 +129,14 @@ def _default_timeouts(settings: Settings) -> Timeouts:
 def _parse(path: str, text: str, settings: Settings, environ: Mapping[str, str]) -> GatewayConfig:
     document = check.parse_yaml(text)
     if document is None:
-        raise Invalid("", "the file is empty; it needs backends and models")
-    top = check.mapping(document, "", ("backends", "models", "routing"), required=("backends", "models"))
+        raise Invalid("", "the file is empty; it needs backends and models (or prices alone)")
+    top = check.mapping(document, "", ("backends", "models", "routing", "prices"))
+    prices = _prices(top["prices"], "prices") if "prices" in top else ()
+    if top.keys() == {"prices"}:  # prices for today's single upstream
+        return dataclasses.replace(from_environment(settings), prices=prices)
+    for key in ("backends", "models"):
+        if key not in top:
+            raise Invalid(key, "required (or write prices alone, for the single upstream of AI_API_URL)")
     backends = tuple(
         _backend(item, f"backends[{index}]", settings, environ)
         for index, item in enumerate(check.sequence(top["backends"], "backends"))
@@ -131,7 +146,7 @@ def _parse(path: str, text: str, settings: Settings, environ: Mapping[str, str])
     models = tuple(_route(item, f"models[{index}]", by_name) for index, item in enumerate(check.sequence(top["models"], "models")))
     check.unique([route.name for route in models], "models[{}].name")
     routing = _routing(top.get("routing", {}), "routing")
-    return GatewayConfig(path, backends, models, routing)
+    return GatewayConfig(path, backends, models, routing, prices)
 
 
 _BACKEND_KEYS = (
@@ -204,6 +219,28 @@ def _route(item: Any, path: str, backends: Mapping[str, Backend]) -> ModelRoute:
     return ModelRoute(name, tuple(deployments))
 
 
+_PRICE_KEYS = ("input", "cached_input", "output", "currency")
+
+
+def _prices(item: Any, path: str) -> tuple[Price, ...]:
+    """``prices:``: public model name (or glob) -> its price. Empty (``prices:`` alone): none."""
+    given = {} if item is None else item
+    if not isinstance(given, dict):
+        raise Invalid(path, "must be a mapping of public model names (or globs) to prices")
+    prices: list[Price] = []
+    for name, entry in given.items():
+        where = check.at(path, name)
+        model = check.text(name, where)
+        if any(price.model == model for price in prices):
+            raise Invalid(where, "the same model as another entry (names are compared without surrounding spaces)")
+        spec = check.mapping(entry, where, _PRICE_KEYS, required=("input", "output"))
+        check.choice(spec.get("currency", CURRENCY), f"{where}.currency", (CURRENCY,))
+        input_price = check.price(spec["input"], f"{where}.input")
+        cached = check.price(spec["cached_input"], f"{where}.cached_input") if "cached_input" in spec else input_price
+        prices.append(Price(model, input_price, cached, check.price(spec["output"], f"{where}.output")))
+    return tuple(prices)
+
+
 # routing: file key -> (Routing field, check), or a group of them (backoff, retry_budget, circuit_breaker).
 _ROUTING: dict[str, Any] = {
     "max_attempts": ("max_attempts", check.count_between(1, 10)),
@@ -247,4 +284,5 @@ def _routing(item: Any, path: str) -> Routing:
 
 def describe(config: GatewayConfig) -> str:
     """One line for the start-up and reload logs: counts only (names are internal, URLs may carry ${VAR} values)."""
-    return f"{len(config.backends)} backends, {len(config.models)} model routes"
+    prices = f", {len(config.prices)} prices" if config.prices else ""
+    return f"{len(config.backends)} backends, {len(config.models)} model routes{prices}"

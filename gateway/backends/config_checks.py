@@ -15,6 +15,7 @@ import datetime
 import math
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -249,6 +250,17 @@ def non_negative(value: Any, path: str) -> float:
     if (number := _number(value, path)) < 0:
         raise Invalid(path, "must not be negative")
     return number
+
+
+MAX_PRICE = 1_000_000  # USD per million tokens: a dollar a token
+
+
+def price(value: Any, path: str) -> Decimal:
+    """USD per million tokens: a number from 0 to :data:`MAX_PRICE`, kept as the decimal written
+    (``0.15`` is exactly 0.15, not the nearest binary fraction)."""
+    if not (number := non_negative(value, path)) <= MAX_PRICE:
+        raise Invalid(path, f"must be at most {MAX_PRICE} (USD per million tokens)")
+    return Decimal(str(value)) if isinstance(value, float) else Decimal(int(number))
 
 
 def ratio(value: Any, path: str) -> float:

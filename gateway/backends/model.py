@@ -7,12 +7,14 @@ new one in new workers. Pure: imports neither flask nor requests.
 Model routing (:meth:`GatewayConfig.route_for`): an exact public name wins; otherwise the
 first glob (``fnmatch.fnmatchcase``: ``*``, ``?``, ``[...]``) in file order that matches.
 A request without a model is matched as the empty name, which only ``*`` matches.
+Prices (:meth:`GatewayConfig.price_for`) are matched the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fnmatch import fnmatchcase
 
 DIALECTS = ("openai", "azure")
@@ -87,21 +89,51 @@ class Routing:
     expose_backend_header: bool = False  # X-Gateway-Backend on answers
 
 
+CURRENCY = "USD"
+PER_TOKENS = 1_000_000  # prices are per million tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a public model's tokens cost, in USD per million tokens (exact decimals)."""
+
+    model: str  # public name, or a glob such as "llama-*"
+    input: Decimal  # prompt tokens not read from the upstream's cache
+    cached_input: Decimal  # prompt tokens the upstream read from its cache (default: input)
+    output: Decimal  # completion tokens, reasoning tokens included
+
+    def as_dict(self) -> dict[str, object]:
+        """As ``GET /admin/prices`` shows it (JSON numbers)."""
+        return {
+            "model": self.model,
+            "input": float(self.input),
+            "cached_input": float(self.cached_input),
+            "output": float(self.output),
+            "currency": CURRENCY,
+            "per_tokens": PER_TOKENS,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    source: str | None  # the file's path, None when built from the environment
+    source: str | None  # the file's path; None when the routes come from the environment (no file, or prices only)
     backends: tuple[Backend, ...]
     models: tuple[ModelRoute, ...]
     routing: Routing
+    prices: tuple[Price, ...] = ()  # file order; empty: no price table (every cost is null)
     # Lookups worked out once (route_for runs on every request).
     _by_backend: Mapping[str, Backend] = field(init=False, repr=False, compare=False)
     _exact: Mapping[str, ModelRoute] = field(init=False, repr=False, compare=False)
     _globs: tuple[ModelRoute, ...] = field(init=False, repr=False, compare=False)
+    _exact_prices: Mapping[str, Price] = field(init=False, repr=False, compare=False)
+    _glob_prices: tuple[Price, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_backend", {backend.name: backend for backend in self.backends})
         object.__setattr__(self, "_exact", {route.name: route for route in self.models if not is_glob(route.name)})
         object.__setattr__(self, "_globs", tuple(route for route in self.models if is_glob(route.name)))
+        object.__setattr__(self, "_exact_prices", {price.model: price for price in self.prices if not is_glob(price.model)})
+        object.__setattr__(self, "_glob_prices", tuple(price for price in self.prices if is_glob(price.model)))
 
     def backend(self, name: str) -> Backend:
         """:raises KeyError: no backend has that name."""
@@ -115,6 +147,17 @@ class GatewayConfig:
             return route
         for glob in self._globs:
             if fnmatchcase(name, glob.name):
+                return glob
+        return None
+
+    def price_for(self, model: str | None) -> Price | None:
+        """The price of a public model name, matched as :meth:`route_for` matches routes."""
+        name = model or ""
+        price = self._exact_prices.get(name)
+        if price is not None:
+            return price
+        for glob in self._glob_prices:
+            if fnmatchcase(name, glob.model):
                 return glob
         return None
 

@@ -1,4 +1,4 @@
-"""``/admin``: manage API keys, read everyone's usage. Master key only (or a JWT minted from it).
+"""``/admin``: manage API keys, read everyone's usage and the prices. Master key only (or a JWT minted from it).
 
 The app-level auth hook has already refused callers without valid credentials
 (401); here any caller other than ``master`` gets a 403. CORS preflights pass
@@ -19,6 +19,7 @@ from gateway import extensions
 from gateway.auth import current_caller, is_preflight
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
+from gateway.backends.model import CURRENCY, PER_TOKENS
 from gateway.body import json_object_body
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from gateway.routes.usage import admin_report
@@ -167,5 +168,26 @@ def backends() -> Response:
             "source": router.config.source or "environment",
             "retry_budget": router.budget.snapshot(),
             "data": router.snapshot(),
+        }
+    )
+
+
+@blueprint.get("/prices")
+def prices() -> Response:
+    """The price table in force: USD per million tokens, per public model name or glob (config file ``prices:``).
+
+    As the worker process that answers has it. ``data`` is in file order; an exact model name
+    wins over globs, then the first glob that matches. Empty when the file has no ``prices:``
+    (every cost is then null).
+    """
+    config = extensions.backends_config()
+    settings = current_app.config["GATEWAY"]
+    return jsonify(
+        {
+            "object": "list",
+            "source": (settings.gateway_config or None) if config.prices else None,
+            "currency": CURRENCY,
+            "per_tokens": PER_TOKENS,
+            "data": [price.as_dict() for price in config.prices],
         }
     )

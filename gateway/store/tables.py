@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
 )
@@ -43,6 +44,10 @@ MODEL_LENGTH = 200
 REQUEST_ID_LENGTH = 128
 OPERATION_LENGTH = 40
 BACKEND_LENGTH = 100
+# cost_usd: exact decimals on PostgreSQL (numeric, exact sums); SQLite keeps a double.
+# Read back as a float on both (asdecimal=False), written from an exact Decimal.
+COST_PRECISION = 24
+COST_SCALE = 12
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -116,6 +121,9 @@ usage = Table(
     Column("backend", String(BACKEND_LENGTH), nullable=True),  # the backend that answered (the last attempt's)
     Column("upstream_model", String(MODEL_LENGTH), nullable=True),  # the model name it was sent
     Column("attempts", Integer, nullable=True),  # upstream attempts made (retries and fallbacks included)
+    Column("reasoning_tokens", BigInteger, nullable=True),  # of completion_tokens; null: no usage (or a row before 0004)
+    Column("cached_tokens", BigInteger, nullable=True),  # of prompt_tokens: read from the upstream's prompt cache
+    Column("cost_usd", Numeric(COST_PRECISION, COST_SCALE, asdecimal=False), nullable=True),  # null: no price or no usage
     Index(None, "ts"),
     Index(None, "key_id", "ts"),
 )

@@ -21,7 +21,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from gateway.store.tables import usage
+from gateway.store.tables import COST_SCALE, usage
 
 MAX_GROUPS = 1000
 
@@ -86,35 +86,59 @@ class UsageFilter:
 
 @dataclass(frozen=True)
 class Totals:
-    """What a set of usage rows adds up to. Missing token counts count as 0."""
+    """What a set of usage rows adds up to. Missing token counts count as 0.
+
+    ``cost_usd`` sums the rows that have a cost; it is ``None`` when none has one (no
+    price table, or no price for these models), never a made-up 0. ``unpriced_requests``
+    counts the rows that used tokens but have no cost, so a partial sum is visible.
+    """
 
     requests: int = 0
     errors: int = 0  # status >= 400
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens
+    cached_tokens: int = 0  # of prompt_tokens
     estimated_requests: int = 0  # rows whose tokens were estimated, not reported by the upstream
+    cost_usd: float | None = None
+    unpriced_requests: int = 0  # rows with tokens but no cost
 
     def __add__(self, other: Totals) -> Totals:
-        return Totals(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        added: dict[str, Any] = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            added[f.name] = theirs if mine is None else mine if theirs is None else mine + theirs
+        return Totals(**added)
 
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def as_dict(self) -> dict[str, int | float | None]:
+        shown: dict[str, int | float | None] = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.cost_usd is not None:  # the rows' scale: groups added as floats carry binary noise below it
+            shown["cost_usd"] = round(self.cost_usd, COST_SCALE)
+        return shown
 
 
+_UNPRICED = usage.c.cost_usd.is_(None) & (func.coalesce(usage.c.prompt_tokens, 0) + func.coalesce(usage.c.completion_tokens, 0) > 0)
 _TOTALS = (
     func.count().label("requests"),
     func.count().filter(usage.c.status >= 400).label("errors"),
     func.coalesce(func.sum(usage.c.prompt_tokens), 0).label("prompt_tokens"),
     func.coalesce(func.sum(usage.c.completion_tokens), 0).label("completion_tokens"),
     func.coalesce(func.sum(usage.c.total_tokens), 0).label("total_tokens"),
+    func.coalesce(func.sum(usage.c.reasoning_tokens), 0).label("reasoning_tokens"),
+    func.coalesce(func.sum(usage.c.cached_tokens), 0).label("cached_tokens"),
     func.count().filter(usage.c.tokens_estimated == true()).label("estimated_requests"),
+    func.sum(usage.c.cost_usd).label("cost_usd"),  # NULL when no row has a cost
+    func.count().filter(_UNPRICED).label("unpriced_requests"),
 )
 
 
 def _totals_of(row: Any) -> Totals:
-    # PostgreSQL's SUM over BIGINT is NUMERIC (a Decimal in Python): make every figure an int.
-    return Totals(**{f.name: int(getattr(row, f.name) or 0) for f in fields(Totals)})
+    # PostgreSQL's SUM over BIGINT is NUMERIC (a Decimal in Python): make every count an int.
+    # Its SUM over cost_usd is exact (numeric); the float comes last, for JSON.
+    cost = row.cost_usd
+    counts = {f.name: int(getattr(row, f.name) or 0) for f in fields(Totals) if f.name != "cost_usd"}
+    return Totals(**counts, cost_usd=float(cost) if cost is not None else None)
 
 
 def _value_of(value: Any) -> str | None:

@@ -15,6 +15,10 @@
   its usage chunk), tokens are estimated and marked so: about four characters per
   token of the prompt, and of the completion text the client was sent (a stream's
   ``delta.content``, ``text``, tool-call ``arguments``, a Responses ``delta``).
+- Details, as OpenAI reports them: ``prompt_tokens_details.cached_tokens`` (prompt tokens
+  read from the upstream's cache) is part of ``prompt_tokens``, and
+  ``completion_tokens_details.reasoning_tokens`` is part of ``completion_tokens``. They are
+  kept beside the totals, never added to them (each clamped to its total).
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ class TokenUsage:
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
+    cached_tokens: int = 0  # of prompt_tokens: read from the upstream's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens: the model's hidden reasoning
+
+
+def _detail(value: Any, details: str, name: str, most: int) -> int:
+    """``value[details][name]`` when it is a whole number, clamped to 0..``most``; else 0."""
+    found = value.get(details)
+    count = found.get(name) if isinstance(found, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool):
+        return 0
+    return max(0, min(count, most))
 
 
 NO_TOKENS = TokenUsage(0, 0, 0)  # a call that uses none (retrieving or deleting a stored response)
@@ -48,14 +63,18 @@ def _as_usage(value: Any) -> TokenUsage | None:
         return None
     if "prompt_tokens" in value:
         prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens", 0)
+        prompt_details, completion_details = "prompt_tokens_details", "completion_tokens_details"
     else:  # the Responses API's names
         prompt, completion = value.get("input_tokens"), value.get("output_tokens", 0)
+        prompt_details, completion_details = "input_tokens_details", "output_tokens_details"
     total = value.get("total_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     if not isinstance(total, int):
         total = prompt + completion
-    return TokenUsage(prompt, completion, total)
+    cached = _detail(value, prompt_details, "cached_tokens", prompt)
+    reasoning = _detail(value, completion_details, "reasoning_tokens", completion)
+    return TokenUsage(prompt, completion, total, cached_tokens=cached, reasoning_tokens=reasoning)
 
 
 def usage_from_body(body: bytes | dict[str, Any]) -> TokenUsage | None:

@@ -26,7 +26,8 @@ or as soon as :data:`BATCH_SIZE` rows wait, one multi-row ``INSERT`` each. The q
 The rows come from finished request records: :func:`gateway.usage.rows.usage_rows`
 is one of the app's sinks (:mod:`gateway.exchange`), and
 :func:`gateway.usage.rows.row_of` decides which record gets a row; the queue and its
-thread are :mod:`gateway.usage.writer`. Token counts come from :mod:`gateway.upstream.accounting`.
+thread are :mod:`gateway.usage.writer`. Token counts come from :mod:`gateway.upstream.accounting`;
+each row's cost from the config file's prices, when the row is made (:mod:`gateway.usage.cost`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The usage sink: which finished request record gets a usage row, and what the row holds.
 
 This is where "one usage row per AI request" holds (:func:`row_of`); :func:`usage_rows`
-is the sink :func:`gateway.create_app` registers (see :mod:`gateway.exchange`).
+is the sink :func:`gateway.create_app` registers (see :mod:`gateway.exchange`). A row's
+``cost_usd`` is computed here, when it is made, with the price then in force
+(:mod:`gateway.usage.cost`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from decimal import Decimal
+from typing import Any
 
 from flask import Flask
 
@@ -18,9 +21,7 @@ from gateway.exchange import Exchange
 from gateway.payload import storable_text
 from gateway.store.tables import MODEL_LENGTH, OPERATION_LENGTH, REQUEST_ID_LENGTH
 from gateway.upstream.accounting import TokenUsage
-
-if TYPE_CHECKING:
-    pass
+from gateway.usage.cost import Pricer
 
 
 @dataclass
@@ -45,6 +46,9 @@ class UsageRecord:
     backend: str | None = None
     upstream_model: str | None = None
     attempts: int | None = None
+    reasoning_tokens: int | None = None  # of completion_tokens
+    cached_tokens: int | None = None  # of prompt_tokens
+    cost_usd: Decimal | None = None  # None: no usage, or no price for the model
 
     def row(self) -> dict[str, object]:
         values = dict(self.__dict__)  # flat and immutable: no need for asdict's deep copy
@@ -67,11 +71,14 @@ def _token_fields(usage: TokenUsage | None) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "tokens_estimated": usage.estimated,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cached_tokens": usage.cached_tokens,
     }
 
 
-def row_of(exchange: Exchange) -> UsageRecord | None:
-    """The usage row of a finished record, or ``None`` when it gets none.
+def row_of(exchange: Exchange, pricer: Pricer | None = None) -> UsageRecord | None:
+    """The usage row of a finished record, or ``None`` when it gets none; priced by ``pricer``
+    (its cost is ``None`` without one).
 
     This is where "one usage row per AI request" holds: a record gets a row when the
     relay view took it in as an AI operation (:attr:`Exchange.operation`, errors
@@ -101,16 +108,19 @@ def row_of(exchange: Exchange) -> UsageRecord | None:
         backend=(attempt.backend or None) if attempt is not None else None,
         upstream_model=attempt.model if attempt is not None else None,
         attempts=len(exchange.attempts) if exchange.attempts else None,
+        cost_usd=pricer.cost(exchange.model, exchange.usage) if pricer is not None else None,
         **_token_fields(exchange.usage),
     )
 
 
 def usage_rows(app: Flask) -> Callable[[Exchange], None]:
-    """Sink: queue the record's usage row (if it gets one) on ``app``'s writer."""
+    """Sink: queue the record's usage row (if it gets one) on ``app``'s writer, priced with
+    ``app``'s configuration (a changed file arrives with new worker processes)."""
     writer = extensions.usage_writer(app)
+    pricer = Pricer(extensions.backends_config(app))
 
     def record_usage(exchange: Exchange) -> None:
-        row = row_of(exchange)
+        row = row_of(exchange, pricer)
         if row is not None:
             writer.record(row)
 

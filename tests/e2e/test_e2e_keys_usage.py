@@ -49,7 +49,9 @@ def test_keys_and_usage_under_gunicorn(pg_url: str, gateway_server) -> None:
     refused = gateway_server(wait=False, **env)
     assert refused.proc.wait(timeout=30) != 0
     errors = [line for line in refused.log().splitlines() if "database error" in line]
-    assert errors == ["database error: the database has no schema yet (needs 0001): run `flask --app wsgi db upgrade`"], refused.log()
+    assert errors == [f"database error: the database has no schema yet (needs {schema.head()}): run `flask --app wsgi db upgrade`"], (
+        refused.log()
+    )
     assert "Traceback" not in refused.log()
     refused.stop()
 

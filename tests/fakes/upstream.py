@@ -108,6 +108,9 @@ class Behavior:
     events_before: int = 0
     #: mode "empty_200": "length" (Content-Length: 0) or "close" (no length, close at once)
     empty_framing: str = "length"
+    #: mode "ok": merged into the ``usage`` of chat and completion answers and of the
+    #: streamed usage chunk, e.g. {"prompt_tokens_details": {"cached_tokens": 4}}
+    usage_details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -573,7 +576,7 @@ class _Handler(BaseHTTPRequestHandler):
         yield event("response.completed", response=completed)
 
     @staticmethod
-    def _sse_events(kind: str, model: str, chunks: int, include_usage: bool) -> Iterator[bytes]:
+    def _sse_events(kind: str, model: str, chunks: int, include_usage: bool, usage_details: dict[str, Any]) -> Iterator[bytes]:
         created = int(time.time())
         if kind == "chat":
             base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
@@ -601,7 +604,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     **base,
                     "choices": [],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": n,
+                        "total_tokens": prompt_tokens + n,
+                        **usage_details,
+                    },
                 }
             )
         yield b"[DONE]"
@@ -622,7 +630,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             defaults.append(("Connection", "close"))
         events: Iterator[bytes] = (
-            self._responses_events(model, b.chunks) if kind == "responses" else self._sse_events(kind, model, b.chunks, include_usage)
+            self._responses_events(model, b.chunks)
+            if kind == "responses"
+            else self._sse_events(kind, model, b.chunks, include_usage, b.usage_details)
         )
         fake._stream_started()
         try:
@@ -663,6 +673,8 @@ class _Handler(BaseHTTPRequestHandler):
         if stream is not None:
             self._stream(b, *stream)
         else:
+            if b.usage_details and isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                payload = {**payload, "usage": {**payload["usage"], **b.usage_details}}
             self._send_json(status, payload, b.headers)
 
     def _mode_status(self, b: Behavior, rec: Recorded) -> None:
@@ -699,7 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake._stream_started()
         try:
             self._write(self._head_bytes(200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")], b.headers))
-            for event in list(self._sse_events("chat", DEFAULT_MODEL, b.events_before, False))[: b.events_before]:
+            for event in list(self._sse_events("chat", DEFAULT_MODEL, b.events_before, False, {}))[: b.events_before]:
                 payload_bytes = b"data: " + event + b"\n\n"
                 self._write(b"%x\r\n%s\r\n" % (len(payload_bytes), payload_bytes))
             piece = b"x" * 65536

@@ -102,7 +102,13 @@ def _totals(requests: int, errors: int = 0, prompt: int = 0, completion: int = 0
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "reasoning_tokens": 0,
+        "cached_tokens": 0,
         "estimated_requests": estimated,
+        # No price table here (costs: tests/integration/test_usage_cost.py): every row that used
+        # tokens (here: every row but the errors) is unpriced, and the sum is null, not 0.
+        "cost_usd": None,
+        "unpriced_requests": requests - errors,
     }
 
 

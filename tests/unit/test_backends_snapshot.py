@@ -121,6 +121,7 @@ def test_the_readme_example_is_a_valid_file() -> None:
     config = load_config(Settings(gateway_config="README.md"), text=example, environ=environ)
     assert config.public_models() == ("gpt-4o",) and config.route_for("llama-3.1-8b").name == "llama-*"  # type: ignore[union-attr]
     assert config.backend("vllm-a").url == "http://10.0.0.11:8000/v1"
+    assert [price.model for price in config.prices] == ["gpt-4o", "llama-*"]
 
 
 def test_the_several_backends_example_is_a_valid_file() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from flask import Flask
 
 from gateway import metrics, observability
 from gateway.auth import Caller
+from gateway.backends.model import GatewayConfig, Price, Routing
 from gateway.exchange import Exchange, Sink, UpstreamAttempt
 from gateway.request_metrics import request_metrics
 from gateway.upstream.accounting import TokenUsage
@@ -119,6 +121,9 @@ def test_usage_row_of_an_ai_request() -> None:
         completion_tokens=3,
         total_tokens=12,
         tokens_estimated=False,
+        reasoning_tokens=0,
+        cached_tokens=0,
+        cost_usd=None,  # no pricer: no price table
     )
 
 
@@ -145,10 +150,13 @@ def test_usage_sink_queues_the_row_on_the_writer() -> None:
 
     app = Flask(__name__)
     writer = app.extensions["gateway.usage"] = Writer()
+    prices = (Price("m", Decimal(1), Decimal(1), Decimal(2)),)
+    app.extensions["gateway.backends_config"] = GatewayConfig(None, (), (), Routing(), prices)
     sink = usage_rows(app)
     sink(ai_record())
     sink(record(status=200))
     assert [row.request_id for row in writer.rows] == ["req-1"]
+    assert writer.rows[0].cost_usd == Decimal("0.000015")  # priced with the app's table: (9 x 1 + 3 x 2) / 1e6
 
 
 def _sample(instruments: metrics.Instruments, metric: Any, name: str, **labels: str) -> float:

@@ -31,7 +31,7 @@ def _event(kind: str, **fields: object) -> bytes:
 
 
 def test_a_responses_answer_is_read_as_prompt_and_completion() -> None:
-    assert usage_from_body({"object": "response", "usage": USAGE}) == TokenUsage(11, 6, 17)
+    assert usage_from_body({"object": "response", "usage": USAGE}) == TokenUsage(11, 6, 17, cached_tokens=3, reasoning_tokens=2)
     assert usage_from_body({"usage": {"input_tokens": 4, "output_tokens": 1}}) == TokenUsage(4, 1, 5)  # no total: the sum
     assert usage_from_body({"usage": {"input_tokens": "4", "output_tokens": 1}}) is None
     assert usage_from_body({"usage": None}) is None
@@ -64,7 +64,7 @@ def test_the_completed_event_carries_the_usage_and_stays_in_the_stream() -> None
     for strip in (True, False):
         tap = StreamUsageTap(strip_usage_chunk=strip)
         assert tap.feed(stream) == stream
-        assert tap.result(prompt_estimate=1) == TokenUsage(11, 6, 17)
+        assert tap.result(prompt_estimate=1) == TokenUsage(11, 6, 17, cached_tokens=3, reasoning_tokens=2)
 
 
 def test_an_incomplete_response_is_billed_too() -> None:
@@ -72,7 +72,8 @@ def test_an_incomplete_response_is_billed_too() -> None:
     tap.feed(_event("response.output_text.delta", delta="a"))
     cut_short = {**USAGE, "output_tokens": 1, "total_tokens": 12}
     tap.feed(_event("response.incomplete", response={"status": "incomplete", "usage": cut_short}))
-    assert tap.result(prompt_estimate=1) == TokenUsage(11, 1, 12)
+    # reasoning tokens are part of the output: clamped to its 1
+    assert tap.result(prompt_estimate=1) == TokenUsage(11, 1, 12, cached_tokens=3, reasoning_tokens=1)
 
 
 @pytest.mark.parametrize(
@@ -106,3 +107,20 @@ def test_the_responses_operation_declares_its_routes() -> None:
         ("/v1/responses/<path:item_id>", "DELETE"),
     }
     assert set(op.routes()) <= declared_routes()
+
+
+def test_responses_usage_details_are_read_as_cached_and_reasoning_tokens() -> None:
+    from gateway.upstream.accounting import usage_from_body
+
+    usage = usage_from_body(
+        {
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 7,
+                "total_tokens": 17,
+                "input_tokens_details": {"cached_tokens": 3},
+                "output_tokens_details": {"reasoning_tokens": 2},
+            }
+        }
+    )
+    assert usage is not None and (usage.cached_tokens, usage.reasoning_tokens) == (3, 2)
