@@ -193,9 +193,9 @@ class StreamUsageTap:
         self._chars = 0  # completion text counted so far
 
     def feed(self, events: bytes) -> bytes:
-        """Take complete events; return what the client should get."""
+        """Take complete events; return what the client should get. Once that has reached
+        the client (its write succeeded), :meth:`relayed` counts it."""
         if b'"usage"' not in events:
-            self._keep(events)
             return events
         kept = []
         for event in split_events(events):
@@ -205,11 +205,12 @@ class StreamUsageTap:
             if usage_only and self.strip:
                 continue
             kept.append(event)
-        relayed = b"".join(kept)
-        self._keep(relayed)
-        return relayed
+        return b"".join(kept)
 
-    def _keep(self, events: bytes) -> None:
+    def relayed(self, events: bytes) -> None:
+        """``events`` (as :meth:`feed` returned them) went to the client: its text is billed
+        when the upstream reports no usage. Events read but not sent (the client went away
+        while they were being written) are not."""
         if self.usage is not None:
             return  # the upstream's figures will be used: nothing to count
         self._kept.append(events)

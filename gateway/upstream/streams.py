@@ -202,11 +202,11 @@ def _drain(upstream: UpstreamResponse, limits: RelayLimits, framer: EventFramer,
             if not data:
                 rest = framer.flush()
                 if rest:
-                    tap.feed(rest)
+                    tap.relayed(tap.feed(rest))  # produced by the upstream: billed as if relayed
                 return
             events = framer.feed(data)
             if events:
-                tap.feed(events)
+                tap.relayed(tap.feed(events))
             if framer.pending > limits.max_event_bytes:
                 return
     except READ_ERRORS:
@@ -244,6 +244,8 @@ def stream_events(
     try:
         if first:
             yield first
+            if tap is not None:
+                tap.relayed(first)
         while True:
             now = time.monotonic()
             if pause is not None and now > turn_ends:
@@ -275,6 +277,8 @@ def stream_events(
                 events = tap.feed(events)
             if events:
                 yield events
+                if tap is not None:  # the write succeeded: these events were relayed
+                    tap.relayed(events)
             if framer.pending > limits.max_event_bytes:
                 outcome = "event_too_large"
                 yield error_event("The AI backend sent an event larger than the gateway accepts.", code=STREAM_ERROR_CODES[outcome])
@@ -284,6 +288,8 @@ def stream_events(
             rest = tap.feed(rest)
         if rest:
             yield rest
+            if tap is not None:
+                tap.relayed(rest)
     except GeneratorExit:
         outcome = "client_disconnected"
         if limits.drain and tap is not None:

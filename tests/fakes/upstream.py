@@ -664,7 +664,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _QUIET_ERRORS:
             self.close_connection = True
         finally:
-            fake._stream_ended()
+            fake._stream_ended(self.headers.get("X-Request-ID"))
 
     # -- modes -------------------------------------------------------------- #
 
@@ -867,6 +867,8 @@ class FakeUpstream:
         #: Behaviours for the next requests, one each, before :attr:`behavior` applies again.
         self.script: list[Behavior] = []
         self.requests: list[Recorded] = []
+        #: When each stream of mode "ok" ended (``time.monotonic()``), by its request's X-Request-ID.
+        self.stream_ends: dict[str, float] = {}
         #: Responses API answers by id, for GET and DELETE /v1/responses/<id> (unless made with "store": false).
         self.stored_responses: dict[str, dict[str, Any]] = {}
         self._response_count = 0
@@ -936,6 +938,7 @@ class FakeUpstream:
         self.behavior = Behavior()
         with self._cond:
             self.script.clear()
+            self.stream_ends.clear()
             self.requests.clear()
             self.stored_responses.clear()
 
@@ -979,9 +982,11 @@ class FakeUpstream:
             self._active_streams += 1
             self._cond.notify_all()
 
-    def _stream_ended(self) -> None:
+    def _stream_ended(self, request_id: str | None = None) -> None:
         with self._cond:
             self._active_streams -= 1
+            if request_id is not None:
+                self.stream_ends[request_id] = time.monotonic()
             self._cond.notify_all()
 
     def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:

@@ -78,7 +78,7 @@ def test_tap_keeps_everything_for_clients_that_asked() -> None:
 def test_tap_estimates_when_the_upstream_reports_nothing() -> None:
     tap = StreamUsageTap(strip_usage_chunk=True)
     for piece in (_chunk("abcd"), _chunk("efgh") + _chunk("ij"), b"data: [DONE]\n\n"):
-        tap.feed(piece)
+        tap.relayed(tap.feed(piece))
     # 10 characters of relayed text, four per token, rounded up
     assert tap.result(prompt_estimate=5) == TokenUsage(5, 3, 8, estimated=True)
 
@@ -115,6 +115,6 @@ def test_tap_holds_a_bounded_amount_of_a_long_stream_and_still_counts_all_of_it(
     tap = StreamUsageTap(strip_usage_chunk=True)
     piece = _chunk("x" * 1000)
     for _ in range(200):  # about 200 kB of events, no usage chunk
-        tap.feed(piece)
+        tap.relayed(tap.feed(piece))
         assert tap._kept_bytes <= RELAYED_KEPT_BYTES  # noqa: SLF001 - the bound under test
     assert tap.result(prompt_estimate=0).completion_tokens == 200 * 1000 // 4
