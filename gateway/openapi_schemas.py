@@ -4,7 +4,8 @@ the validators use, and the shapes of the gateway's answers. Pure data, no Flask
 - admin key bodies: :mod:`gateway.store.key_fields` (its field tuples and limits);
 - AI request bodies: open objects (the OpenAI shapes are relayed as they are) but for the
   fields the gateway checks (``stream``, ``max_tokens``, ``max_completion_tokens``);
-- query parameters: :mod:`gateway.routes.usage`'s tuples, with the store's column lengths;
+- query parameters: :mod:`gateway.routes.usage`'s and :mod:`gateway.routes.audit`'s tuples,
+  with the store's column lengths;
 - answers: ``Error`` is the one envelope of :mod:`gateway.errors`; ``RelayedError`` an
   upstream 4xx passed through; ``KeyRecord`` the fields ``KeyRecord.public`` shows.
 """
@@ -15,9 +16,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway import operations
-from gateway.routes import usage
+from gateway.routes import audit, usage
+from gateway.store import audit as store_audit
 from gateway.store import key_fields
-from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
+from gateway.store.tables import ACTOR_LENGTH, KEY_ID_LENGTH, MODEL_LENGTH
+from gateway.store.usage_export import COLUMNS as USAGE_CSV_COLUMNS
 from gateway.store.usage_report import GROUPINGS
 
 # One rate limit as the limits library writes it ("50 per 15 minutes", "5/second"), or several
@@ -133,11 +136,28 @@ QUERY_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": rf"^({'|'.join(GROUPINGS)})(,({'|'.join(GROUPINGS)}))*$",
         "description": f"One or more of {', '.join(GROUPINGS)}, separated by commas, each once.",
     },
+    "format": {
+        "type": "string",
+        "enum": list(usage.FORMATS),
+        "description": "csv: the raw usage rows as streamed CSV (as Accept: text/csv); not with group_by.",
+    },
+    "action": {"type": "string", "enum": list(store_audit.ACTIONS)},
+    "actor": {"type": "string", "minLength": 1, "maxLength": ACTOR_LENGTH, "description": "master, or the OS user of a CLI change."},
+    "via": {"type": "string", "enum": list(store_audit.VIAS)},
+    "limit": {"type": "integer", "minimum": 1, "maximum": store_audit.MAX_PAGE, "default": audit.DEFAULT_PAGE},
+    "after": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": audit.CURSOR_MAX,
+        "description": "A cursor: the last id of the previous page (next_after).",
+    },
+    "order": {"type": "string", "enum": list(audit.ORDERS), "default": "asc", "description": "By id: asc is oldest first."},
 }
 # Endpoints that take query parameters, with the tuples their views check against.
 QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "usage_api.own_usage": usage.OWN_PARAMS,
     "admin.usage_report": usage.ADMIN_PARAMS,
+    "admin.audit_log": audit.AUDIT_PARAMS,
 }
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -244,6 +264,37 @@ def component_schemas() -> dict[str, Any]:
                 "max_groups": {"type": "integer"},
             },
             required=["object", "totals", "groups"],
+        ),
+        "UsageCsv": {
+            "type": "string",
+            "description": "RFC 4180 CSV, UTF-8, streamed: a header line, then one line per usage row matching the "
+            "filters, by time. Columns: " + ", ".join(USAGE_CSV_COLUMNS) + ". A text cell starting with = + - @ "
+            "(or a tab or carriage return) is prefixed with ' so a spreadsheet never runs it as a formula.",
+        },
+        "AuditEntry": _object(
+            {
+                "id": {"type": "integer"},
+                "object": {"const": "audit.entry"},
+                "ts": _TIME,
+                "action": {"enum": list(store_audit.ACTIONS)},
+                "key_id": {"type": "string"},
+                "actor": {"type": "string"},
+                "via": {"enum": list(store_audit.VIAS)},
+                "address": {"type": "string"},
+                "request_id": {"type": ["string", "null"]},
+                "before": {"type": ["object", "null"], "description": "The changed fields before (null: create, rotate)."},
+                "after": {"type": ["object", "null"], "description": "The changed fields after (null: rotate)."},
+            },
+            required=["id", "object", "ts", "action", "key_id", "actor", "via", "address", "request_id", "before", "after"],
+        ),
+        "AuditList": _object(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("AuditEntry")},
+                "has_more": {"type": "boolean"},
+                "next_after": {"type": ["integer", "null"], "description": "Pass as after for the next page."},
+            },
+            required=["object", "data", "has_more", "next_after"],
         ),
         "Backends": _object(
             {

@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL, make_url
 from gateway import extensions
 from gateway.config import Settings
 from gateway.store import schema
+from gateway.store.audit import AuditLog
 from gateway.store.keys import KeyStore
 from gateway.store.schema import SchemaError
 from gateway.store.usage_report import UsageReport
@@ -101,7 +102,7 @@ def _forget_pool(engine_ref: weakref.ref[Engine]) -> None:
 
 
 class Store:
-    """One database per app: its engine, the key table's operations and the usage reports.
+    """One database per app: its engine, the key table's operations, the usage reports and the audit log.
 
     Engines are created in the process that uses them (gunicorn workers build the
     app after the fork), so no connection is shared across a fork.
@@ -116,6 +117,7 @@ class Store:
         self.engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _postgresql_engine(url)
         self.keys = KeyStore(self.engine)
         self.usage = UsageReport(self.engine)
+        self.audit = AuditLog(self.engine)
         # A forked child (gunicorn with preload, or any fork) must open its own connections
         # and leave the parent's alone: SQLAlchemy's documented dispose(close=False).
         engine_ref = weakref.ref(self.engine)

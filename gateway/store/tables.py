@@ -43,6 +43,10 @@ MODEL_LENGTH = 200
 REQUEST_ID_LENGTH = 128
 OPERATION_LENGTH = 40
 BACKEND_LENGTH = 100
+ACTION_LENGTH = 20
+ACTOR_LENGTH = 200
+VIA_LENGTH = 20
+ADDRESS_LENGTH = 100
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -118,4 +122,23 @@ usage = Table(
     Column("attempts", Integer, nullable=True),  # upstream attempts made (retries and fallbacks included)
     Index(None, "ts"),
     Index(None, "key_id", "ts"),
+)
+
+# One row per change to a managed key, written in the change's own transaction
+# (gateway.store.audit); never updated or deleted by the gateway.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("action", String(ACTION_LENGTH), nullable=False),  # create, update, rotate, revoke
+    Column("key_id", String(KEY_ID_LENGTH), nullable=False),
+    Column("actor", String(ACTOR_LENGTH), nullable=False),  # "master", or the OS user of a `flask keys` command
+    Column("via", String(VIA_LENGTH), nullable=False),  # api_key, jwt or cli
+    Column("address", String(ADDRESS_LENGTH), nullable=False),  # the client address, or "cli"
+    Column("request_id", String(REQUEST_ID_LENGTH), nullable=True),
+    Column("before", JSON, nullable=True),  # the changed fields' values before (null: create, rotate)
+    Column("after", JSON, nullable=True),  # and after (null: rotate)
+    Index(None, "ts"),
+    Index(None, "key_id", "id"),
 )
