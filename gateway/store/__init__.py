@@ -33,7 +33,7 @@ from gateway import extensions
 from gateway.config import Settings
 from gateway.store import schema
 from gateway.store.audit import AuditLog
-from gateway.store.keys import KeyStore
+from gateway.store.keys import WRITE_LOCK_OPTION, KeyStore
 from gateway.store.schema import SchemaError
 from gateway.store.usage_report import UsageReport
 
@@ -79,7 +79,9 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # A transaction that reads and then writes takes the write lock at once (keys.WRITE_LOCK_OPTION).
+        immediate = connection.get_execution_options().get(WRITE_LOCK_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 

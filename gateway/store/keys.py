@@ -13,6 +13,8 @@ that looks like a database outage.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +27,11 @@ from gateway.store.audit import Actor
 from gateway.store.tables import api_keys
 
 KEY_ID_PREFIX = "key_"
+# Execution option of a transaction that writes after reading (a change and its audit row):
+# SQLite must then take its write lock at BEGIN (``BEGIN IMMEDIATE``, see gateway.store), or a
+# commit by another connection (the usage writer's) between the read and the write makes the
+# write fail as "database is locked". PostgreSQL locks the key's row instead (FOR UPDATE).
+WRITE_LOCK_OPTION = "gateway_write_lock"
 
 
 def new_key_id() -> str:
@@ -124,6 +131,14 @@ class KeyStore:
             rows = connection.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)).all()
         return [KeyRecord.from_row(row) for row in rows]
 
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One write transaction, holding the write lock from its start (see :data:`WRITE_LOCK_OPTION`)."""
+        with self.engine.connect() as connection:
+            connection.execution_options(**{WRITE_LOCK_OPTION: True})
+            with connection.begin():
+                yield connection
+
     def _locked(self, connection: Connection, key_id: str) -> KeyRecord | None:
         """The key's row, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
         row = connection.execute(select(api_keys).where(api_keys.c.id == key_id).with_for_update()).first()
@@ -134,7 +149,7 @@ class KeyStore:
     ) -> KeyRecord:
         """Insert a key and its audit row; ``fields`` come from :func:`gateway.store.key_fields.parse_changes`."""
         values = {"id": key_id, "prefix": prefix, "secret_hash": secret_hash, "created_at": created_at, **fields}
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             connection.execute(insert(api_keys).values(values))
             audit.record(connection, action="create", key_id=key_id, actor=actor, ts=created_at, before=None, after=fields)
         record = self.get(key_id)
@@ -145,7 +160,7 @@ class KeyStore:
         """Change settable fields, with an audit row of those whose value changed; ``None`` when there is no such key."""
         if not is_storable_text(key_id):
             return None
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             old = self._locked(connection, key_id)
             if old is None:
                 return None
@@ -160,7 +175,7 @@ class KeyStore:
         """Set ``revoked_at`` once (revoking again keeps the first time), with an audit row; ``None`` if unknown."""
         if not is_storable_text(key_id):
             return None
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             old = self._locked(connection, key_id)
             if old is None:
                 return None
@@ -176,7 +191,7 @@ class KeyStore:
         """Give a key that is not revoked a new secret, with an audit row; ``False`` if unknown or revoked."""
         if not is_storable_text(key_id):
             return False
-        with self.engine.begin() as connection:
+        with self._writing() as connection:
             result = connection.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
