@@ -2,7 +2,8 @@
 
 ``keys`` runs the same actions as ``/admin/keys`` (:class:`gateway.auth.management.KeyAdmin`)
 on the database the app is configured with; each command first makes sure the schema
-is current. ``db upgrade`` applies migrations, ``db current`` shows the schema version.
+is current; a change is audited as made by the OS user the command runs as, from ``cli``.
+``db upgrade`` applies migrations, ``db current`` shows the schema version.
 
 Output is JSON (``keys list`` prints a table unless ``--json``). A secret is printed
 once, by ``keys create`` and ``keys rotate``, on standard output only.
@@ -11,6 +12,8 @@ once, by ``keys create`` and ``keys rotate``, on standard output only.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +28,7 @@ from gateway import extensions
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.store import Store, schema
+from gateway.store.audit import Actor
 from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS, FieldError
 from gateway.store.keys import KeyRecord
 
@@ -46,7 +50,16 @@ OPTIONS: dict[str, str] = {
     "max_tokens_cap": "--max-tokens",
 }
 CLEARABLE = ("expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS, "metadata")
-ACTOR = "cli"
+CLI_ADDRESS = "cli"  # where a change made by a command comes from, in the audit log
+
+
+def cli_actor() -> Actor:
+    """The audit log's "who" for a command: the OS user it runs as (by uid, not ``$USER``)."""
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container's arbitrary uid)
+        name = f"uid {os.geteuid()}"
+    return Actor(name=name, via="cli", address=CLI_ADDRESS)
 
 
 def _store() -> Store:
@@ -129,7 +142,7 @@ def _document(options: dict[str, Any]) -> dict[str, Any]:
 def create_key(**options: Any) -> None:
     """Create an API key and print it with its secret (shown this once)."""
     with _key_admin() as admin:
-        record, secret = admin.create(_document(options), actor=ACTOR)
+        record, secret = admin.create(_document(options), actor=cli_actor())
     _echo_json(_shown(record, secret))
     click.echo("The secret is shown only this once: store it now.", err=True)
 
@@ -174,7 +187,7 @@ def update_key(key_id: str, clear: tuple[str, ...], **options: Any) -> None:
     if not document:
         raise click.UsageError("nothing to change: give at least one option")
     with _key_admin() as admin:
-        _echo_json(_shown(admin.update(key_id, document, actor=ACTOR)))
+        _echo_json(_shown(admin.update(key_id, document, actor=cli_actor())))
 
 
 @keys_cli.command("revoke")
@@ -184,7 +197,7 @@ def revoke_key(key_id: str) -> None:
     if key_id == MASTER_KEY_ID:
         raise click.UsageError("the master key is configuration (MASTER_API_KEY), not a managed key")
     with _key_admin() as admin:
-        _echo_json(_shown(admin.revoke(key_id, actor=ACTOR)))
+        _echo_json(_shown(admin.revoke(key_id, actor=cli_actor())))
 
 
 @keys_cli.command("rotate")
@@ -192,7 +205,7 @@ def revoke_key(key_id: str) -> None:
 def rotate_key(key_id: str) -> None:
     """Give an API key a new secret (same id and settings) and print it once."""
     with _key_admin() as admin:
-        record, secret = admin.rotate(key_id, actor=ACTOR)
+        record, secret = admin.rotate(key_id, actor=cli_actor())
     _echo_json(_shown(record, secret))
     click.echo("The old secret stops working within KEY_CACHE_SECONDS; the new one is shown only this once.", err=True)
 

@@ -14,7 +14,8 @@ AI request bodies  :data:`gateway.operations.OPERATIONS`: open objects (the Open
                    relayed as they are); the gateway checks ``stream`` (``true`` only where the
                    operation streams) and ``max_tokens`` / ``max_completion_tokens``
 admin key bodies   :mod:`gateway.store.key_fields`, the tables its validators use
-query parameters   :data:`gateway.routes.usage.OWN_PARAMS` / ``ADMIN_PARAMS`` (unknown ones are a 400)
+query parameters   :data:`gateway.routes.usage.OWN_PARAMS` / ``ADMIN_PARAMS``, :data:`gateway.routes.audit.AUDIT_PARAMS`
+                   (unknown ones are a 400)
 statuses           generic rules (credentials -> 401, a body -> 400/413/415, a quota -> 429,
                    a path parameter -> 404, any request line -> 414, ...) plus each view's
                    ``:raises NNN:`` lines;
@@ -40,7 +41,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.routing import Map
 
-from gateway import operations
+from gateway import openapi_admin, operations
 from gateway.auth import endpoints
 from gateway.openapi_schemas import (
     QUERY_PARAMETER_SCHEMAS,
@@ -155,7 +156,14 @@ SUCCESS: dict[str, tuple[str, dict[str, Any]]] = {
     "admin.update_key": ("200", _json(ref("KeyRecord"))),
     "admin.revoke_key": ("200", _json(ref("KeyRecord"))),
     "admin.rotate_key": ("200", _json(ref("NewKey"))),
-    "admin.usage_report": ("200", _json(ref("UsageReport"))),
+    "admin.usage_report": (
+        "200",
+        {
+            **_json(ref("UsageReport")),
+            "text/csv": {"schema": ref("UsageCsv")},  # format=csv, or Accept: text/csv
+        },
+    ),
+    "admin.audit_log": ("200", _json(ref("AuditList"))),
     "admin.backends": ("200", _json(ref("Backends"))),
     "admin.prices": ("200", _json(ref("Prices"))),
     "usage_api.own_usage": ("200", _json(ref("Usage"))),
@@ -320,5 +328,5 @@ def build(app: Flask) -> dict[str, Any]:
             "Every error the gateway makes itself has the Error shape.",
         },
         "paths": paths,
-        "components": {"schemas": component_schemas(), "securitySchemes": _security_schemes(app)},
+        "components": {"schemas": {**component_schemas(), **openapi_admin.schemas()}, "securitySchemes": _security_schemes(app)},
     }

@@ -4,7 +4,8 @@ the validators use, and the shapes of the gateway's answers. Pure data, no Flask
 - admin key bodies: :mod:`gateway.store.key_fields` (its field tuples and limits);
 - AI request bodies: open objects (the OpenAI shapes are relayed as they are) but for the
   fields the gateway checks (``stream``, ``max_tokens``, ``max_completion_tokens``);
-- query parameters: :mod:`gateway.routes.usage`'s tuples, with the store's column lengths;
+- query parameters: :mod:`gateway.routes.usage`'s and :mod:`gateway.routes.audit`'s tuples,
+  with the store's column lengths;
 - answers: ``Error`` is the one envelope of :mod:`gateway.errors`; ``RelayedError`` an
   upstream 4xx passed through; ``KeyRecord`` the fields ``KeyRecord.public`` shows.
 """
@@ -16,9 +17,11 @@ from typing import Any
 
 from gateway import operations
 from gateway.quotas.policy import MAX_TOKENS_FIELDS
-from gateway.routes import usage
+from gateway.routes import audit, usage
+from gateway.store import audit as store_audit
 from gateway.store import key_fields
-from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
+from gateway.store.tables import ACTOR_LENGTH, KEY_ID_LENGTH, MODEL_LENGTH
+from gateway.store.usage_export import COLUMNS as USAGE_CSV_COLUMNS
 from gateway.store.usage_report import GROUPINGS
 
 # One rate limit as the limits library writes it ("50 per 15 minutes", "5/second"), or several
@@ -134,11 +137,28 @@ QUERY_PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
         "pattern": rf"^({'|'.join(GROUPINGS)})(,({'|'.join(GROUPINGS)}))*$",
         "description": f"One or more of {', '.join(GROUPINGS)}, separated by commas, each once.",
     },
+    "format": {
+        "type": "string",
+        "enum": list(usage.FORMATS),
+        "description": "csv: the raw usage rows as streamed CSV (as Accept: text/csv); not with group_by.",
+    },
+    "action": {"type": "string", "enum": list(store_audit.ACTIONS)},
+    "actor": {"type": "string", "minLength": 1, "maxLength": ACTOR_LENGTH, "description": "master, or the OS user of a CLI change."},
+    "via": {"type": "string", "enum": list(store_audit.VIAS)},
+    "limit": {"type": "integer", "minimum": 1, "maximum": store_audit.MAX_PAGE, "default": audit.DEFAULT_PAGE},
+    "after": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": audit.CURSOR_MAX,
+        "description": "A cursor: the last id of the previous page (next_after).",
+    },
+    "order": {"type": "string", "enum": list(audit.ORDERS), "default": "asc", "description": "By id: asc is oldest first."},
 }
 # Endpoints that take query parameters, with the tuples their views check against.
 QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "usage_api.own_usage": usage.OWN_PARAMS,
     "admin.usage_report": usage.ADMIN_PARAMS,
+    "admin.audit_log": audit.AUDIT_PARAMS,
 }
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -152,7 +172,6 @@ _TOTALS = _object(
     required=["requests", "total_tokens", "cost_usd"],
     closed=False,
 )
-_PRICE = {"type": "number", "minimum": 0, "description": "USD per million tokens"}
 
 
 def _key_record() -> dict[str, Any]:
@@ -256,54 +275,12 @@ def component_schemas() -> dict[str, Any]:
             },
             required=["object", "totals", "groups"],
         ),
-        "Backends": _object(
-            {
-                "object": {"const": "list"},
-                "worker_pid": {"type": "integer"},
-                "source": {"type": "string"},
-                "retry_budget": {"type": "object"},
-                "data": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "route": {"type": "string"},
-                            "backend": {"type": "string"},
-                            "model": {"type": ["string", "null"]},
-                            "circuit": {"enum": ["closed", "open", "half_open"]},
-                            "in_flight": {"type": "integer"},
-                            "error_ratio": {"type": "number"},
-                            "latency_s": {"type": ["number", "null"]},
-                        },
-                        required=["route", "backend", "circuit", "in_flight", "error_ratio"],
-                        closed=False,
-                    ),
-                },
-            },
-            required=["object", "worker_pid", "data"],
-        ),
-        "Prices": _object(
-            {
-                "object": {"const": "list"},
-                "source": {"type": ["string", "null"]},
-                "currency": {"const": "USD"},
-                "per_tokens": {"const": 1_000_000},
-                "data": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "model": {"type": "string", "description": "a public model name, or a glob"},
-                            "input": _PRICE,
-                            "cached_input": _PRICE,
-                            "output": _PRICE,
-                            "currency": {"const": "USD"},
-                            "per_tokens": {"const": 1_000_000},
-                        },
-                        required=["model", "input", "cached_input", "output", "currency", "per_tokens"],
-                    ),
-                },
-            },
-            required=["object", "currency", "data"],
-        ),
+        "UsageCsv": {
+            "type": "string",
+            "description": "RFC 4180 CSV, UTF-8, streamed: a header line, then one line per usage row matching the "
+            "filters, by time. Columns: " + ", ".join(USAGE_CSV_COLUMNS) + ". A text cell starting with = + - @ "
+            "(or a tab or carriage return) is prefixed with ' so a spreadsheet never runs it as a formula.",
+        },
         "OpenAPI": {"type": "object", "required": ["openapi", "info", "paths"]},
         "RelayedAnswer": {"description": "The upstream's JSON answer, passed through unchanged."},
         "RelayedEvent": {

@@ -1,7 +1,9 @@
 """Managing keys: the actions behind both ``/admin/keys`` and ``flask keys``.
 
-One implementation, so the HTTP API and the command line validate the same way
-and log the same audit lines (action and key id: never a secret or its prefix).
+One implementation, so the HTTP API and the command line validate the same way,
+write the same audit rows (:mod:`gateway.store.audit`: in the change's own
+transaction, who and from where as the caller's :class:`~gateway.store.audit.Actor`)
+and log the same lines (action and key id: never a secret or its prefix).
 A secret exists in memory only long enough to be returned once by
 :meth:`KeyAdmin.create` or :meth:`KeyAdmin.rotate`.
 
@@ -17,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.auth.keys import KeyRing, utcnow
+from gateway.store.audit import Actor
 from gateway.store.key_fields import parse_changes
 from gateway.store.keys import KeyRecord, KeyStore, new_key_id
 
@@ -44,17 +47,19 @@ class KeyAdmin:
         self.store = store
         self.now = now
 
-    def _audit(self, action: str, key_id: str, actor: str) -> None:
-        log.info("key %s", action, extra={"fields": {"key_id": key_id, "by": actor}})
+    def _log(self, action: str, key_id: str, actor: Actor) -> None:
+        log.info("key %s", action, extra={"fields": {"key_id": key_id, "by": actor.name, "via": actor.via}})
 
-    def create(self, document: dict[str, Any], *, actor: str) -> tuple[KeyRecord, str]:
+    def create(self, document: dict[str, Any], *, actor: Actor) -> tuple[KeyRecord, str]:
         """Create a key; returns it and its secret (shown once, never stored)."""
         now = self.now()
         fields = parse_changes(document, creating=True, now=now)
         secret, prefix, secret_hash = self.ring.issue_secret()
-        record = self.store.create(key_id=new_key_id(), prefix=prefix, secret_hash=secret_hash, created_at=now, fields=fields)
+        record = self.store.create(
+            key_id=new_key_id(), prefix=prefix, secret_hash=secret_hash, created_at=now, fields=fields, actor=actor
+        )
         self.ring.forget()  # a failed lookup of this secret may be cached as "unknown"
-        self._audit("created", record.id, actor)
+        self._log("created", record.id, actor)
         return record, secret
 
     def list(self) -> list[KeyRecord]:
@@ -66,34 +71,35 @@ class KeyAdmin:
             raise KeyNotFound(key_id)
         return record
 
-    def update(self, key_id: str, document: dict[str, Any], *, actor: str) -> KeyRecord:
+    def update(self, key_id: str, document: dict[str, Any], *, actor: Actor) -> KeyRecord:
         """Change settable fields; ``null`` resets one to the gateway's default."""
-        fields = parse_changes(document, creating=False, now=self.now())
-        record = self.store.update(key_id, fields)
+        now = self.now()
+        fields = parse_changes(document, creating=False, now=now)
+        record = self.store.update(key_id, fields, actor=actor, now=now)
         if record is None:
             raise KeyNotFound(key_id)
         self.ring.forget()
-        self._audit("updated", key_id, actor)
+        self._log("updated", key_id, actor)
         return record
 
-    def revoke(self, key_id: str, *, actor: str) -> KeyRecord:
+    def revoke(self, key_id: str, *, actor: Actor) -> KeyRecord:
         """Revoke a key (idempotent: the first revocation time is kept). The row stays."""
-        record = self.store.revoke(key_id, self.now())
+        record = self.store.revoke(key_id, self.now(), actor=actor)
         if record is None:
             raise KeyNotFound(key_id)
         self.ring.forget()
-        self._audit("revoked", key_id, actor)
+        self._log("revoked", key_id, actor)
         return record
 
-    def rotate(self, key_id: str, *, actor: str) -> tuple[KeyRecord, str]:
+    def rotate(self, key_id: str, *, actor: Actor) -> tuple[KeyRecord, str]:
         """Give a key a new secret; same id and settings. The old secret stops working.
 
         :raises KeyRevoked: the key is revoked.
         """
         secret, prefix, secret_hash = self.ring.issue_secret()
-        if not self.store.replace_secret(key_id, prefix=prefix, secret_hash=secret_hash):
+        if not self.store.replace_secret(key_id, prefix=prefix, secret_hash=secret_hash, actor=actor, now=self.now()):
             self.get(key_id)  # raises KeyNotFound when there is no such key
             raise KeyRevoked(key_id)
         self.ring.forget()
-        self._audit("rotated", key_id, actor)
+        self._log("rotated", key_id, actor)
         return self.get(key_id), secret

@@ -1,9 +1,11 @@
-"""``/admin``: manage API keys, read everyone's usage and the prices. Master key only (or a JWT minted from it).
+"""``/admin``: manage API keys, read everyone's usage, the prices and the audit log. Master key only (or a JWT minted from it).
 
 The app-level auth hook has already refused callers without valid credentials
 (401); here any caller other than ``master`` gets a 403. CORS preflights pass
 without credentials, as everywhere (flask-cors answers them from ``ALLOWED_ORIGINS``). Secrets appear only in the
-answers to create and rotate, once; listings show the key's ``prefix``.
+answers to create and rotate, once; listings show the key's ``prefix``. Every change is
+written with its audit row in one transaction (:mod:`gateway.store.audit`), which no route
+edits or deletes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.backends.model import CURRENCY, PER_TOKENS
 from gateway.body import json_object_body
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
+from gateway.exchange import current_or_none
+from gateway.routes.audit import audit_listing
 from gateway.routes.usage import admin_report
+from gateway.store.audit import Actor
 from gateway.store.key_fields import FieldError
 from gateway.store.keys import KeyRecord
 
@@ -36,9 +41,17 @@ def _admin() -> KeyAdmin:
     return admin
 
 
-def _actor() -> str:
+def _actor() -> Actor:
+    """Who changes a key, for the audit log: the caller (``master``), how it authenticated
+    (``api_key`` or ``jwt``), the client address (after ProxyFix) and the request id."""
     caller = current_caller()
-    return caller.id if caller else "unknown"
+    exchange = current_or_none()
+    return Actor(
+        name=caller.id if caller else "unknown",
+        via=caller.via if caller else "unknown",
+        address=request.remote_addr or "unknown",
+        request_id=exchange.request_id if exchange is not None else None,
+    )
 
 
 @blueprint.before_request
@@ -151,9 +164,22 @@ def rotate_key(key_id: str) -> Response:
 def usage_report() -> Response:
     """Usage of every key: totals, or grouped by day, key, model or operation; filters: key, model, operation, from, to.
 
+    With ``format=csv`` (or ``Accept: text/csv``): the raw usage rows as streamed CSV, one line per request.
+
     :raises 400: a bad or unknown parameter (``param`` names it).
     """
     return admin_report(request.args)
+
+
+@blueprint.get("/audit")
+def audit_log() -> Response:
+    """The audit log: every change to a managed key (who, from where, when, before and after); read-only.
+
+    Filters: key, action, actor, via, from, to; paging: limit, after (a cursor), order.
+
+    :raises 400: a bad or unknown parameter (``param`` names it).
+    """
+    return audit_listing(request.args)
 
 
 @blueprint.get("/backends")

@@ -1,7 +1,9 @@
 """The usage API: ``GET /api/usage`` (the caller's own) and the report behind ``GET /admin/usage``.
 
 Both read the ``usage`` table through :class:`gateway.store.usage_report.UsageReport`
-and answer JSON with ``Cache-Control: no-store``. Query parameters are checked
+and answer JSON with ``Cache-Control: no-store``; ``GET /admin/usage`` also answers the
+raw rows as streamed CSV (``format=csv``, or ``Accept: text/csv``; see :func:`wants_csv`
+and :mod:`gateway.store.usage_export`). Query parameters are checked
 strictly: an unknown, repeated, empty or malformed one is a 400 whose ``param``
 names it, so a typo never silently widens a report. So is one holding a NUL
 (``?model=%00``), which PostgreSQL would refuse, not a database outage.
@@ -26,7 +28,7 @@ from gateway import extensions, operations, payload, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
-from gateway.store import Store
+from gateway.store import Store, usage_export
 from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
 from gateway.store.usage_report import GROUPINGS, MAX_GROUPS, Totals, UsageFilter, UsageReport
@@ -35,7 +37,9 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("usage_api", __name__)
 
-ADMIN_PARAMS = ("key", "model", "operation", "from", "to", "group_by")
+ADMIN_PARAMS = ("key", "model", "operation", "from", "to", "group_by", "format")
+FORMATS = ("json", "csv")
+CSV_MIMETYPE = "text/csv"
 OWN_PARAMS = ("model", "operation", "from", "to")
 _TIME_HINT = "an ISO 8601 time such as 2026-11-01 or 2026-11-01T08:00:00Z (UTC without an offset; in a URL, write '+' as %2B)"
 
@@ -49,25 +53,25 @@ def _report() -> UsageReport:
     return store.usage
 
 
-def _invalid(param: str, message: str) -> BadRequest:
+def invalid_parameter(param: str, message: str) -> BadRequest:
     return BadRequest(message, param=param, error_code="invalid_parameter")
 
 
 # --- query parameters -------------------------------------------------------------------
-def _only(args: MultiDict[str, str], allowed: Iterable[str]) -> dict[str, str]:
+def checked_params(args: MultiDict[str, str], allowed: Iterable[str]) -> dict[str, str]:
     """Each parameter at most once, none empty, none unknown, each storable text. :raises 400: otherwise."""
     allowed = tuple(allowed)
     values: dict[str, str] = {}
     for name in args:
         if name not in allowed:
-            raise _invalid(name, f"Unknown parameter '{name}'. Accepted: {', '.join(allowed)}.")
+            raise invalid_parameter(name, f"Unknown parameter '{name}'. Accepted: {', '.join(allowed)}.")
         given = args.getlist(name)
         if len(given) > 1:
-            raise _invalid(name, f"'{name}' may be given once.")
+            raise invalid_parameter(name, f"'{name}' may be given once.")
         if not given[0].strip():
-            raise _invalid(name, f"'{name}' must not be empty.")
+            raise invalid_parameter(name, f"'{name}' must not be empty.")
         if not payload.is_storable_text(given[0]):
-            raise _invalid(name, f"'{name}' {payload.UNSTORABLE_HINT}.")
+            raise invalid_parameter(name, f"'{name}' {payload.UNSTORABLE_HINT}.")
         values[name] = given[0].strip()
     return values
 
@@ -78,20 +82,20 @@ def parse_time(param: str, raw: str) -> datetime:
         parsed = datetime.fromisoformat(raw)
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _invalid(param, f"'{param}' must be {_TIME_HINT}.") from None
+        raise invalid_parameter(param, f"'{param}' must be {_TIME_HINT}.") from None
 
 
 def _text(params: Mapping[str, str], name: str, max_length: int) -> str | None:
     value = params.get(name)
     if value is not None and len(value) > max_length:
-        raise _invalid(name, f"'{name}' must be at most {max_length} characters.")
+        raise invalid_parameter(name, f"'{name}' must be at most {max_length} characters.")
     return value
 
 
 def _operation(params: Mapping[str, str]) -> str | None:
     value = params.get("operation")
     if value is not None and value not in operations.BY_NAME:
-        raise _invalid("operation", f"'operation' must be one of: {', '.join(operations.BY_NAME)}.")
+        raise invalid_parameter("operation", f"'operation' must be one of: {', '.join(operations.BY_NAME)}.")
     return value
 
 
@@ -100,7 +104,7 @@ def parse_filter(params: Mapping[str, str]) -> UsageFilter:
     start = parse_time("from", params["from"]) if "from" in params else None
     end = parse_time("to", params["to"]) if "to" in params else None
     if start is not None and end is not None and start > end:
-        raise _invalid("from", "'from' must not be after 'to' ('to' is exclusive).")
+        raise invalid_parameter("from", "'from' must not be after 'to' ('to' is exclusive).")
     return UsageFilter(
         key_id=_text(params, "key", KEY_ID_LENGTH),
         model=_text(params, "model", MODEL_LENGTH),
@@ -116,7 +120,9 @@ def parse_group_by(raw: str | None) -> tuple[str, ...]:
         return ()
     names = tuple(part.strip() for part in raw.split(","))
     if any(name not in GROUPINGS for name in names) or len(set(names)) != len(names):
-        raise _invalid("group_by", f"'group_by' must be one or more of {', '.join(GROUPINGS)}, separated by commas, each once.")
+        raise invalid_parameter(
+            "group_by", f"'group_by' must be one or more of {', '.join(GROUPINGS)}, separated by commas, each once."
+        )
     return names
 
 
@@ -136,14 +142,52 @@ def _database_unavailable(error: SQLAlchemyError) -> ServiceUnavailable:
     return ServiceUnavailable("The usage database is unavailable; retry shortly.", headers={"Retry-After": "5"})
 
 
-def admin_report(args: MultiDict[str, str]) -> Response:
-    """The answer to ``GET /admin/usage`` (the admin blueprint has checked the caller).
+def wants_csv(params: Mapping[str, str]) -> bool:
+    """``format=csv``, or no ``format`` and an ``Accept`` that prefers ``text/csv`` to JSON. :raises 400: another format."""
+    chosen = params.get("format")
+    if chosen is None:
+        return request.accept_mimetypes.best_match(("application/json", CSV_MIMETYPE)) == CSV_MIMETYPE
+    if chosen not in FORMATS:
+        raise invalid_parameter("format", f"'format' must be one of: {', '.join(FORMATS)}.")
+    return chosen == "csv"
 
-    :raises 400: a bad parameter. :raises 503: the database does not answer.
+
+def csv_export(where: UsageFilter) -> Response:
+    """The raw usage rows matching ``where`` as CSV, streamed (:mod:`gateway.store.usage_export`).
+
+    The query runs before the answer starts, so a database that does not answer is a 503,
+    not a cut-off file. :raises 503: the database does not answer.
     """
-    params = _only(args, ADMIN_PARAMS)
+    chunks = usage_export.read_chunks(_report().engine, where)
+    try:
+        first = next(chunks, None)
+    except SQLAlchemyError as error:
+        raise _database_unavailable(error) from None
+    response = Response(usage_export.encoded(first, chunks), mimetype=CSV_MIMETYPE, direct_passthrough=True)
+    response.headers["Content-Disposition"] = 'attachment; filename="usage.csv"'
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # a proxy passes chunks on as they come
+    return response
+
+
+def admin_report(args: MultiDict[str, str]) -> Response:
+    """The answer to ``GET /admin/usage`` (the admin blueprint has checked the caller):
+    JSON totals or groups, or the raw rows as CSV (:func:`wants_csv`).
+
+    :raises 400: a bad parameter (``group_by`` with CSV: the CSV is the raw rows).
+    :raises 503: the database does not answer.
+    """
+    params = checked_params(args, ADMIN_PARAMS)
     where = parse_filter(params)
     group_by = parse_group_by(params.get("group_by"))
+    if wants_csv(params):
+        if group_by:
+            raise invalid_parameter(
+                "group_by", "'group_by' is for JSON reports; the CSV export lists the raw rows (group them where you open it)."
+            )
+        response = csv_export(where)
+        response.vary.add("Accept")
+        return response
     report = _report()
     try:
         if group_by:
@@ -153,7 +197,7 @@ def admin_report(args: MultiDict[str, str]) -> Response:
             totals, groups, truncated = report.totals(where), None, False
     except SQLAlchemyError as error:
         raise _database_unavailable(error) from None
-    return _no_store(
+    response = _no_store(
         {
             "object": "usage.report",
             "filters": {
@@ -170,6 +214,8 @@ def admin_report(args: MultiDict[str, str]) -> Response:
             "max_groups": MAX_GROUPS,
         }
     )
+    response.vary.add("Accept")
+    return response
 
 
 def _month_start(day: datetime) -> datetime:
@@ -209,7 +255,7 @@ def own_usage() -> Response:
     """
     caller = current_caller()
     assert caller is not None  # the auth hook refused anonymous callers
-    params = _only(request.args, OWN_PARAMS)
+    params = checked_params(request.args, OWN_PARAMS)
     asked = parse_filter(params)
     now = utcnow()
     month = _month_start(now)

@@ -32,7 +32,8 @@ from sqlalchemy.engine import URL, make_url
 from gateway import extensions
 from gateway.config import Settings
 from gateway.store import schema
-from gateway.store.keys import KeyStore
+from gateway.store.audit import AuditLog
+from gateway.store.keys import WRITE_LOCK_OPTION, KeyStore
 from gateway.store.schema import SchemaError
 from gateway.store.usage_report import UsageReport
 
@@ -78,7 +79,9 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # A transaction that reads and then writes takes the write lock at once (keys.WRITE_LOCK_OPTION).
+        immediate = connection.get_execution_options().get(WRITE_LOCK_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -101,7 +104,7 @@ def _forget_pool(engine_ref: weakref.ref[Engine]) -> None:
 
 
 class Store:
-    """One database per app: its engine, the key table's operations and the usage reports.
+    """One database per app: its engine, the key table's operations, the usage reports and the audit log.
 
     Engines are created in the process that uses them (gunicorn workers build the
     app after the fork), so no connection is shared across a fork.
@@ -116,6 +119,7 @@ class Store:
         self.engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _postgresql_engine(url)
         self.keys = KeyStore(self.engine)
         self.usage = UsageReport(self.engine)
+        self.audit = AuditLog(self.engine)
         # A forked child (gunicorn with preload, or any fork) must open its own connections
         # and leave the parent's alone: SQLAlchemy's documented dispose(close=False).
         engine_ref = weakref.ref(self.engine)

@@ -48,6 +48,10 @@ BACKEND_LENGTH = 100
 # Read back as a float on both (asdecimal=False), written from an exact Decimal.
 COST_PRECISION = 24
 COST_SCALE = 12
+ACTION_LENGTH = 20
+ACTOR_LENGTH = 200
+VIA_LENGTH = 20
+ADDRESS_LENGTH = 100
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -126,4 +130,23 @@ usage = Table(
     Column("cost_usd", Numeric(COST_PRECISION, COST_SCALE, asdecimal=False), nullable=True),  # null: no price or no usage
     Index(None, "ts"),
     Index(None, "key_id", "ts"),
+)
+
+# One row per change to a managed key, written in the change's own transaction
+# (gateway.store.audit); never updated or deleted by the gateway.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("action", String(ACTION_LENGTH), nullable=False),  # create, update, rotate, revoke
+    Column("key_id", String(KEY_ID_LENGTH), nullable=False),
+    Column("actor", String(ACTOR_LENGTH), nullable=False),  # "master", or the OS user of a `flask keys` command
+    Column("via", String(VIA_LENGTH), nullable=False),  # api_key, jwt or cli
+    Column("address", String(ADDRESS_LENGTH), nullable=False),  # the client address, or "cli"
+    Column("request_id", String(REQUEST_ID_LENGTH), nullable=True),
+    Column("before", JSON, nullable=True),  # the changed fields' values before (null: create, rotate)
+    Column("after", JSON, nullable=True),  # and after (null: rotate)
+    Index(None, "ts"),
+    Index(None, "key_id", "id"),
 )

@@ -87,6 +87,8 @@ OPERATOR_SECTIONS = {
     "admin-cli": ("### From the command line\n", "Every option matches a field above"),
     "database": ("## Database\n", "The default SQLite file **upgrades itself at start**"),
     "usage": ("## Usage API\n", "`GET /admin/usage?group_by=model"),
+    "usage-csv": ("### CSV export\n", "## Quotas\n"),
+    "audit": ("## Audit log\n", "`has_more` says whether"),
 }
 BLOCK_END = "README-BLOCK-DONE"
 
@@ -139,3 +141,6 @@ def test_readme_operator_examples_run_as_written_after_make_run(gateway_server) 
     usage = outputs["usage"]
     assert usage.count('"object":"usage.report"') + usage.count('"object": "usage.report"') == 3
     assert usage.count('"key":"master"') + usage.count('"key": "master"') >= 2
+    assert outputs["usage-csv"].startswith("id,ts,key_id,") and (clone / "usage-2026-11.csv").is_file()
+    audit = outputs["audit"].replace(" ", "")
+    assert '"object":"audit.entry"' in audit and '"action":"update"' in audit and '"via":"api_key"' in audit

@@ -150,7 +150,7 @@ def test_only_the_master_key_may_administer(db_app: Flask) -> None:
     client = db_app.test_client()
     managed = _create(client)["secret"]
     routes = list(_admin_routes(db_app))
-    assert len(routes) == 9  # the six key routes, GET /admin/usage, GET /admin/backends and GET /admin/prices
+    assert len(routes) == 10  # the six key routes, GET /admin/usage, /admin/audit, /admin/backends and /admin/prices
     for headers in (_key(managed), _token(client, managed)):
         for method, path in routes:
             response = client.open(path, method=method, json={"name": "x"}, headers=headers)

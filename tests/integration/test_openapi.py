@@ -148,7 +148,11 @@ def test_query_parameters_follow_the_usage_views(make_app) -> None:
     own = [p["name"] for p in paths["/api/usage"]["get"]["parameters"]]
     admin = [p["name"] for p in paths["/admin/usage"]["get"]["parameters"]]
     assert own == ["model", "operation", "from", "to"]
-    assert admin == ["key", "model", "operation", "from", "to", "group_by"]
+    assert admin == ["key", "model", "operation", "from", "to", "group_by", "format"]
+    audit = [p["name"] for p in paths["/admin/audit"]["get"]["parameters"]]
+    assert audit == ["key", "action", "actor", "via", "from", "to", "limit", "after", "order"]
+    assert set(paths["/admin/usage"]["get"]["responses"]["200"]["content"]) == {"application/json", "text/csv"}
+    assert set(paths["/admin/audit"]) == {"get"}  # no route edits or deletes the audit log
     operation_param = next(p for p in paths["/api/usage"]["get"]["parameters"] if p["name"] == "operation")
     assert operation_param["schema"]["enum"] == [op.name for op in operations.OPERATIONS]
 

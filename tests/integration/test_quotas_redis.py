@@ -6,10 +6,12 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 import redis
 
+from gateway.store.audit import Actor
 from tests.conftest import KEY_HEADERS, REDIS_URL
 from tests.fakes.upstream import Behavior
 
@@ -223,7 +225,9 @@ def test_one_keys_refused_command_never_costs_other_keys_their_exact_quota(redis
         created = admin.post("/admin/keys", json={"name": name, "rate_limit_ai": "5 per minute"}, headers=KEY_HEADERS)
         secrets[name] = created.get_json()
         assert created.status_code == 201
-    apps[0].extensions["gateway.store"].keys.update(secrets["a"]["id"], {"rate_limit_ai": ABSURD_LIMIT})
+    legacy = Actor(name="legacy-row", via="cli", address="cli")  # written straight to the store, past the validation
+    store = apps[0].extensions["gateway.store"]
+    store.keys.update(secrets["a"]["id"], {"rate_limit_ai": ABSURD_LIMIT}, actor=legacy, now=datetime.now(UTC))
     clients = [app.test_client() for app in apps]
     for client in clients:
         answer = client.post("/api/ai/completion", json=BODY, headers={"X-API-Key": secrets["a"]["secret"]})

@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from gateway import create_app
 from gateway.config import ConfigError, Settings, load
 from gateway.store import Store, database_url, schema
-from gateway.store.tables import api_keys, metadata, usage
+from gateway.store.audit import Actor
+from gateway.store.tables import api_keys, audit_log, metadata, usage
 from tests.conftest import settings_for
 
 
@@ -71,6 +73,43 @@ def test_secret_hashes_are_unique(store: Store) -> None:
     duplicate = {**_key_row("key_b"), "secret_hash": _key_row("key_a")["secret_hash"]}
     with pytest.raises(Exception, match="(?i)unique|duplicate"), store.engine.begin() as connection:
         connection.execute(insert(api_keys).values(duplicate))
+
+
+def test_a_key_change_survives_a_commit_by_another_connection_in_its_middle(store: Store) -> None:
+    """A change reads the key, then writes it and its audit row; the usage writer commits all
+    the time. On SQLite a deferred transaction that read before another commit could no longer
+    write ("database is locked"), so it takes the write lock at BEGIN; PostgreSQL locks the row."""
+    schema.upgrade(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(insert(api_keys).values(_key_row()))
+    sqlite = store.url.get_backend_name() == "sqlite"
+    other = create_engine(store.url, connect_args={"timeout": 0} if sqlite else {})  # another process, no waiting
+    outcomes: list[str] = []
+
+    def commit_elsewhere(connection, cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM api_keys" in statement and not outcomes:
+            try:
+                with other.begin() as elsewhere:
+                    elsewhere.execute(
+                        insert(usage).values(
+                            ts=datetime.now(UTC), key_id="k", operation="chat", status=200, tokens_estimated=False, duration_ms=1.0
+                        )
+                    )
+                outcomes.append("committed")
+            except OperationalError:
+                outcomes.append("waits for the change")  # SQLite: the change holds the write lock
+
+    event.listen(store.engine, "after_cursor_execute", commit_elsewhere)
+    try:
+        actor = Actor(name="master", via="api_key", address="127.0.0.1")
+        changed = store.keys.update("key_0000000000000001", {"name": "changed"}, actor=actor, now=datetime.now(UTC))
+    finally:
+        event.remove(store.engine, "after_cursor_execute", commit_elsewhere)
+        other.dispose()
+    assert outcomes == ["waits for the change" if sqlite else "committed"]
+    assert changed is not None and changed.name == "changed"
+    with store.engine.connect() as connection:
+        assert connection.execute(select(audit_log.c.action, audit_log.c.after)).all() == [("update", {"name": "changed"})]
 
 
 def test_times_come_back_aware_utc(store: Store) -> None:

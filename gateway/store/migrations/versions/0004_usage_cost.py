@@ -1,7 +1,7 @@
 """Usage rows keep reasoning and cached tokens and their cost in USD (priced when written).
 
 Revision ID: 0004
-Revises: 0002 (0003, the audit log, once both branches are merged)
+Revises: 0003
 Create Date: 2026-11-30
 """
 
@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-# 0003 (the audit log) is written on another branch; until it is merged this follows 0002.
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
