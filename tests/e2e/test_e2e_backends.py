@@ -6,7 +6,7 @@ Fake backends are FakeUpstreams on loopback in this process; the config file is 
 The issue's acceptance list: a backend killed under load costs no client an error and gets one
 trial per cooldown, then traffic again once back; Retry-After is honoured; streams are retried
 only before their first event; the retry budget bounds an outage's attempts. (SIGHUP under load:
-test_e2e_backends_load.py.)
+test_e2e_backends_sighup.py.)
 """
 
 from __future__ import annotations
