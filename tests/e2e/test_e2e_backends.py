@@ -108,20 +108,26 @@ def test_a_backend_killed_under_load_costs_no_error_gets_one_trial_per_cooldown_
     for client in clients:
         client.start()
     try:
-        at(t0, 3.0)
-        a.stop()  # killed: connections refused from now on
-        at(t0, 4.0)
+        # Killed (connections refused from now on) about 3 s in, just as a slice of the retry
+        # budget's window begins (whole seconds of the monotonic clock, which the workers share;
+        # stop() takes a few tens of ms): the worst moment for a budget that would count only
+        # the slice under way.
+        at(t0, 2.5)
+        time.sleep(max(0.0, int(time.monotonic()) + 1.0 - time.monotonic() - 0.04))
+        killed = time.monotonic()
+        a.stop()
+        at(killed, 1.0)
         # Still dead, but now countable: it listens again and answers every request 503.
         a.reset()
         a.behavior = Behavior(mode="status", status=503)
         a.start()
-        at(t0, 7.0)
+        at(killed, 4.0)
         trials = len(a.requests)  # over 3 s: one trial per cooldown per worker (+1 at the edges)
         a.behavior = Behavior()  # back, healthy
         back = time.monotonic()
         assert a.wait_for_requests(trials + 1, timeout=COOLDOWN + 1.0), "no traffic to the backend after it came back"
         back_after = time.monotonic() - back
-        at(t0, 8.5)
+        at(killed, 5.5)
         a_mark, b_mark = len(a.requests), len(b.requests)
     finally:
         for client in clients:
