@@ -67,7 +67,7 @@ demo: $(STAMP)
 	INSTANCE_PATH="$(DEMO_INSTANCE)" AI_API_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1/completions \
 	MASTER_API_KEY=your-master-key $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Benchmark: the bench upstream direct vs through the gateway, memory:// and Redis quotas (~15 min); writes
+## Benchmark: the bench upstream direct vs through the gateway: one backend, two backends (gateway-2b: routing), Redis quotas (~20 min); writes
 ## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png. See bench/run.py.
 ## Extra options for bench/run.py go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 15".
 BENCH_VENV  := bench/.venv

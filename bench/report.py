@@ -33,9 +33,9 @@ def num(value: float | None, digits: int = 2) -> str:
 
 
 def gateways(data: dict) -> list[str]:
-    """The gateway targets in a results file: "gateway", and "gateway-redis" when it was measured
-    (files from before that target have only "gateway")."""
-    return [n for n in ("gateway", "gateway-redis") if n in data["targets"]]
+    """The gateway targets in a results file: "gateway", and "gateway-2b" and "gateway-redis" when
+    they were measured (files from before those targets have only "gateway")."""
+    return [n for n in ("gateway", "gateway-2b", "gateway-redis") if n in data["targets"]]
 
 
 def store_cpu(summary: dict, digits: int = 3) -> str:
@@ -419,7 +419,19 @@ def summary_section(data: dict) -> list[str]:
             + (f" plus {_span(scpu)} ms in Redis" if scpu else "")
             + f", {errors} errors."
         )
-    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g, *([redis] if redis else [])) for c in conns)
+    two = data["targets"].get("gateway-2b")
+    if two:
+        added = [
+            med(two["load"][c]["summary"]["cpu_ms_per_request"]) - med(g["load"][c]["summary"]["cpu_ms_per_request"]) for c in conns
+        ]
+        lines.append(
+            "- Routing to two backends (`gateway-2b`, both the bench upstream) against one (`gateway`): "
+            f"**{min(added):+.3f} to {max(added):+.3f} ms CPU per request** ({', '.join(f'{c} conn.' for c in conns)}; "
+            "medians, so within the runs' spread a difference near 0 is noise), "
+            f"{sum(two['load'][c]['summary']['errors'] for c in conns)} errors."
+        )
+    extra_targets = [t for t in (redis, two) if t]
+    disturbed = sum(t["load"][c]["summary"].get("disturbed_runs", 0) for t in (d, g, *extra_targets) for c in conns)
     lines.append(
         f"- Quiet machine check: a wrk run during which other processes used more than "
         f"{data['config'].get('max_foreign', 0.1):.2f} of the limiting core (core 0 for the gateway, core 1 "
@@ -632,7 +644,14 @@ def limiter_section(data: dict) -> list[str]:
     ]
 
 
-COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "gateway-redis": "#9467bd", "litellm": "#d62728", "portkey": "#2ca02c"}
+COLORS = {
+    "direct": "#7f7f7f",
+    "gateway": "#1f77b4",
+    "gateway-2b": "#17becf",
+    "gateway-redis": "#9467bd",
+    "litellm": "#d62728",
+    "portkey": "#2ca02c",
+}
 PEER_NAMES = ("direct", "gateway", "gateway-redis", "litellm", "portkey")
 
 

@@ -1,12 +1,18 @@
 """The benchmark: the bench upstream measured directly, then through the gateway (and peers).
 
     python -m bench.run                       # what `make bench` runs
-    python -m bench.run --targets direct,gateway,gateway-redis,litellm,portkey --repeats 1 \
+    python -m bench.run --targets direct,gateway,gateway-2b,gateway-redis,litellm,portkey --repeats 1 \
         --out bench/results/peers.json        # what `make bench-peers` runs
 
 Placement on the 2-core machine: the target (gateway or peer) is pinned to core 0;
 the bench upstream, wrk, and this process (the stream client, the samplers) to core 1.
 For "direct" nothing runs on core 0: wrk and the upstream share core 1.
+
+"gateway-2b" is "gateway" with a backends file (``GATEWAY_CONFIG``): two backends serving the
+bench's model, both the bench upstream (the same process, so the upstream's share of core 1
+is the same as for "gateway"), with the default routing (weighted power of two choices,
+circuit breakers, retry budget). Against "gateway" it gives what routing costs per request
+over the one-backend path.
 
 "gateway-redis" is "gateway" with its quotas in the machine's own Redis
 (``redis://127.0.0.1:6379/12``, a key prefix of its own for each run, its keys deleted
@@ -234,6 +240,25 @@ def start_gateway(
         raise
     headers = {"X-API-Key": key}
     return Target(name, label, port, headers, service, settings)
+
+
+def start_gateway_2b() -> Target:
+    """The gateway as ``gateway``, its model routed to two backends, both the bench upstream."""
+    config = RAW / "gateway-2b.yaml"
+    url = f"http://{HOST}:{PORTS['upstream']}/v1"
+    config.write_text(
+        "backends:\n"
+        f"  - {{name: upstream-a, url: '{url}'}}\n"
+        f"  - {{name: upstream-b, url: '{url}'}}\n"
+        "models:\n"
+        f"  - {{name: {MODEL}, deployments: [{{backend: upstream-a}}, {{backend: upstream-b}}]}}\n"
+    )
+    target = start_gateway("gateway-2b", "this gateway, two backends", {"GATEWAY_CONFIG": str(config)})
+    target.settings["backends"] = (
+        f"GATEWAY_CONFIG={config.relative_to(ROOT)}: two backends (both the bench upstream) serving {MODEL}, "
+        "default routing (weighted power of two choices, 3 attempts, circuit breakers, retry budget)"
+    )
+    return target
 
 
 def start_gateway_redis() -> Target:
@@ -466,7 +491,13 @@ def start_portkey() -> Target:
     return Target("portkey", f"Portkey gateway {version}", port, headers, service, settings)
 
 
-STARTERS = {"gateway": start_gateway, "gateway-redis": start_gateway_redis, "litellm": start_litellm, "portkey": start_portkey}
+STARTERS = {
+    "gateway": start_gateway,
+    "gateway-2b": start_gateway_2b,
+    "gateway-redis": start_gateway_redis,
+    "litellm": start_litellm,
+    "portkey": start_portkey,
+}
 
 
 # --------------------------------------------------------------------------- measurements
@@ -760,7 +791,7 @@ def measure(target: Target, upstream: procs.Service, args: argparse.Namespace, b
         result["rss_after_warmup_mb"] = procs.rss_bytes(measured_pids(target, upstream)) / 2**20
         log(f"{target.name}: load ({args.repeats} x {args.duration} s at {args.conns} connections)")
         result["load"] = load_runs(target, upstream, sampler, args, body_file)
-        if target.name in ("gateway", "gateway-redis"):
+        if target.name in ("gateway", "gateway-2b", "gateway-redis"):
             result["server_timing"] = server_timing(target, args)
             log(
                 f"  server-timing: {result['server_timing']['summary']['gateway_ms']['median']} ms gateway, "
@@ -843,7 +874,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     parser = argparse.ArgumentParser(description="direct vs gateway (vs peers) benchmark")
     parser.add_argument(
-        "--targets", default="direct,gateway,gateway-redis", help="any of direct,gateway,gateway-redis,litellm,portkey"
+        "--targets",
+        default="direct,gateway,gateway-2b,gateway-redis",
+        help="any of direct,gateway,gateway-2b,gateway-redis,litellm,portkey",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")

@@ -3,18 +3,25 @@ multiply the load on the backends.
 
 Every client request is noted (:meth:`RetryBudget.note_request`); time is cut into
 ``buckets`` slices per ``window``. A retry is allowed (:meth:`RetryBudget.try_retry`, which
-then counts it) only while, for *every* span of slices ending with the current one and at
-most ``window`` long,
+then counts it) only while, over the window that ends now (the current slice and the ones
+before it, ``window`` seconds in all),
 
-    retries in the span + 1 <= ratio * requests in the span + min_retries
+    retries in the window + 1 <= ratio * requests in the window + min_retries
 
-Checking every such span, not only the whole window, is what makes the bound hold over
-every window of ``window`` seconds that starts on a slice boundary, the ones to come
-included: ``retries <= ratio * requests + min_retries``, however many attempts each request
-is configured for. (Checking the whole window alone would let a burst of requests that is
-about to leave the window pay for retries in the next one.) The price: a retry draws only
-on requests at least as recent as the span under check, so right after a quiet spell only
-``min_retries`` fit. ``min_retries`` also lets a trickle of traffic retry at all.
+So at every moment the retries of the last ``window`` seconds stay within ``ratio`` of that
+window's requests plus ``min_retries``, however many attempts each request is configured
+for: a total outage adds at most ``ratio`` to the load on the backends (plus
+``min_retries``), and a trickle of traffic can still retry (``min_retries``).
+
+Why the whole window and not also every shorter span ending now: a guarantee over every
+window *to come* would have to draw only on the requests of the slice under way for the
+windows starting there, so right after a slice begins only ``min_retries`` retries would
+fit, however busy the gateway. A backend dying at that moment fails its requests in
+flight (and the few sent to it before its circuit opens) all at once, and clients would
+see errors a healthy fallback could have absorbed. The price of the whole-window check: a
+window that starts after a burst of requests may hold retries those requests paid for,
+so over an arbitrary window the bound is ``ratio`` times the requests of that window and
+the one before it.
 
 Memory is fixed (:class:`~gateway.backends.window.SlidingCounts`); one lock per process.
 """
@@ -61,13 +68,10 @@ class RetryBudget:
         """Whether one more retry fits the budget; if so it is counted."""
         with self._lock:
             now = self.clock()
-            requests = retries = 0
-            for counts in self._counts.newest_first(now):
-                requests += counts[_REQUESTS]
-                retries += counts[_RETRIES]
-                if retries + 1 > self.ratio * requests + self.min_retries:
-                    self.exhausted += 1
-                    return False
+            requests, retries = self._counts.totals(now)
+            if retries + 1 > self.ratio * requests + self.min_retries:
+                self.exhausted += 1
+                return False
             self._counts.add(now, _RETRIES)
             return True
 

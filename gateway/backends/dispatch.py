@@ -7,7 +7,8 @@ anything has reached the client, another attempt may follow, if all of these hol
 
 - the failure is one ``routing.retry_on`` names (``connect``: refused or reset;
   ``timeout``: no connection or no answer in time; a status such as ``429`` or ``503``),
-  or a stream that ended before its first event;
+  or an answer cut off before anything reached the client (inside its head, its body,
+  or a stream before its first event);
 - fewer than ``routing.max_attempts`` attempts were made;
 - the wait fits the request's deadline (the first backend's ``timeouts.total``): none
   when another deployment is available (the fallback), else the backend's
@@ -188,6 +189,12 @@ def _attempt(
         raise _failed("connect", "connect", error=error) from None
     except UpstreamTimeout as error:
         raise _failed("timeout", "timeout", error=error) from None
+    except UpstreamError as error:
+        if error.error_code != "upstream_incomplete":
+            raise
+        # The connection closed inside the answer's head (the backend died mid-answer):
+        # nothing reached the client, so it is retried like a body cut short below.
+        raise _failed("broke_off", "", error=error) from None
     finally:
         record.duration_ms = (time.perf_counter() - record.started) * 1000
     status = upstream.status_code

@@ -49,16 +49,6 @@ class SlidingCounts:
                     sums[field] += count
         return sums
 
-    def newest_first(self, now: float) -> list[list[int]]:
-        """Each slice's counts, the current one first, back to the oldest in the window (zeros where none)."""
-        epoch = int(now // self._width)
-        slices = []
-        for age in range(self._buckets):
-            slot = (epoch - age) % self._buckets
-            fresh = self._epochs[slot] == epoch - age
-            slices.append(list(self._counts[slot]) if fresh else [0] * self._fields)
-        return slices
-
     def clear(self) -> None:
         self._epochs = [_NEVER] * self._buckets
         self._counts = [[0] * self._fields for _ in range(self._buckets)]

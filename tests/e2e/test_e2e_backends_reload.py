@@ -32,8 +32,8 @@ def json_lines(server: GatewayServer) -> list[dict]:
     return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
 
 
-def served(server: GatewayServer) -> bool:
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+def served(server: GatewayServer, model: str) -> bool:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     status, _, _ = request(server.url, "POST", "/v1/chat/completions", body, headers=JSON_AUTH, timeout=10)
     return status == 200 and request(server.url, "GET", "/health", timeout=5)[0] == 200
 
@@ -61,7 +61,7 @@ def test_sighup_refuses_an_invalid_file_keeps_serving_then_accepts_a_valid_one(g
     path.write_text(config_text(upstream.base_url, "first-model"))
     server: GatewayServer = gateway_server(GATEWAY_CONFIG=str(path), LOCAL_KEY=SECRET)
     assert any(line["msg"] == f"backends configuration from {path}: 1 backends, 1 model routes" for line in json_lines(server))
-    assert served(server)
+    assert served(server, "first-model")
 
     # An invalid file: refused, the old snapshot kept, new workers boot from it and serve.
     path.write_text(config_text(upstream.base_url, "second-model").replace("url:", "URL:"))
@@ -75,7 +75,7 @@ def test_sighup_refuses_an_invalid_file_keeps_serving_then_accepts_a_valid_one(g
     )
     assert server.wait_for_log(lambda log: log.count("Booting worker with pid") >= 2, timeout=20), server.log()
     assert server.wait_for_log(lambda log: "Worker exiting" in log, timeout=20), server.log()
-    assert served(server) and server.proc.poll() is None, server.log()
+    assert served(server, "first-model") and server.proc.poll() is None, server.log()  # the previous file still routes
 
     # A valid changed file: accepted before the new workers are forked.
     path.write_text(config_text(upstream.base_url, "third-model"))
@@ -89,7 +89,9 @@ def test_sighup_refuses_an_invalid_file_keeps_serving_then_accepts_a_valid_one(g
     boots = [index for index, line in enumerate(log.splitlines()) if "Booting worker with pid" in line]
     reloaded = next(index for index, line in enumerate(log.splitlines()) if "backends configuration reloaded from" in line)
     assert boots[1] < reloaded < boots[2], log
-    assert served(server) and server.proc.poll() is None, server.log()
+    # The previous worker (first-model) accepts until it exits: ask once only the new one is left.
+    assert server.wait_for_log(lambda log: log.count("Worker exiting") >= 2, timeout=20), server.log()
+    assert served(server, "third-model") and server.proc.poll() is None, server.log()
     log = server.log()
     assert "Traceback" not in log
     assert not [secret for secret in (SECRET, *CANARIES) if secret in log]

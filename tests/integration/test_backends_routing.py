@@ -153,6 +153,17 @@ def test_a_429_with_retry_after_is_served_by_the_other_backend_at_once(make_app,
     assert len(a.requests) == 1  # once a said "in 1 s", it got nothing more inside that second
 
 
+def test_an_answer_cut_off_inside_its_head_falls_over_and_counts_against_the_circuit(make_app, tmp_path, two) -> None:
+    a, b = two
+    fallback = "\n  - name: shared\n    deployments:\n      - {backend: a}\n      - {backend: b, priority: 1}\n"
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b, models=fallback)).test_client()
+    a.behavior = Behavior(mode="truncated_head", status=200)  # the connection closes mid-head: a died mid-answer
+    assert [chat(client, "shared").status_code for _ in range(5)] == [200] * 5
+    assert len(a.requests) == 3 and len(b.requests) == 5  # then its circuit opened (failures: 3)
+    rows = client.get("/admin/backends", headers=KEY_HEADERS).get_json()["data"]
+    assert {row["backend"]: row["circuit"] for row in rows} == {"a": "open", "b": "closed"}
+
+
 def test_the_only_backend_answering_429_is_tried_again_after_its_retry_after(make_app, tmp_path, two) -> None:
     a, b = two
     client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b)).test_client()
