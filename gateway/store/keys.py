@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, Row, insert, select, update
@@ -49,6 +50,9 @@ class KeyRecord:
     budget_tokens_day: int | None
     budget_tokens_month: int | None
     max_tokens_cap: int | None
+    budget_usd: Decimal | None = None  # None: no budget in currency
+    budget_period: str | None = None  # day, week, month; None: month
+    budget_reset: str | None = None  # calendar, rolling; None: calendar
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> KeyRecord:
@@ -88,6 +92,9 @@ class KeyRecord:
             "budget_tokens_day": self.budget_tokens_day,
             "budget_tokens_month": self.budget_tokens_month,
             "max_tokens_cap": self.max_tokens_cap,
+            "budget_usd": float(self.budget_usd) if self.budget_usd is not None else None,  # exact: 15 digits at most
+            "budget_period": self.budget_period,
+            "budget_reset": self.budget_reset,
         }
 
 
