@@ -47,7 +47,7 @@ from gateway.exchange import current
 from gateway.quotas.outage import on_store
 from gateway.quotas.periods import Budget, completion_fitting, most_cost, nano, usd
 from gateway.quotas.policy import CallerPolicy, TokenPlan, caller_policy
-from gateway.quotas.tokens import NO_RESERVATION, LocalCounters, RedisCounters, Reservation, TokenCounters, reserve_tokens
+from gateway.quotas.tokens import NO_RESERVATION, LocalCounters, RedisCounters, Reservation, TokenCounters
 from gateway.upstream.accounting import TokenUsage
 from gateway.usage.cost import cost_of
 
@@ -211,19 +211,20 @@ def _hold_spend(policy: CallerPolicy, budget: Budget, plan: TokenPlan, price: Pr
 
 
 def hold_call(plan: TokenPlan) -> CallHold:
-    """Hold the call's tokens (:func:`~gateway.quotas.tokens.reserve_tokens`) and, on a key
+    """Hold the call's tokens (:meth:`~gateway.quotas.tokens.TokenLedger.reserve`) and, on a key
     with a budget, its most cost (see the module).
 
     :raises 400: a budgeted key names a model without a price (``model_not_priced``).
     :raises 429: a token counter or the budget has no room (``insufficient_quota``).
     """
     policy = caller_policy()
+    ledger = extensions.token_ledger()
     budget = policy.budget
     if budget is None:
-        tokens = reserve_tokens(plan)
+        tokens = ledger.reserve(policy, plan.reserve, plan.minimum)
         return CallHold(tokens, None, plan.upstream_limit(tokens.amount))
     price = _price(current().model)
-    tokens = reserve_tokens(plan)
+    tokens = ledger.reserve(policy, plan.reserve, plan.minimum)
     try:
         return _hold_spend(policy, budget, plan, price, tokens)
     except BaseException:
