@@ -222,7 +222,10 @@ def hold_call(plan: TokenPlan) -> CallHold:
     budget = policy.budget
     if budget is None:
         tokens = ledger.reserve(policy, plan.reserve, plan.minimum)
-        return CallHold(tokens, None, plan.upstream_limit(tokens.amount))
+        limit = plan.upstream_limit(tokens.amount)
+        if tokens is NO_RESERVATION and limit is None:  # nothing counted, nothing set: no allocation
+            return NOTHING_HELD
+        return CallHold(tokens, None, limit)
     price = _price(current().model)
     tokens = ledger.reserve(policy, plan.reserve, plan.minimum)
     try:
