@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ import pytest
 import time_machine
 
 from gateway.backends.model import Price
-from gateway.errors import InsufficientQuota
+from gateway.errors import InsufficientQuota, LimitStorageUnavailable
 from gateway.quotas.periods import Budget, completion_fitting, most_cost, nano, usd
 from gateway.quotas.policy import CallerPolicy
 from gateway.quotas.spend import SpendLedger
@@ -137,3 +138,32 @@ def test_a_spent_budget_starts_again_at_its_boundary(period, reset, start, bound
         status = ledger.status(_policy(budget))
         assert status is not None and status["usage"] == 0.004 and status["limit_remaining"] == 0.006
         assert status["window_start"] == _at(boundary).isoformat()
+
+
+class _Down:
+    """A shared store that does not answer."""
+
+    def reserve(self, *args: object) -> int:
+        raise ConnectionError("down")
+
+    def adjust(self, *args: object) -> None:
+        raise ConnectionError("down")
+
+    def used(self, key: str) -> int:
+        raise ConnectionError("down")
+
+
+def test_a_store_outage_follows_the_quota_stores_policy() -> None:
+    budget = Budget.of(Decimal("0.01"), None, None, CREATED)
+    closed = SpendLedger("p", _Down(), fail_open=False)  # type: ignore[arg-type]
+    with pytest.raises(LimitStorageUnavailable):
+        closed.reserve("key_x", budget, 5_000_000, 1, PRICE)
+    status = closed.status(_policy(budget))
+    assert status is not None and status["usage"] is None and status["limit_remaining"] is None and status["limit"] == 0.01
+    opened = SpendLedger("p", _Down(), fail_open=True)  # type: ignore[arg-type]
+    held = opened.reserve("key_x", budget, 6_000_000, 1, PRICE)  # counted in the process
+    assert held.amount == 6_000_000 and opened.reserve("key_x", budget, 6_000_000, 1, PRICE).amount == 4_000_000
+    held.settle(TokenUsage(prompt_tokens=9, completion_tokens=6, total_tokens=15))  # settled where it was held
+    assert (
+        opened.local.used(opened.counter_key("key_x", budget, budget.window(time.time())[0])) == 4_000_000 + 82_500
+    )  # 9 x 2.5 + 6 x 10 per million
