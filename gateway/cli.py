@@ -29,7 +29,7 @@ from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.store import Store, schema
 from gateway.store.audit import Actor
-from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS, FieldError
+from gateway.store.key_fields import BUDGET_FIELDS, BUDGET_PERIODS, BUDGET_RESETS, LIMIT_FIELDS, TOKEN_FIELDS, FieldError
 from gateway.store.keys import KeyRecord
 
 keys_cli = AppGroup("keys", help="Manage API keys (the same actions as /admin/keys).")
@@ -48,8 +48,11 @@ OPTIONS: dict[str, str] = {
     "budget_tokens_day": "--budget-day",
     "budget_tokens_month": "--budget-month",
     "max_tokens_cap": "--max-tokens",
+    "budget_usd": "--budget-usd",
+    "budget_period": "--budget-period",
+    "budget_reset": "--budget-reset",
 }
-CLEARABLE = ("expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS, "metadata")
+CLEARABLE = ("expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS, *BUDGET_FIELDS, "metadata")
 CLI_ADDRESS = "cli"  # where a change made by a command comes from, in the audit log
 
 
@@ -113,6 +116,13 @@ def _key_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--budget-day", "budget_tokens_day", type=int, help="Token budget per day."),
         click.option("--budget-month", "budget_tokens_month", type=int, help="Token budget per month."),
         click.option("--max-tokens", "max_tokens_cap", type=int, help="Cap on a request's max_tokens."),
+        click.option("--budget-usd", help="Budget in USD per period, e.g. 0.01 or 25.50."),
+        click.option("--budget-period", type=click.Choice(BUDGET_PERIODS), help="The budget's period (default: month)."),
+        click.option(
+            "--budget-reset",
+            type=click.Choice(BUDGET_RESETS),
+            help="calendar: UTC days, weeks from Monday, months from the 1st (default); rolling: from the key's creation.",
+        ),
     ]
     for decorate in reversed(decorators):
         command = decorate(command)

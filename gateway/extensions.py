@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.backends.router import Router
     from gateway.metrics import Instruments
     from gateway.quotas.slots import InFlight
+    from gateway.quotas.spend import SpendLedger
     from gateway.quotas.tokens import TokenLedger
     from gateway.quotas.windows import RequestWindows
     from gateway.store import Store
@@ -37,6 +38,7 @@ LIMITER = "gateway.limiter"
 REQUEST_WINDOWS = "gateway.quotas"
 SLOTS = "gateway.inflight"
 TOKEN_LEDGER = "gateway.tokens_ledger"
+SPEND_LEDGER = "gateway.spend_ledger"
 ROUTER = "gateway.upstream"  # the backends' routing table and clients
 USAGE = "gateway.usage"
 INSTRUMENTS = "gateway.metrics"
@@ -90,6 +92,11 @@ def slots(app: Flask | None = None) -> InFlight:
 
 def token_ledger(app: Flask | None = None) -> TokenLedger:
     found: TokenLedger = _get(TOKEN_LEDGER, app)
+    return found
+
+
+def spend_ledger(app: Flask | None = None) -> SpendLedger:
+    found: SpendLedger = _get(SPEND_LEDGER, app)
     return found
 
 

@@ -71,6 +71,21 @@ def _key_field_schema(name: str) -> dict[str, Any]:
             {"type": "integer", "minimum": 1, "maximum": kf.TOKEN_COUNT_MAX, "description": "A token count; null: no limit."}
         )
     known: dict[str, dict[str, Any]] = {
+        "budget_usd": _nullable(
+            {
+                "type": ["number", "string"],
+                "description": f'USD per period, e.g. 0.01 or "25.50": positive, at most {kf.BUDGET_USD_MAX:,}, '
+                f"at most {kf.BUDGET_USD_DECIMALS} decimal places; null: no budget in USD.",
+            }
+        ),
+        "budget_period": _nullable({"enum": list(kf.BUDGET_PERIODS), "description": "The budget's period; null: month."}),
+        "budget_reset": _nullable(
+            {
+                "enum": list(kf.BUDGET_RESETS),
+                "description": "calendar: UTC days, weeks from Monday, months from the 1st; rolling: 1, 7 or 30 days "
+                "from the key's creation; null: calendar.",
+            }
+        ),
         "name": {
             "type": "string",
             "minLength": 1,
@@ -188,6 +203,9 @@ def _key_record() -> dict[str, Any]:
     }
     properties.update({name: _nullable({"type": "string"}) for name in key_fields.LIMIT_FIELDS})
     properties.update({name: _nullable({"type": "integer"}) for name in key_fields.TOKEN_FIELDS})
+    properties["budget_usd"] = _nullable({"type": "number", "exclusiveMinimum": 0})
+    properties["budget_period"] = _nullable({"enum": list(key_fields.BUDGET_PERIODS)})
+    properties["budget_reset"] = _nullable({"enum": list(key_fields.BUDGET_RESETS)})
     return _object(properties, required=list(properties))
 
 

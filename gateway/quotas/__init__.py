@@ -9,6 +9,8 @@
 - :mod:`~gateway.quotas.policy`: per-key policy (allowed models, ``max_tokens`` cap,
   the key's own request limits).
 - :mod:`~gateway.quotas.tokens`: token quotas and budgets, reserved before the call.
+- :mod:`~gateway.quotas.spend`: budgets in USD per day, week or month (calendar or
+  rolling windows, :mod:`~gateway.quotas.periods`), held before the call at its most cost.
 - :mod:`~gateway.quotas.slots`: concurrent AI requests per caller (``RATE_LIMIT_CONCURRENT``).
 - :mod:`~gateway.quotas.outage`: the store-outage policy (``RATE_LIMIT_ON_STORAGE_ERROR``).
 - :mod:`~gateway.quotas.redis_script`: every request quota in one Redis round trip.
@@ -43,6 +45,7 @@ from gateway.config import Settings
 from gateway.quotas.headers import rate_limit_headers
 from gateway.quotas.policy import caller_policy
 from gateway.quotas.slots import InFlight
+from gateway.quotas.spend import SpendLedger
 from gateway.quotas.tokens import TokenLedger
 from gateway.quotas.windows import AUTH_FAILURE_QUOTA, RequestWindows, app_windows, remaining_requests, storage_options
 
@@ -87,11 +90,13 @@ def remaining_for_caller() -> dict[str, Any]:
 
     ``requests``: per quota (``general``, ``ai``) the limit, remaining requests and
     seconds until the window frees one; ``tokens``: per set token counter the limit,
-    remaining tokens and seconds until it resets.
+    remaining tokens and seconds until it resets; ``budget``: the budget in USD
+    (:meth:`SpendLedger.status`), ``None`` without one.
     """
     policy = caller_policy()
     ledger = extensions.token_ledger()
-    return {"requests": remaining_requests(policy), "tokens": ledger.remaining(policy)}
+    budget = extensions.spend_ledger().status(policy)
+    return {"requests": remaining_requests(policy), "tokens": ledger.remaining(policy), "budget": budget}
 
 
 def _scope_hooks_to_blueprint(app: Flask, limiter: Limiter, blueprint: str) -> None:
@@ -141,3 +146,4 @@ def init_app(app: Flask) -> None:
     app.after_request(rate_limit_headers)
     app.extensions[extensions.SLOTS] = InFlight.from_settings(settings, limiter.storage)
     app.extensions[extensions.TOKEN_LEDGER] = TokenLedger.from_settings(settings, limiter.storage)
+    app.extensions[extensions.SPEND_LEDGER] = SpendLedger.from_settings(settings, limiter.storage)

@@ -19,6 +19,7 @@ from gateway.auth.keys import MASTER_KEY_ID
 from gateway.config import Settings
 from gateway.errors import BadRequest, Forbidden
 from gateway.exchange import current
+from gateway.quotas.periods import Budget
 from gateway.store.keys import KeyRecord
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class CallerPolicy:
     allowed_models: tuple[str, ...] | None
     max_tokens_cap: int | None
     token_limits: tuple[tuple[str, int], ...]  # (counter field, limit), set ones only
+    budget: Budget | None = None  # the key's budget in USD (gateway.quotas.spend)
 
     @classmethod
     def build(cls, key_id: str, record: KeyRecord | None, settings: Settings) -> CallerPolicy:
@@ -51,6 +53,7 @@ class CallerPolicy:
             return getattr(record, name) if record is not None else None
 
         models = pick("allowed_models")
+        usd = pick("budget_usd")
         return cls(
             key_id=key_id,
             rate_limit_general=pick("rate_limit_general") or settings.rate_limit_general,
@@ -58,6 +61,7 @@ class CallerPolicy:
             allowed_models=tuple(models) if models else None,
             max_tokens_cap=pick("max_tokens_cap"),
             token_limits=tuple((name, pick(name)) for name in TOKEN_COUNTERS if pick(name) is not None),
+            budget=None if usd is None else Budget.of(usd, pick("budget_period"), pick("budget_reset"), pick("created_at")),
         )
 
     def allows_model(self, model: str) -> bool:

@@ -158,6 +158,17 @@ class Reservation:
         self._keys = keys
         self.amount = amount
 
+    def give_back(self, amount: int) -> None:
+        """Hold ``amount`` tokens less from now on (the call was given a smaller limit)."""
+        if self._ledger is None or not self._keys or amount <= 0:
+            return
+        try:
+            self._backend.adjust(self._keys, -amount)
+        except Exception:
+            log.warning("could not give back part of a token reservation; the counters keep it until settled")
+            return
+        self.amount -= amount
+
     def settle(self, used: int) -> None:
         ledger, self._ledger = self._ledger, None
         if ledger is None or not self._keys or used == self.amount:

@@ -21,7 +21,7 @@ from gateway.exchange import current
 from gateway.operations import ITEM_ID_MAX, OPERATIONS, Operation, item_segment
 from gateway.quotas.policy import CLAMPED_HEADER, TokenPlan, caller_policy, check_request
 from gateway.quotas.slots import Slot
-from gateway.quotas.tokens import NO_RESERVATION, Reservation, reserve_tokens
+from gateway.quotas.spend import NOTHING_HELD, CallHold, hold_call
 from gateway.upstream import accounting, relay
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.streams import RelayLimits
@@ -42,18 +42,20 @@ class ClientCall:
     tap: StreamUsageTap | None = None
     clamped: int | None = None  # the completion limit the gateway set upstream (CLAMPED_HEADER)
 
-    def hold_tokens(self) -> Reservation:
-        """Reserve the call's tokens, then settle what goes upstream, re-encoded once if at all:
-        the completion limit the gateway sets (what was held beyond the prompt estimate, or the
-        key's cap) and the stream usage option.
+    def hold_tokens(self) -> CallHold:
+        """Reserve the call's tokens (and, on a key with a budget in USD, its most cost), then
+        settle what goes upstream, re-encoded once if at all: the completion limit the gateway
+        sets (what was held beyond the prompt estimate, the key's cap, or what the budget
+        allows) and the stream usage option.
 
         :raises 429: not even the prompt and a minimal answer fit (``insufficient_quota``).
+        :raises 400: a key with a budget names a model without a price (``model_not_priced``).
         """
         if self.plan is None or self.document is None:
-            return NO_RESERVATION
-        reservation = reserve_tokens(self.plan)
+            return NOTHING_HELD
+        reservation = hold_call(self.plan)
         document = self.document
-        self.clamped = self.plan.upstream_limit(reservation.amount)
+        self.clamped = reservation.upstream_limit
         if self.clamped is not None and self.plan.limit_field is not None:
             document = {**document, self.plan.limit_field: self.clamped}
         if self.ask_for_usage:
@@ -170,7 +172,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         settings = app.config["GATEWAY"]
         router = extensions.router(app)
         request_quotas = extensions.request_windows(app)
-        reservation = NO_RESERVATION
+        reservation = NOTHING_HELD
         slot = Slot(None, "", "")  # none held yet; releasing it does nothing
         target = None
         try:
@@ -185,7 +187,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
             request_quotas.hold(ai=True)
         except Exception as error:
             slot.release()
-            reservation.settle(0)
+            reservation.settle(None)
             if exchange.quotas_counted is None and not isinstance(error, (StorageError, LimitStorageUnavailable)):
                 # Refused before the upstream call (malformed, too large, not allowed, over a
                 # token quota, ...): the general quota only. A 429 if that one is full.
@@ -195,7 +197,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
-            reservation.settle(usage.total_tokens if usage else 0)
+            reservation.settle(usage)
             exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 
         def limits_for(deadline: float) -> RelayLimits:
@@ -236,8 +238,7 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         finally:
             if not streaming:
                 slot.release()
-                usage = exchange.usage
-                reservation.settle(usage.total_tokens if usage else 0)
+                reservation.settle(exchange.usage)
 
     relay_operation.__name__ = f"relay_{op.name}"
     relay_operation.__qualname__ = f"relay_{op.name}"

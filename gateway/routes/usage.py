@@ -29,7 +29,7 @@ from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.store import Store, usage_export
-from gateway.store.key_fields import LIMIT_FIELDS, TOKEN_FIELDS
+from gateway.store.key_fields import BUDGET_FIELDS, LIMIT_FIELDS, TOKEN_FIELDS
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
 from gateway.store.usage_report import GROUPINGS, MAX_GROUPS, Totals, UsageFilter, UsageReport
 
@@ -235,8 +235,10 @@ def limits_of(key_id: str) -> dict[str, Any]:
     settings = current_app.config["GATEWAY"]
     record = None if key_id == MASTER_KEY_ID else extensions.store().keys.get(key_id)
     limits: dict[str, Any] = {}
-    for name in (*LIMIT_FIELDS, *TOKEN_FIELDS):
+    for name in (*LIMIT_FIELDS, *TOKEN_FIELDS, *BUDGET_FIELDS):
         value = getattr(record, name) if record is not None else None
+        if name == "budget_usd" and value is not None:
+            value = float(value)  # a JSON number, exact (15 digits at most)
         if value is None and name in DEFAULT_LIMIT_SETTINGS:
             value = getattr(settings, DEFAULT_LIMIT_SETTINGS[name])
         limits[name] = value

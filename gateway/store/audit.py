@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, insert, select
@@ -54,7 +55,11 @@ def _text(value: str | None, length: int) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):  # budget_usd: at most 15 significant digits, exact as a JSON number
+        return float(value)
+    return value
 
 
 def _fields(values: dict[str, Any] | None) -> dict[str, Any] | None:

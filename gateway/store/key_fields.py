@@ -8,12 +8,21 @@ Every string stored (name, metadata keys and values, model patterns, limits) mus
 storable text (:func:`gateway.payload.is_storable_text`: no NUL, no lone surrogate;
 a command-line argument that is not valid UTF-8 arrives with lone surrogates), and
 rate limits are held to :func:`gateway.config.parse_rate_limit`'s bounds.
+
+``budget_usd`` is a budget in US dollars per period: a positive decimal (a JSON number
+or a string such as ``"0.01"``) of at most :data:`BUDGET_USD_MAX` with at most
+:data:`BUDGET_USD_DECIMALS` decimal places, so it is exact in every database (SQLite keeps
+a double: 15 significant digits) and in the nano-dollar counters
+(:mod:`gateway.quotas.spend`). ``budget_period`` (``day``, ``week``, ``month``; null:
+``month``) and ``budget_reset`` (``calendar``, ``rolling``; null: ``calendar``) say
+when it starts again.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.config import RATE_LIMIT_BOUNDS, parse_rate_limit
@@ -25,10 +34,15 @@ MODELS_MAX = 100
 MODEL_PATTERN_MAX = 200
 LIMIT_STRING_MAX = 100
 TOKEN_COUNT_MAX = 10**15
+BUDGET_USD_MAX = Decimal(10**9)
+BUDGET_USD_DECIMALS = 6
+BUDGET_PERIODS = ("day", "week", "month")
+BUDGET_RESETS = ("calendar", "rolling")
 
 LIMIT_FIELDS = ("rate_limit_general", "rate_limit_ai")
 TOKEN_FIELDS = ("tokens_per_minute", "tokens_per_day", "budget_tokens_day", "budget_tokens_month", "max_tokens_cap")
-SETTABLE_FIELDS = ("name", "metadata", "expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS)
+BUDGET_FIELDS = ("budget_usd", "budget_period", "budget_reset")
+SETTABLE_FIELDS = ("name", "metadata", "expires_at", "allowed_models", *LIMIT_FIELDS, *TOKEN_FIELDS, *BUDGET_FIELDS)
 
 
 class FieldError(ValueError):
@@ -150,6 +164,36 @@ def _token_count(param: str, value: Any) -> int | None:
     return value
 
 
+def _budget_usd(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    message = (
+        f"'budget_usd' must be null (no budget) or a positive amount in USD of at most {BUDGET_USD_MAX:,} "
+        f'with at most {BUDGET_USD_DECIMALS} decimal places, e.g. 0.01 or "25.50".'
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or (isinstance(value, str) and len(value) > 40):
+        raise FieldError("budget_usd", message)
+    try:
+        # A float by its shortest repr (0.01, not 0.01000000000000000020816...).
+        amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except InvalidOperation:
+        raise FieldError("budget_usd", message) from None
+    if not amount.is_finite() or not 0 < amount <= BUDGET_USD_MAX:
+        raise FieldError("budget_usd", message)
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -BUDGET_USD_DECIMALS:
+        raise FieldError("budget_usd", message)
+    return amount
+
+
+def _choice(param: str, value: Any, choices: tuple[str, ...], default: str) -> str | None:
+    if value is None:
+        return None
+    if value not in choices:
+        raise FieldError(param, f"'{param}' must be null ({default}) or one of: {', '.join(choices)}.")
+    return str(value)
+
+
 def parse_changes(document: dict[str, Any], *, creating: bool, now: datetime) -> dict[str, Any]:
     """Validate the settable fields in ``document``; return them normalised.
 
@@ -176,6 +220,12 @@ def parse_changes(document: dict[str, Any], *, creating: bool, now: datetime) ->
             changes[param] = _allowed_models(value)
         elif param in LIMIT_FIELDS:
             changes[param] = _rate_limit(param, value)
+        elif param == "budget_usd":
+            changes[param] = _budget_usd(value)
+        elif param == "budget_period":
+            changes[param] = _choice(param, value, BUDGET_PERIODS, "month")
+        elif param == "budget_reset":
+            changes[param] = _choice(param, value, BUDGET_RESETS, "calendar")
         else:
             changes[param] = _token_count(param, value)
     if creating:

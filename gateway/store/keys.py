@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, insert, select, update
@@ -59,6 +60,9 @@ class KeyRecord:
     budget_tokens_day: int | None
     budget_tokens_month: int | None
     max_tokens_cap: int | None
+    budget_usd: Decimal | None = None  # None: no budget in currency
+    budget_period: str | None = None  # day, week, month; None: month
+    budget_reset: str | None = None  # calendar, rolling; None: calendar
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> KeyRecord:
@@ -98,6 +102,9 @@ class KeyRecord:
             "budget_tokens_day": self.budget_tokens_day,
             "budget_tokens_month": self.budget_tokens_month,
             "max_tokens_cap": self.max_tokens_cap,
+            "budget_usd": float(self.budget_usd) if self.budget_usd is not None else None,  # exact: 15 digits at most
+            "budget_period": self.budget_period,
+            "budget_reset": self.budget_reset,
         }
 
 

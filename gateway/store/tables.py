@@ -52,6 +52,11 @@ ACTION_LENGTH = 20
 ACTOR_LENGTH = 200
 VIA_LENGTH = 20
 ADDRESS_LENGTH = 100
+# budget_usd: at most 10^9 with 6 decimal places (gateway.store.key_fields), 15 significant
+# digits, so SQLite's double keeps it exact too; read back as an exact Decimal.
+BUDGET_PRECISION = 16
+BUDGET_SCALE = 6
+BUDGET_CHOICE_LENGTH = 8
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -103,6 +108,9 @@ api_keys = Table(
     Column("budget_tokens_day", BigInteger, nullable=True),
     Column("budget_tokens_month", BigInteger, nullable=True),
     Column("max_tokens_cap", BigInteger, nullable=True),
+    Column("budget_usd", Numeric(BUDGET_PRECISION, BUDGET_SCALE), nullable=True),  # null: no budget in currency
+    Column("budget_period", String(BUDGET_CHOICE_LENGTH), nullable=True),  # day, week, month; null: month
+    Column("budget_reset", String(BUDGET_CHOICE_LENGTH), nullable=True),  # calendar, rolling; null: calendar
     Index(None, "secret_hash", unique=True),
 )
 

@@ -307,3 +307,14 @@ def test_no_route_edits_or_deletes_the_log(db_client: FlaskClient) -> None:
     assert db_client.get("/admin/audit").status_code == 401
     managed = _create(db_client)["secret"]
     assert db_client.get("/admin/audit", headers={"X-API-Key": managed}).status_code == 403
+
+
+def test_a_budget_change_is_audited_with_its_amounts(db_app) -> None:
+    client = db_app.test_client()
+    created = client.post("/admin/keys", json={"name": "spender", "budget_usd": "0.5"}, headers=KEY_HEADERS)
+    assert created.status_code == 201
+    key_id = created.get_json()["id"]
+    assert client.patch(f"/admin/keys/{key_id}", json={"budget_usd": 2.25}, headers=KEY_HEADERS).status_code == 200
+    entries = client.get(f"/admin/audit?key={key_id}", headers=KEY_HEADERS).get_json()["data"]
+    update = next(entry for entry in entries if entry["action"] == "update")
+    assert (update["before"], update["after"]) == ({"budget_usd": 0.5}, {"budget_usd": 2.25})

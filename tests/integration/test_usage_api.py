@@ -290,7 +290,7 @@ def test_a_managed_key_sees_this_month_and_today_by_default(seeded: dict) -> Non
     assert body["totals"] == body["this_month"] == _totals(2, prompt=13, completion=9, estimated=1)
     assert body["today"] == _totals(1, prompt=3, completion=4, estimated=1)
     assert body["truncated"] is False
-    assert set(body["remaining"]) == {"requests", "tokens"}
+    assert set(body["remaining"]) == {"requests", "tokens", "budget"} and body["remaining"]["budget"] is None
 
 
 def test_each_caller_sees_only_its_own_rows(seeded: dict) -> None:
@@ -328,6 +328,9 @@ def test_limits_are_the_keys_own_or_the_gateways_defaults(seeded: dict) -> None:
         "budget_tokens_day": None,
         "budget_tokens_month": None,
         "max_tokens_cap": None,
+        "budget_usd": None,
+        "budget_period": None,
+        "budget_reset": None,
         "allowed_models": ["m1", "gpt-4o*"],
     }
     defaults = _ok(_own(seeded["client"], KEY_HEADERS))["limits"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -25,6 +26,9 @@ def test_a_full_valid_document_is_normalised() -> None:
             "budget_tokens_day": 500_000,
             "budget_tokens_month": 10_000_000,
             "max_tokens_cap": 4096,
+            "budget_usd": 0.01,
+            "budget_period": "week",
+            "budget_reset": "rolling",
         },
         creating=True,
         now=NOW,
@@ -32,6 +36,7 @@ def test_a_full_valid_document_is_normalised() -> None:
     assert changes["name"] == "web-app"
     assert changes["expires_at"] == datetime(2031, 6, 1, 10, 0, tzinfo=UTC)
     assert changes["allowed_models"] == ["gpt-4o*", "llama3"]
+    assert changes["budget_usd"] == Decimal("0.01") and changes["budget_period"] == "week"
     assert set(changes) == set(SETTABLE_FIELDS)
 
 
@@ -98,6 +103,21 @@ def test_a_patch_may_change_nothing_but_what_it_names() -> None:
         ({"name": "x", "rate_limit_ai": "1000000001 per minute"}, "rate_limit_ai"),
         ({"name": "x", "rate_limit_general": "0 per minute"}, "rate_limit_general"),
         ({"name": "x", "rate_limit_general": "10 per minute; 5 per 99999 years"}, "rate_limit_general"),
+        ({"name": "x", "budget_usd": 0}, "budget_usd"),
+        ({"name": "x", "budget_usd": -1}, "budget_usd"),
+        ({"name": "x", "budget_usd": "0.0000001"}, "budget_usd"),  # below a millionth of a dollar
+        ({"name": "x", "budget_usd": 1e-7}, "budget_usd"),
+        ({"name": "x", "budget_usd": 1_000_000_001}, "budget_usd"),
+        ({"name": "x", "budget_usd": "lots"}, "budget_usd"),
+        ({"name": "x", "budget_usd": "NaN"}, "budget_usd"),
+        ({"name": "x", "budget_usd": "Infinity"}, "budget_usd"),
+        ({"name": "x", "budget_usd": float("inf")}, "budget_usd"),
+        ({"name": "x", "budget_usd": True}, "budget_usd"),
+        ({"name": "x", "budget_usd": [1]}, "budget_usd"),
+        ({"name": "x", "budget_period": "year"}, "budget_period"),
+        ({"name": "x", "budget_period": "Day"}, "budget_period"),
+        ({"name": "x", "budget_reset": "sliding"}, "budget_reset"),
+        ({"name": "x", "budget_reset": 1}, "budget_reset"),
     ],
 )
 def test_invalid_fields_are_refused_by_name(document: dict, param: str) -> None:
@@ -110,3 +130,25 @@ def test_invalid_fields_are_refused_by_name(document: dict, param: str) -> None:
 @pytest.mark.parametrize("limit", ["1 per year", "1000000000 per 366 days", "1 per second", "5/minute;10/hour"])
 def test_rate_limits_at_the_bounds_are_accepted(limit: str) -> None:
     assert parse_changes({"rate_limit_ai": limit}, creating=False, now=NOW) == {"rate_limit_ai": limit}
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        (0.01, Decimal("0.01")),  # a float by its shortest repr, never 0.01000000000000000020816...
+        ("0.01", Decimal("0.01")),
+        (" 25.50 ", Decimal("25.50")),
+        (5, Decimal(5)),
+        ("0.000001", Decimal("0.000001")),
+        ("1.500000000", Decimal("1.500000000")),  # trailing zeros are not decimal places
+        (1_000_000_000, Decimal(1_000_000_000)),
+        ("1E+3", Decimal(1000)),
+    ],
+)
+def test_budget_usd_is_an_exact_decimal(given: object, stored: Decimal) -> None:
+    assert parse_changes({"budget_usd": given}, creating=False, now=NOW) == {"budget_usd": stored}
+
+
+def test_budget_period_and_reset_may_be_reset_to_their_defaults() -> None:
+    changes = parse_changes({"budget_usd": None, "budget_period": None, "budget_reset": None}, creating=False, now=NOW)
+    assert changes == {"budget_usd": None, "budget_period": None, "budget_reset": None}
