@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run lint test test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
+.PHONY: run lint test test-tools test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
@@ -30,8 +30,17 @@ lint: $(STAMP)
 	$(BIN)/mypy gateway wsgi.py
 
 ## Run every test: unit, integration (fake upstream on loopback), end-to-end (real gunicorn).
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
+
+## What the end-to-end tests need beside Python: libfaketime (a budget's reset at midnight,
+## tests/e2e/test_e2e_budget_reset.py), from Debian's faketime package.
+test-tools:
+	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 -o -e /usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing faketime (apt-get)"; apt-get install -y -qq faketime >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq faketime >/dev/null; }; \
+	  else echo "libfaketime is missing: sudo apt-get update && sudo apt-get install -y faketime"; exit 1; fi; }
 
 ## The development loop: unit and integration tests that need neither PostgreSQL nor Redis nor real
 ## gunicorn, less the slow ones (fresh interpreters, seconds of real time). make test runs them all.

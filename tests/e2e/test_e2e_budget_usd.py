@@ -3,8 +3,9 @@
 50 concurrent calls of one key with ``budget_usd`` 0.01, spread over both instances (so over
 four processes): the recorded cost never passes the budget, every admitted call's cost is
 recorded, and the shared counter equals the recorded spend (nothing lost, nothing left held).
-A calendar day cannot be waited out here; the resets at period boundaries are proven under
-time-machine (tests/unit/test_budget_periods.py, tests/integration/test_budget_usd.py).
+A reset at a period's boundary: tests/e2e/test_e2e_budget_reset.py (the gateway under
+libfaketime), and under time-machine tests/unit/test_budget_periods.py and
+tests/integration/test_budget_usd.py.
 """
 
 from __future__ import annotations
