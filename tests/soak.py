@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the result as Markdown (docs/soak.md)")
     parser.add_argument("--label", default="", help="a line about this run for the Markdown file")
+    parser.add_argument("--samples", type=Path, default=None, help="write every RSS/descriptor sample as JSON lines")
     args = parser.parse_args(argv)
     if args.seconds < 60:
         parser.error("--seconds must be at least 60")
@@ -539,6 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage == "redis":
             forget_redis_prefix(env["RATE_LIMIT_KEY_PREFIX"])
 
+    if args.samples is not None:
+        with args.samples.open("w") as out:
+            for sample in samples:
+                fields = {"at": round(sample.at, 1), "pid": sample.pid, "rss_kb": sample.rss_kb, "fds": sample.fds}
+                out.write(json.dumps({**fields, "quiet": sample.quiet}) + "\n")
     result = report(args, warmup, workers, seed, pids, pids_at_end, samples, traffic.tally, rows, log_path.read_text(errors="replace"))
     if result == 0:
         shutil.rmtree(workdir, ignore_errors=True)
