@@ -3,6 +3,7 @@
     python -m bench.instructions                      # the code as it is
     python -m bench.instructions --variant talisman   # with one library reach swapped
                                                       # for its public-API equivalent
+    python -m bench.instructions --two-backends       # the model routed to two backends
 
 Wall-clock CPU time on a shared VM drifts by tens of percent between minutes; the
 number of instructions the app executes per request barely moves, so small changes
@@ -106,7 +107,22 @@ def _count(requests: int, variant: str, env: dict[str, str], out: Path) -> int:
     return int(match.group(1))
 
 
-def measure(variant: str) -> dict[str, Any]:
+def _two_backends(port: int, folder: Path) -> Path:
+    """A backends file routing the bench's model to two backends, both the bench upstream (as
+    bench/run.py's gateway-2b target): what routing costs over the one-backend path."""
+    url = f"http://127.0.0.1:{port}/v1"
+    config = folder / "gateway-2b.yaml"
+    config.write_text(
+        "backends:\n"
+        f"  - {{name: upstream-a, url: '{url}'}}\n"
+        f"  - {{name: upstream-b, url: '{url}'}}\n"
+        "models:\n"
+        "  - {name: bench-model, deployments: [{backend: upstream-a}, {backend: upstream-b}]}\n"
+    )
+    return config
+
+
+def measure(variant: str, two_backends: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         folder = Path(tmp)
         port = _free_port()
@@ -124,6 +140,8 @@ def measure(variant: str) -> dict[str, Any]:
                 run_folder = folder / str(requests)
                 run_folder.mkdir()
                 env = {**os.environ, **_environment(port, run_folder)}
+                if two_backends:
+                    env["GATEWAY_CONFIG"] = str(_two_backends(port, run_folder))
                 env["BENCH_KEY"] = _prepare(env)
                 totals[requests] = _count(requests, variant, env, run_folder / "callgrind.out")
         finally:
@@ -131,6 +149,7 @@ def measure(variant: str) -> dict[str, Any]:
             upstream.wait(timeout=10)
     return {
         "variant": variant,
+        "backends": 2 if two_backends else 1,
         "instructions_100": totals[100],
         "instructions_400": totals[400],
         "per_request": (totals[400] - totals[100]) // 300,
@@ -224,12 +243,13 @@ def inner(requests: int, variant: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=VARIANTS, default="none")
+    parser.add_argument("--two-backends", action="store_true", help="route the model to two backends (GATEWAY_CONFIG)")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         inner(args.inner, args.variant)
         return
-    print(json.dumps(measure(args.variant)), flush=True)
+    print(json.dumps(measure(args.variant, args.two_backends)), flush=True)
 
 
 if __name__ == "__main__":
