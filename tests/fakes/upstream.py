@@ -656,6 +656,7 @@ class _Handler(BaseHTTPRequestHandler):
                     payload = b"%x\r\n%s\r\n" % (len(payload), payload)
                 self._write(payload)
                 sent += 1
+                fake._event_sent(self.headers.get("X-Request-ID"))
             if drop_after is not None:
                 self._abort(b.rst)
                 return
@@ -869,6 +870,8 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         #: When each stream of mode "ok" ended (``time.monotonic()``), by its request's X-Request-ID.
         self.stream_ends: dict[str, float] = {}
+        #: When each event of those streams was written (``time.monotonic()``), by X-Request-ID.
+        self.event_times: dict[str, list[float]] = {}
         #: Responses API answers by id, for GET and DELETE /v1/responses/<id> (unless made with "store": false).
         self.stored_responses: dict[str, dict[str, Any]] = {}
         self._response_count = 0
@@ -939,6 +942,7 @@ class FakeUpstream:
         with self._cond:
             self.script.clear()
             self.stream_ends.clear()
+            self.event_times.clear()
             self.requests.clear()
             self.stored_responses.clear()
 
@@ -981,6 +985,11 @@ class FakeUpstream:
         with self._cond:
             self._active_streams += 1
             self._cond.notify_all()
+
+    def _event_sent(self, request_id: str | None) -> None:
+        if request_id is not None:
+            with self._cond:
+                self.event_times.setdefault(request_id, []).append(time.monotonic())
 
     def _stream_ended(self, request_id: str | None = None) -> None:
         with self._cond:
