@@ -190,8 +190,9 @@ class Tally:
 class Traffic:
     """Client threads sending the mix until told to stop; they pause while ``running`` is clear."""
 
-    def __init__(self, port: int, master_key: str, threads: int, seed: int) -> None:
+    def __init__(self, port: int, master_key: str, threads: int, seed: int, churn: bool = True) -> None:
         self.port = port
+        self.churn = churn  # keys keep being created and revoked; else a fixed set of them
         self.master = {"X-API-Key": master_key}
         self.tally = Tally()
         self.running = threading.Event()
@@ -254,7 +255,8 @@ class Traffic:
         roll = rng.random()
         with self.keys_lock:
             live = len(self.keys)
-        if roll < 0.4 and live < 12 and self._may_create_key():
+        fixed = not self.churn and live >= 8  # without churn: eight keys, made first, kept
+        if roll < 0.4 and live < 12 and not fixed and self._may_create_key():
             created = self._call(
                 "admin create key",
                 "POST",
@@ -270,7 +272,7 @@ class Traffic:
             if created and "secret" in created:
                 with self.keys_lock:
                     self.keys.append((created["id"], created["secret"]))
-        elif roll < 0.6 and live > 4:
+        elif roll < 0.6 and live > 4 and self.churn:
             with self.keys_lock:
                 key_id, _ = self.keys.pop(0)
             self._call("admin revoke key", "DELETE", f"/admin/keys/{key_id}", headers=self.master)
@@ -432,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the result as Markdown (docs/soak.md)")
     parser.add_argument("--label", default="", help="a line about this run for the Markdown file")
+    parser.add_argument("--no-key-churn", action="store_true", help="eight managed keys made first and kept (no create/revoke after)")
     parser.add_argument("--samples", type=Path, default=None, help="write every RSS/descriptor sample as JSON lines")
     args = parser.parse_args(argv)
     if args.seconds < 60:
@@ -512,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        traffic = Traffic(gw_port, master_key, args.threads, seed)
+        traffic = Traffic(gw_port, master_key, args.threads, seed, churn=not args.no_key_churn)
         ports = {up_port: "upstream", gw_port: "client", 6379: "redis", 5432: "postgres"}
         started = time.monotonic()
         samples: list[Sample] = []
