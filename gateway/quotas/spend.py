@@ -41,13 +41,12 @@ from typing import Any
 
 from gateway import extensions
 from gateway.backends.model import Price
-from gateway.config import Settings
 from gateway.errors import BadRequest, InsufficientQuota
 from gateway.exchange import current
 from gateway.quotas.outage import on_store
 from gateway.quotas.periods import Budget, completion_fitting, most_cost, nano, usd
 from gateway.quotas.policy import CallerPolicy, TokenPlan, caller_policy
-from gateway.quotas.tokens import NO_RESERVATION, LocalCounters, RedisCounters, Reservation, TokenCounters
+from gateway.quotas.tokens import NO_RESERVATION, CounterLedger, Reservation, TokenCounters
 from gateway.upstream.accounting import TokenUsage
 from gateway.usage.cost import cost_of
 
@@ -107,19 +106,8 @@ class CallHold:
 NOTHING_HELD = CallHold(NO_RESERVATION)
 
 
-class SpendLedger:
+class SpendLedger(CounterLedger):
     """The spend counters: Redis when the quota store is Redis, else this process's."""
-
-    def __init__(self, prefix: str, shared: TokenCounters | None, fail_open: bool) -> None:
-        self.prefix = prefix
-        self.local = LocalCounters()
-        self._shared = shared
-        self._fail_open = fail_open
-
-    @classmethod
-    def from_settings(cls, settings: Settings, storage: Any) -> SpendLedger:
-        shared = RedisCounters(storage.storage) if settings.shared_limit_storage else None
-        return cls(settings.rate_limit_key_prefix, shared, settings.rate_limit_on_storage_error == "open")
 
     def counter_key(self, key_id: str, budget: Budget, start: int) -> str:
         return f"{self.prefix}:spend:{key_id}:{budget.label(start)}"

@@ -37,13 +37,12 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-from gateway import extensions
 from gateway.config import Settings
 from gateway.errors import InsufficientQuota
 from gateway.quotas.outage import on_store
-from gateway.quotas.policy import CallerPolicy, TokenPlan, caller_policy
+from gateway.quotas.policy import CallerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,10 @@ class Reservation:
 NO_RESERVATION = Reservation(None, None, [], 0)
 
 
-class TokenLedger:
+class CounterLedger:
+    """Counters kept in Redis when the quota store is Redis, else in this process, under the
+    quota store's outage policy: the base of the token and the spend ledgers."""
+
     def __init__(self, prefix: str, shared: TokenCounters | None, fail_open: bool) -> None:
         self.prefix = prefix
         self.local = LocalCounters()
@@ -190,10 +192,12 @@ class TokenLedger:
         self._fail_open = fail_open
 
     @classmethod
-    def from_settings(cls, settings: Settings, storage: Any) -> TokenLedger:
+    def from_settings(cls, settings: Settings, storage: Any) -> Self:
         shared = RedisCounters(storage.storage) if settings.shared_limit_storage else None
         return cls(settings.rate_limit_key_prefix, shared, settings.rate_limit_on_storage_error == "open")
 
+
+class TokenLedger(CounterLedger):
     def _keys(self, policy: CallerPolicy, now: float) -> tuple[list[str], list[int], list[int]]:
         keys, limits, ttls = [], [], []
         for counter, limit in policy.token_limits:
@@ -246,9 +250,3 @@ class TokenLedger:
                 continue
             figures[counter] = {"limit": limit, "remaining": max(0, limit - used), "resets_in": window_of(counter, now)[1]}
         return figures
-
-
-def reserve_tokens(plan: TokenPlan) -> Reservation:
-    """Hold the call's tokens on the caller's counters (see :meth:`TokenLedger.reserve`)."""
-    ledger = extensions.token_ledger()
-    return ledger.reserve(caller_policy(), plan.reserve, plan.minimum)

@@ -46,7 +46,6 @@ from urllib3.exceptions import (
 )
 
 from gateway import compat
-from gateway.config import Settings
 from gateway.errors import BadRequest, UpstreamError, UpstreamHeadCutOff, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.connection import HEAD_DEADLINE, pool_connection_class
 
@@ -136,21 +135,6 @@ class UpstreamClient:
                 self._static_headers["Authorization"] = f"Bearer {config.api_key}"
         self._azure = config.dialect == "azure"
         self._query = f"?api-version={quote(config.api_version, safe='')}"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> UpstreamClient:
-        return cls(
-            UpstreamConfig(
-                base_url=settings.upstream_base_url,
-                api_key=settings.ai_api_key,
-                connect_timeout=settings.upstream_connect_timeout,
-                read_timeout=settings.upstream_read_timeout,
-                pool_size=settings.upstream_pool_size or max(10, settings.worker_concurrency),
-                trust_env=settings.upstream_trust_env,
-                total_timeout=settings.upstream_total_timeout,
-            ),
-            explain_unreachable=not settings.production,
-        )
 
     @property
     def session(self) -> requests.Session:
