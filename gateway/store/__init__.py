@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_NAME = "gateway.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 15
+# SQLite's page cache is per connection, 2 MiB by default, and fills as the usage table grows:
+# with the pool's connections in every worker, that was most of a worker's memory growth in a
+# long soak (docs/soak.md). Reads here are indexed and small; the OS keeps the file cached anyway.
+SQLITE_CACHE_KIB = 512
+SQLITE_POOL_SIZE = 4
 PG_CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -63,7 +68,12 @@ def _sqlite_engine(url: URL) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass  # Store.prepare says so, in one line (or the first connection fails)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        pool_size=SQLITE_POOL_SIZE,  # one writer at a time anyway; overflow connections are closed after use
+        max_overflow=8,
+    )
 
     # The sqlite3 driver's legacy transaction mode does not BEGIN before DDL or
     # SELECT; take over BEGIN so migrations are atomic and reads are consistent
@@ -75,6 +85,7 @@ def _sqlite_engine(url: URL) -> Engine:
         # WAL: readers never block the writer, so several workers can share the file.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # negative: KiB, not pages
         cursor.close()
 
     @event.listens_for(engine, "begin")

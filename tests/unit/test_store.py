@@ -244,3 +244,17 @@ def test_a_short_pepper_is_refused_in_production(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(environ=environ, env_file="/nonexistent", overrides={"instance_path": str(tmp_path)})
     assert "KEY_HASH_PEPPER" in str(caught.value) and "short-pepper-value" not in str(caught.value)
+
+
+def test_sqlite_connections_keep_a_small_page_cache(tmp_path) -> None:
+    """A worker's memory must not grow with the usage table (SQLite's default is 2 MiB per connection)."""
+    from gateway.store import SQLITE_CACHE_KIB
+
+    store = Store(database_url_for(f"sqlite:///{tmp_path}/g.db"), auto_upgrade=False)
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert SQLITE_CACHE_KIB <= 1024
+    finally:
+        store.dispose()
