@@ -10,7 +10,8 @@ Contract (:class:`SigningKeys`):
 - Keys are kept by ``kid``. Only signature keys of an allowed algorithm are kept: ``oct``
   (HMAC) keys and ``use: enc`` keys never are.
 - A token whose ``kid`` is unknown starts a refresh, at most once per
-  :data:`MIN_REFRESH_INTERVAL` seconds (successful or not), and waits for it at most
+  :data:`MIN_REFRESH_INTERVAL` seconds (successful or not; until a first set has been
+  fetched, once per :data:`FIRST_FETCH_RETRY` seconds), and waits for it at most
   ``timeout`` seconds (``OIDC_JWKS_TIMEOUT``). The fetch runs on its own thread (a greenlet
   under gevent), so a slow or silent endpoint never holds a request longer than that.
 - A set older than :data:`MAX_AGE` is refreshed in the background on the next lookup (a key
@@ -35,6 +36,7 @@ import jwt
 log = logging.getLogger(__name__)
 
 MIN_REFRESH_INTERVAL = 60.0  # seconds between two fetches started by unknown kids or age
+FIRST_FETCH_RETRY = 5.0  # seconds between attempts while no set was ever fetched (a provider down at start)
 MAX_AGE = 300.0  # seconds a fetched set is used before a background refresh
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_DOCUMENT_BYTES = 512 * 1024
@@ -171,7 +173,8 @@ class SigningKeys:
             if job is not None and job.is_alive():
                 return job
             now = self.clock()
-            if self._started_at is not None and now - self._started_at < MIN_REFRESH_INTERVAL:
+            interval = MIN_REFRESH_INTERVAL if self._fetched_at is not None else FIRST_FETCH_RETRY
+            if self._started_at is not None and now - self._started_at < interval:
                 return None
             self._started_at = now
             job = self._job = threading.Thread(target=self._fetch, name="oidc-jwks-refresh", daemon=True)

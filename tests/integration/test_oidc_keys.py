@@ -151,13 +151,18 @@ def test_the_provider_down_for_30_seconds_fails_no_request_signed_with_a_cached_
     assert [call(app, token)[0] for token in cached] == [200, 200, 200]
 
 
-def test_a_provider_down_from_the_start_is_a_503_within_the_timeout(oidc_app, idp, upstream) -> None:
-    app, _ = oidc_app()
+def test_a_provider_down_from_the_start_is_a_503_within_the_timeout_then_retried_soon(oidc_app, idp, upstream) -> None:
+    app, clock = oidc_app()
     idp.down, idp.hang = True, 3.0
     status, elapsed, response = call(app, idp.mint(AUDIENCE))
     assert status == 503 and elapsed < TIMEOUT + MARGIN
     assert response.get_json()["error"]["code"] == "identity_provider_unavailable"
     assert len(upstream.requests) == 0
+    time.sleep(TIMEOUT + 0.2)  # the fetch gives up after the timeout
+    idp.down = False
+    assert call(app, idp.mint(AUDIENCE))[0] == 503  # no second attempt within FIRST_FETCH_RETRY
+    clock.advance(5)  # without any key yet, the next attempt comes after 5 s, not a minute
+    assert call(app, idp.mint(AUDIENCE))[0] == 200
 
 
 def test_a_discovery_document_naming_another_issuer_is_not_trusted(oidc_app, idp, upstream) -> None:
