@@ -179,3 +179,19 @@ def test_only_signature_keys_of_an_allowed_algorithm_are_kept() -> None:
     }
     assert keys_from(document, ("RS256",)).keys() == {"rsa-no-alg"}
     assert keys_from({"keys": "x"}, ("RS256",)) == {} and keys_from([], ("RS256",)) == {}
+
+
+def test_the_readme_example_is_valid() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Identity provider (OIDC)\n", 1)[1].split("\n## ", 1)[0]
+    env_block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    variables = dict(line.split("#")[0].strip().split("=", 1) for line in env_block.splitlines() if "=" in line)
+    check(**{name.lower(): value for name, value in variables.items() if name.startswith("OIDC_")}, **PRODUCTION)
+    config = parse(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    identity = config.identity
+    assert identity.resolve("alice", {"ml-engineers"}) == "research-team"
+    ml = identity.resolve("bob", {"staff", "ml-engineers"})
+    assert isinstance(ml, Template) and ml.name == "ml-engineers" and ml.fields["tokens_per_day"] == 2_000_000
+    assert identity.resolve("carol", set()) == identity.default
