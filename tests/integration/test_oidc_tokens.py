@@ -96,8 +96,8 @@ def test_the_groups_rate_limit_is_applied_to_each_caller(oidc_app, idp, upstream
     assert_envelope(chat(app, staff, model="small-1", max_tokens=51), 400, "max_tokens_above_cap")
 
 
-def test_a_caller_mapped_to_a_managed_key_has_its_policy_under_its_own_identity(oidc_app, idp, upstream) -> None:
-    app = oidc_app()
+def test_a_caller_mapped_to_a_managed_key_has_its_policy_under_its_own_identity(database_url, oidc_app, idp, upstream) -> None:
+    app = oidc_app(database_url=database_url)
     client = app.test_client()
     created = client.post(
         "/admin/keys",
@@ -121,6 +121,19 @@ def test_a_caller_mapped_to_a_managed_key_has_its_policy_under_its_own_identity(
     # A revoked key refuses the callers mapped to it.
     assert client.delete(f"/admin/keys/{created.get_json()['id']}", headers=KEY_HEADERS).status_code == 200
     assert_envelope(chat(app, idp.mint(AUDIENCE, sub="carol"), model="research-1"), 403, "identity_not_mapped")
+
+
+def test_a_key_name_must_be_unique_among_active_keys_and_a_key_id_works_too(oidc_app, idp, upstream) -> None:
+    app = oidc_app({"callers": {"carol": "research-team", "dan": "placeholder"}})
+    client = app.test_client()
+    first = client.post("/admin/keys", json={"name": "research-team"}, headers=KEY_HEADERS).get_json()
+    second = client.post("/admin/keys", json={"name": "research-team"}, headers=KEY_HEADERS).get_json()
+    carol = idp.mint(AUDIENCE, sub="carol")
+    assert_envelope(chat(app, carol), 403, "identity_not_mapped")  # two active keys of that name
+    assert client.delete(f"/admin/keys/{second['id']}", headers=KEY_HEADERS).status_code == 200
+    assert chat(app, carol).status_code == 200  # one active key left
+    by_id = oidc_app({"callers": {"dan": first["id"]}})
+    assert chat(by_id, idp.mint(AUDIENCE, sub="dan")).status_code == 200
 
 
 def test_a_caller_without_a_policy_is_refused_unless_there_is_a_default(oidc_app, idp, upstream) -> None:
