@@ -84,6 +84,7 @@ class Provider:
         self.groups_claim = settings.oidc_groups_claim
         self.leeway = settings.jwt_leeway
         self.keys = keys
+        self.warned_unmapped = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Provider:
@@ -237,5 +238,8 @@ def authenticate(found: Provider, token: str) -> tuple[str, CallerPolicy]:
     if record is None:
         if chosen is not None:
             log.warning("identity provider caller %s is mapped to a key that is not active, or not unique", caller)
+        elif not found.warned_unmapped:
+            found.warned_unmapped = True  # once per process: the cause is the config, not the caller
+            log.warning("identity provider caller refused: the config file's identity: section gives it no policy")
         raise Forbidden("This identity has no policy in the gateway's identity configuration.", error_code="identity_not_mapped")
     return caller, CallerPolicy.build(caller, record, settings)
