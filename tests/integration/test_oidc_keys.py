@@ -191,3 +191,18 @@ def test_hmac_and_encryption_keys_in_the_set_are_never_used(oidc_app, idp, upstr
     assert call(app, enc_token)[0] == 401
     assert call(app, idp.mint(AUDIENCE, alg="EdDSA"))[0] == 200
     assert new_private_key("EdDSA") is not None
+
+
+def test_concurrent_requests_for_unknown_kids_share_one_fetch_and_each_waits_at_most_the_timeout(oidc_app, idp, upstream) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, clock = oidc_app()
+    assert call(app, idp.mint(AUDIENCE))[0] == 200
+    idp.down, idp.hang = True, 3.0
+    clock.advance(61)
+    tokens = [idp.mint(AUDIENCE, pair=SigningKeyPair(f"new-{index}", "RS256", idp.key().private)) for index in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda token: call(app, token), tokens))
+    assert [status for status, _, _ in results] == [503] * 12
+    assert max(elapsed for _, elapsed, _ in results) < TIMEOUT + 2 * MARGIN  # twelve threads share the GIL
+    assert idp.jwks_fetches == 2
