@@ -290,4 +290,7 @@ def _routing(item: Any, path: str) -> Routing:
 def describe(config: GatewayConfig) -> str:
     """One line for the start-up and reload logs: counts only (names are internal, URLs may carry ${VAR} values)."""
     prices = f", {len(config.prices)} prices" if config.prices else ""
-    return f"{len(config.backends)} backends, {len(config.models)} model routes{prices}"
+    identity = config.identity
+    default = " and a default" if identity.default is not None else ""
+    mapped = "" if identity.empty else f", identity: {len(identity.callers)} callers, {len(identity.groups)} groups{default}"
+    return f"{len(config.backends)} backends, {len(config.models)} model routes{prices}{mapped}"

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth.jwks import keys_from
 from gateway.auth.oidc import caller_id
-from gateway.backends.config import ConfigFileError, load_config
+from gateway.backends.config import ConfigFileError, describe, load_config
 from gateway.backends.identity import IdentityMap, Template
 from gateway.config import ConfigError, Settings, validate
 from gateway.store.tables import KEY_ID_LENGTH
@@ -90,6 +90,7 @@ def test_the_identity_section_alone_keeps_the_single_upstream() -> None:
     assert ml["allowed_models"] == ["gpt-4o*"] and str(ml["budget_usd"]) == "50" and ml["budget_period"] == "week"
     assert identity.default == Template("default", {"tokens_per_day": 100000})
     assert parse("prices: {m: {input: 1, output: 2}}\n").identity.empty
+    assert describe(config) == "1 backends, 1 model routes, identity: 2 callers, 2 groups and a default"  # start and reload logs
 
 
 def test_resolution_order_is_caller_then_groups_in_file_order_then_default() -> None:
