@@ -9,6 +9,9 @@ Every credential presented must be valid: a good key next to a bad token is a 40
 Keys are the master key or managed keys (:mod:`gateway.auth.keys`, stored by
 :mod:`gateway.store`); a JWT counts only while the key it names is active.
 
+A bearer JWT from the company's identity provider (``OIDC_ISSUER`` set, the token's ``iss``)
+is checked by :mod:`gateway.auth.oidc` instead, which also gives the caller its policy.
+
 ``METRICS_TOKEN`` is not an API key: it is accepted only on the endpoints in
 :data:`gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
 as the request's one credential. Anywhere else it is an unknown key (401).
@@ -25,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from flask import Flask, request
 
 from gateway import extensions
-from gateway.auth import tokens
+from gateway.auth import oidc, tokens
 from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
 from gateway.auth.keys import KeyRing
 from gateway.auth.management import KeyAdmin
@@ -39,6 +43,9 @@ from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import TokenExpired, Unauthorized
 from gateway.exchange import current, current_or_none
+
+if TYPE_CHECKING:
+    from gateway.quotas.policy import CallerPolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,8 @@ class Caller:
     """Who is calling: a key id (never the secret) and how they proved it."""
 
     id: str
-    via: str  # "api_key", "jwt" or "metrics_token"
+    via: str  # "api_key", "jwt", "oidc" or "metrics_token"
+    policy: CallerPolicy | None = field(default=None, compare=False, repr=False)  # set by auth itself (oidc)
 
 
 def is_preflight() -> bool:
@@ -104,6 +112,10 @@ def _from_authorization(header: str) -> Caller:
         raise Unauthorized()
     if not tokens.looks_like_jwt(value):
         return _from_api_key(value)
+    provider = oidc.provider()
+    if provider is not None and provider.issued(value):
+        caller_id, policy = oidc.authenticate(provider, value)
+        return Caller(caller_id, oidc.VIA, policy)
     try:
         subject = tokens.verify(_token_config(), value)
     except tokens.InvalidToken as error:
@@ -162,7 +174,10 @@ def authenticate() -> Caller:
 def require_credentials() -> None:
     if is_public():
         return
-    current().caller = _from_metrics_token() or authenticate()
+    exchange = current()
+    caller = exchange.caller = _from_metrics_token() or authenticate()
+    if caller.policy is not None:
+        exchange.policy = caller.policy
     request.environ[AUTHENTICATED_ENVIRON_KEY] = True
 
 
@@ -194,5 +209,6 @@ def init_app(app: Flask) -> None:
         leeway=settings.jwt_leeway,
     )
     app.extensions[extensions.METRICS_TOKEN] = _digest(settings.metrics_token) if settings.metrics_token else None
+    oidc.init_app(app)
     app.before_request(require_credentials)
     app.register_blueprint(blueprint)

@@ -190,6 +190,22 @@ class KeyRing:
             return None
         return self._lookup(f"id:{key_id}", lambda store: store.get(key_id))
 
+    def record_named(self, name: str) -> KeyRecord | None:
+        """The one active managed key named ``name`` (or with that id); ``None`` when none is
+        active, or several are (a name that is not unique names no key). Cached like every lookup."""
+        if name.startswith(KEY_ID_PREFIX):
+            record = self.record(name)
+            if record is not None:
+                return record if record.is_active(self._now()) else None
+
+        def only_active(store: KeyStore) -> KeyRecord | None:
+            now = self._now()
+            active = [record for record in store.find_by_name(name) if record.is_active(now)]
+            return active[0] if len(active) == 1 else None
+
+        record = self._lookup(f"name:{name}", only_active)
+        return record if record is not None and record.is_active(self._now()) else None
+
     def forget(self) -> None:
         """Drop this process's cache (after a change made here, so it applies at once here)."""
         self._cache.clear()

@@ -16,6 +16,9 @@ Variables are read from the process environment, then the ``.env`` file, as ever
 A file with ``prices:`` alone (no ``backends``, ``models`` or ``routing``) keeps today's
 single upstream and adds the prices.
 
+``identity:`` (optional) maps callers from the identity provider (``OIDC_ISSUER``) to a
+policy: :mod:`gateway.backends.identity`. Like ``prices:``, it may stand alone or beside them.
+
 The records themselves live in :mod:`gateway.backends.model` (re-exported here).
 """
 
@@ -27,6 +30,7 @@ from typing import Any
 
 from gateway.backends import config_checks as check
 from gateway.backends.config_checks import Invalid
+from gateway.backends.identity import IdentityMap, parse_identity
 from gateway.backends.model import (
     CURRENCY,
     DIALECTS,
@@ -130,10 +134,11 @@ def _parse(path: str, text: str, settings: Settings, environ: Mapping[str, str])
     document = check.parse_yaml(text)
     if document is None:
         raise Invalid("", "the file is empty; it needs backends and models (or prices alone)")
-    top = check.mapping(document, "", ("backends", "models", "routing", "prices"))
+    top = check.mapping(document, "", ("backends", "models", "routing", "prices", "identity"))
     prices = _prices(top["prices"], "prices") if "prices" in top else ()
-    if top.keys() == {"prices"}:  # prices for today's single upstream
-        return dataclasses.replace(from_environment(settings), prices=prices)
+    identity = parse_identity(top["identity"]) if "identity" in top else IdentityMap()
+    if top and top.keys() <= {"prices", "identity"}:  # prices and identities for today's single upstream
+        return dataclasses.replace(from_environment(settings), prices=prices, identity=identity)
     for key in ("backends", "models"):
         if key not in top:
             raise Invalid(key, "required (or write prices alone, for the single upstream of AI_API_URL)")
@@ -146,7 +151,7 @@ def _parse(path: str, text: str, settings: Settings, environ: Mapping[str, str])
     models = tuple(_route(item, f"models[{index}]", by_name) for index, item in enumerate(check.sequence(top["models"], "models")))
     check.unique([route.name for route in models], "models[{}].name")
     routing = _routing(top.get("routing", {}), "routing")
-    return GatewayConfig(path, backends, models, routing, prices)
+    return GatewayConfig(path, backends, models, routing, prices, identity)
 
 
 _BACKEND_KEYS = (
@@ -285,4 +290,7 @@ def _routing(item: Any, path: str) -> Routing:
 def describe(config: GatewayConfig) -> str:
     """One line for the start-up and reload logs: counts only (names are internal, URLs may carry ${VAR} values)."""
     prices = f", {len(config.prices)} prices" if config.prices else ""
-    return f"{len(config.backends)} backends, {len(config.models)} model routes{prices}"
+    identity = config.identity
+    default = " and a default" if identity.default is not None else ""
+    mapped = "" if identity.empty else f", identity: {len(identity.callers)} callers, {len(identity.groups)} groups{default}"
+    return f"{len(config.backends)} backends, {len(config.models)} model routes{prices}{mapped}"

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
+from gateway.backends.identity import IdentityMap
+
 DIALECTS = ("openai", "azure")
 GLOB_CHARACTERS = frozenset("*?[")
 DEFAULT_RETRY_ON = frozenset({"connect", "timeout", "429", "500", "502", "503", "504"})
@@ -121,6 +123,7 @@ class GatewayConfig:
     models: tuple[ModelRoute, ...]
     routing: Routing
     prices: tuple[Price, ...] = ()  # file order; empty: no price table (every cost is null)
+    identity: IdentityMap = field(default_factory=IdentityMap)  # identity: callers from the identity provider -> policies
     # Lookups worked out once (route_for runs on every request).
     _by_backend: Mapping[str, Backend] = field(init=False, repr=False, compare=False)
     _exact: Mapping[str, ModelRoute] = field(init=False, repr=False, compare=False)

@@ -13,6 +13,7 @@ from limits import RateLimitItem, parse_many
 
 from gateway.config.settings import (
     MIN_SECRET_LENGTH,
+    OIDC_SIGNING_ALGORITHMS,
     RATE_LIMIT_MAX_AMOUNT,
     RATE_LIMIT_MAX_WINDOW_SECONDS,
     STORAGE_SCHEMES,
@@ -90,6 +91,48 @@ def _check_metrics(settings: Settings) -> None:
     directory = settings.prometheus_multiproc_dir
     if directory and os.path.exists(directory) and not os.path.isdir(directory):
         raise ConfigError("PROMETHEUS_MULTIPROC_DIR must name a directory")
+
+
+_CLAIM_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_provider_url(name: str, value: str, production: bool) -> None:
+    """An identity provider URL: http(s), no credentials; in production https unless on loopback."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password or parts.fragment:
+        raise ConfigError(f"{name} must be an http(s) URL without credentials or fragment")
+    if production and parts.scheme != "https" and not is_loopback_url(value):
+        raise ConfigError(f"{name} must be an https URL in production (http only on loopback)")
+
+
+def _check_oidc(settings: Settings) -> None:
+    if not settings.oidc_issuer:
+        if settings.oidc_jwks_url or settings.oidc_audience:
+            raise ConfigError("OIDC_ISSUER is required when OIDC_JWKS_URL or OIDC_AUDIENCE is set")
+        return
+    check_provider_url("OIDC_ISSUER", settings.oidc_issuer, settings.production)
+    if urlsplit(settings.oidc_issuer).query:
+        raise ConfigError("OIDC_ISSUER must not have a query")
+    if settings.oidc_jwks_url:
+        check_provider_url("OIDC_JWKS_URL", settings.oidc_jwks_url, settings.production)
+    if not settings.oidc_audience.strip() or settings.oidc_audience != settings.oidc_audience.strip():
+        raise ConfigError("OIDC_AUDIENCE is required with OIDC_ISSUER, without surrounding spaces")
+    if settings.oidc_issuer == settings.jwt_issuer:
+        raise ConfigError("OIDC_ISSUER must differ from JWT_ISSUER (it tells the provider's tokens from the gateway's)")
+    algorithms = settings.oidc_algorithms
+    if not algorithms or any(alg not in OIDC_SIGNING_ALGORITHMS for alg in algorithms):
+        raise ConfigError(f"OIDC_ALGORITHMS must list some of {', '.join(OIDC_SIGNING_ALGORITHMS)} (never an HMAC algorithm or none)")
+    for name in ("oidc_caller_claim", "oidc_groups_claim"):
+        if not _CLAIM_NAME.fullmatch(getattr(settings, name)):
+            raise ConfigError(f"{env_name(name)} must be a claim name: 1 to 100 letters, digits, '_', '.', ':', '/' or '-'")
+    if not 0 < settings.oidc_jwks_timeout <= 30:
+        raise ConfigError("OIDC_JWKS_TIMEOUT must be more than 0 and at most 30 seconds")
 
 
 _INLINE_COMMENT = re.compile(r"\s#")
@@ -178,6 +221,7 @@ def validate(settings: Settings) -> None:
             raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
     _check_database(settings)
     _check_metrics(settings)
+    _check_oidc(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

@@ -31,6 +31,8 @@ DEFAULT_AI_API_URL = "http://localhost:11434/v1/completions"
 RATE_LIMIT_MAX_AMOUNT = 1_000_000_000
 RATE_LIMIT_MAX_WINDOW_SECONDS = 366 * 24 * 3600
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+# Signature algorithms OIDC_ALGORITHMS may name: asymmetric only (never HMAC, never none).
+OIDC_SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
 class ConfigError(RuntimeError):
@@ -118,6 +120,15 @@ class Settings:
     # --- metrics (gateway.metrics) --------------------------------------------------
     metrics_token: str = ""  # a scrape credential for GET /metrics only; empty: master key only
     prometheus_multiproc_dir: str = ""  # empty: the gateway creates (and removes) its own directory
+
+    # --- tokens from the company's identity provider (gateway.auth.oidc) -----------------
+    oidc_issuer: str = ""  # empty: no identity provider; its tokens' iss, and where discovery starts
+    oidc_jwks_url: str = ""  # empty: the jwks_uri of the issuer's discovery document
+    oidc_audience: str = ""  # required with OIDC_ISSUER: the tokens' aud must name it
+    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    oidc_caller_claim: str = "sub"  # the claim that names the caller
+    oidc_groups_claim: str = "groups"  # the claim listing the caller's groups (identity.groups)
+    oidc_jwks_timeout: float = 2.0  # seconds a request may wait for the provider's keys
 
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)

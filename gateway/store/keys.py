@@ -133,6 +133,14 @@ class KeyStore:
         """The key whose secret hashes to ``secret_hash`` (an indexed equality lookup)."""
         return self._one(select(api_keys).where(api_keys.c.secret_hash == secret_hash))
 
+    def find_by_name(self, name: str) -> list[KeyRecord]:
+        """Every key named ``name``, revoked ones included (names are not unique)."""
+        if not is_storable_text(name):
+            return []
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(api_keys).where(api_keys.c.name == name).order_by(api_keys.c.created_at)).all()
+        return [KeyRecord.from_row(row) for row in rows]
+
     def list_all(self) -> list[KeyRecord]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)).all()

@@ -255,7 +255,7 @@ def routing(section: str) -> str:
 SECRET = "inline-canary-51aa"
 FAULTS = {
     "unknown key": (a_with("nmae: b"), "backends[0].nmae: unknown key (known: name, url, dialect,"),
-    "unknown top key": (one(A) + "model: {}\n", "model: unknown key (known: backends, models, routing, prices)"),
+    "unknown top key": (one(A) + "model: {}\n", "model: unknown key (known: backends, models, routing, prices, identity)"),
     "missing backends": (MODELS, "backends: required"),
     "missing models": (f"backends: [{A}]\n", "models: required"),
     "missing url": (one("{name: a}"), "backends[0].url: required"),
