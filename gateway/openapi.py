@@ -300,7 +300,11 @@ def _security_schemes(app: Flask) -> dict[str, Any]:
             "name": "X-API-Key",
             "description": "An API key: the master key or a managed key.",
         },
-        "Bearer": {"type": "http", "scheme": "bearer", "description": "An API key, or a JWT from POST /auth/token."},
+        "Bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key, a JWT from POST /auth/token, or the identity provider's access token (OIDC_ISSUER).",
+        },
         "MasterKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The master key."},
         "MasterBearer": {"type": "http", "scheme": "bearer", "description": "The master key, or a JWT minted from it."},
     }

@@ -18,7 +18,7 @@ from gateway.quotas.windows import storage_ready
 
 blueprint = Blueprint("meta", __name__)
 
-_AUTH_ANY_KEY = "X-API-Key or Authorization: Bearer <api key or JWT>"
+_AUTH_ANY_KEY = "X-API-Key or Authorization: Bearer <api key, JWT, or identity provider token>"
 _AUTH_ADMIN = "the master key (X-API-Key or Authorization: Bearer), or a JWT minted from it"
 _AUTH_METRICS = _AUTH_ADMIN + ", or Authorization: Bearer <METRICS_TOKEN>"
 
@@ -92,6 +92,7 @@ def index() -> Response:
         authentication={
             "api_key": "X-API-Key: <key> or Authorization: Bearer <key>",
             "jwt": 'POST /auth/token with {"apiKey": "<key>"}, then Authorization: Bearer <token>',
+            **_identity_provider(),
         },
         endpoints=endpoints,
         openapi="/openapi.json",
@@ -105,3 +106,11 @@ def openapi_document() -> Response:
     if body is None:  # built once per process: the routes do not change after start-up
         body = current_app.extensions["gateway.openapi"] = json.dumps(openapi.build(current_app)).encode()
     return current_app.response_class(body, mimetype="application/json")
+
+
+def _identity_provider() -> dict[str, str]:
+    """How to sign in with the identity provider's tokens, when one is configured (OIDC_ISSUER)."""
+    issuer = current_app.config["GATEWAY"].oidc_issuer
+    if not issuer:
+        return {}
+    return {"identity_provider": f"Authorization: Bearer <access token issued by {issuer}>"}

@@ -28,6 +28,7 @@ from gateway import extensions, operations, payload, quotas
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.quotas.policy import CallerPolicy
 from gateway.store import Store, usage_export
 from gateway.store.key_fields import BUDGET_FIELDS, LIMIT_FIELDS, TOKEN_FIELDS
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
@@ -226,6 +227,24 @@ def _next_month(start: datetime) -> datetime:
     return (start + timedelta(days=32)).replace(day=1)
 
 
+def limits_of_policy(policy: CallerPolicy) -> dict[str, Any]:
+    """The limits a caller is held to, in :func:`limits_of`'s shape, from its policy.
+
+    For callers whose policy is not a stored key's (an identity provider's caller mapped by
+    ``GATEWAY_CONFIG``'s ``identity:`` section): what is enforced, defaults filled in.
+    """
+    counters = dict(policy.token_limits)
+    budget = policy.budget
+    limits: dict[str, Any] = {"rate_limit_general": policy.rate_limit_general, "rate_limit_ai": policy.rate_limit_ai}
+    for name in TOKEN_FIELDS:
+        limits[name] = policy.max_tokens_cap if name == "max_tokens_cap" else counters.get(name)
+    limits["budget_usd"] = float(budget.usd) if budget is not None else None
+    limits["budget_period"] = budget.period if budget is not None else None
+    limits["budget_reset"] = budget.reset if budget is not None else None
+    limits["allowed_models"] = list(policy.allowed_models) if policy.allowed_models is not None else None
+    return limits
+
+
 def limits_of(key_id: str) -> dict[str, Any]:
     """A key's limits as stored, each unset one replaced by the gateway's default.
 
@@ -279,7 +298,7 @@ def own_usage() -> Response:
         else:
             this_month = daily.totals
             today_totals = next((g.totals for g in daily.groups if g.values["day"] == today.date().isoformat()), Totals())
-        limits = limits_of(caller.id)
+        limits = limits_of_policy(caller.policy) if caller.policy is not None else limits_of(caller.id)
     except SQLAlchemyError as error:
         raise _database_unavailable(error) from None
     return _no_store(

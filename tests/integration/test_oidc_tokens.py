@@ -85,6 +85,16 @@ def test_a_valid_token_is_admitted_with_its_groups_policy(oidc_app, idp, upstrea
     assert len(upstream.requests) == 1
 
 
+def test_a_group_caller_sees_its_groups_limits_in_its_own_usage(oidc_app, idp, upstream: FakeUpstream) -> None:
+    app = oidc_app()
+    own = app.test_client().get("/api/usage", headers=bearer(idp.mint(AUDIENCE, groups=["staff"])))
+    assert own.status_code == 200, own.get_data(as_text=True)
+    limits = own.get_json()["limits"]
+    assert limits["allowed_models"] == ["small-*"] and limits["max_tokens_cap"] == 50
+    assert limits["rate_limit_ai"] == app.config["GATEWAY"].rate_limit_ai  # the template sets none: the default
+    assert limits["budget_usd"] is None and limits["tokens_per_day"] is None
+
+
 def test_the_groups_rate_limit_is_applied_to_each_caller(oidc_app, idp, upstream: FakeUpstream) -> None:
     app = oidc_app()
     alice = idp.mint(AUDIENCE, groups=["ml-engineers"])
@@ -118,6 +128,8 @@ def test_a_caller_mapped_to_a_managed_key_has_its_policy_under_its_own_identity(
     )
     own = client.get("/api/usage", headers=bearer(token))
     assert own.status_code == 200 and own.get_json()["key"] == "oidc:carol"
+    limits = own.get_json()["limits"]  # the mapped key's, not the defaults
+    assert limits["rate_limit_ai"] == "1 per minute" and limits["allowed_models"] == ["research-*"]
     # A revoked key refuses the callers mapped to it.
     assert client.delete(f"/admin/keys/{created.get_json()['id']}", headers=KEY_HEADERS).status_code == 200
     assert_envelope(chat(app, idp.mint(AUDIENCE, sub="carol"), model="research-1"), 403, "identity_not_mapped")
@@ -231,3 +243,9 @@ def test_a_bad_token_is_refused_with_the_error_envelope(oidc_app, idp, upstream,
     assert_envelope(response, 401, "token_expired" if case == "expired" else "invalid_api_key")
     assert response.headers.get("WWW-Authenticate", "").startswith("Bearer") or case == "expired"
     assert len(upstream.requests) == 1
+
+
+def test_the_index_says_how_to_use_the_providers_tokens_only_when_one_is_configured(oidc_app, idp, make_app) -> None:
+    shown = oidc_app().test_client().get("/").get_json()["authentication"]
+    assert shown["identity_provider"] == f"Authorization: Bearer <access token issued by {idp.issuer}>"
+    assert "identity_provider" not in make_app().test_client().get("/").get_json()["authentication"]
