@@ -92,6 +92,18 @@ def _check_metrics(settings: Settings) -> None:
         raise ConfigError("PROMETHEUS_MULTIPROC_DIR must name a directory")
 
 
+_CONSOLE_PREFIX = re.compile(r"(/[A-Za-z0-9_-]+)+")
+CONSOLE_SESSION_BOUNDS = (5, 7 * 24 * 3600)
+
+
+def _check_console(settings: Settings) -> None:
+    if not _CONSOLE_PREFIX.fullmatch(settings.admin_ui_prefix):
+        raise ConfigError("ADMIN_UI_PREFIX must be a path such as /admin/ui (letters, digits, '-', '_'; no trailing '/')")
+    low, high = CONSOLE_SESSION_BOUNDS
+    if not low <= settings.admin_ui_session_seconds <= high:
+        raise ConfigError(f"ADMIN_UI_SESSION_SECONDS must be between {low} and {high}")
+
+
 _INLINE_COMMENT = re.compile(r"\s#")
 
 
@@ -178,6 +190,7 @@ def validate(settings: Settings) -> None:
             raise ConfigError("ALLOWED_ORIGINS must be a comma-separated list of origins like https://app.example")
     _check_database(settings)
     _check_metrics(settings)
+    _check_console(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

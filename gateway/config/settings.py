@@ -119,6 +119,11 @@ class Settings:
     metrics_token: str = ""  # a scrape credential for GET /metrics only; empty: master key only
     prometheus_multiproc_dir: str = ""  # empty: the gateway creates (and removes) its own directory
 
+    # --- the operator's console in the browser (gateway.console) ----------------------
+    admin_ui: bool = True  # serve the console; false: its routes do not exist
+    admin_ui_prefix: str = "/admin/ui"  # where its pages live
+    admin_ui_session_seconds: int = 3600  # a console sign-in lasts this long, then the operator signs in again
+
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)
 
