@@ -25,10 +25,10 @@ class Bar:
 
 
 def _nice_ceiling(value: int) -> int:
-    """The smallest of 1, 2, 5 x 10^n at least ``value`` (at least 1): round grid lines."""
+    """The smallest of 4, 8, 20 x 10^n at least ``value``: four grid steps of 1, 2 or 5 x 10^n."""
     step = 1
     while True:
-        for factor in (1, 2, 5):
+        for factor in (4, 8, 20):
             if step * factor >= value:
                 return step * factor
         step *= 10
@@ -41,7 +41,7 @@ def _rect(kind: str, x: float, y: float, width: float, height: float, tip: str) 
 def bar_chart(bars: Sequence[Bar], *, title: str) -> str:
     """An SVG bar chart of ``bars`` (in order), described by ``title`` for screen readers."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    top = _nice_ceiling(max((bar.value for bar in bars), default=0))
+    top = _nice_ceiling(max([4, *(bar.value for bar in bars)]))  # at least 4: whole numbers on the 4 grid lines
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="chart-title" xmlns="http://www.w3.org/2000/svg">',
         f'<title id="chart-title">{escape(title)}</title>',

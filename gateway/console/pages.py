@@ -20,10 +20,10 @@ from gateway.console.chart import Bar, bar_chart
 from gateway.routes.usage import csv_export, invalid_parameter, parse_time
 from gateway.store.audit import AuditFilter
 from gateway.store.tables import KEY_ID_LENGTH, MODEL_LENGTH
-from gateway.store.usage_report import GroupedUsage, UsageFilter
+from gateway.store.usage_report import UsageFilter
 
-USAGE_DAYS = 14  # the usage page's default range, in UTC days up to today
-TABLE_GROUPS = 1000
+USAGE_DAYS = 7  # the usage page's default range, in UTC days up to today
+TABLE_ROWS = 200  # the table's rows: the newest days' busiest keys and models
 AUDIT_PAGE = 50
 
 Page = tuple[str, int]
@@ -71,36 +71,21 @@ def usage_filter(params: Mapping[str, str]) -> UsageFilter:
     return UsageFilter(key_id=key_id, model=model, start=start, end=last + timedelta(days=1))
 
 
-def _bars(grouped: GroupedUsage) -> list[Bar]:
-    """Per day, from groups already summed by the database (one per day, key and model)."""
-    days: dict[str, tuple[int, int]] = {}
-    for group in grouped.groups:
-        day = str(group.values["day"])
-        requests, errors = days.get(day, (0, 0))
-        days[day] = (requests + group.totals.requests, errors + group.totals.errors)
-    return [Bar(day, requests, errors) for day, (requests, errors) in sorted(days.items())]
-
-
 @blueprint.get("/usage")
 def usage() -> Page:
     """Requests per UTC day as a chart, and a table per day, key and model; filters: key, model, from, to."""
     where = usage_filter(request.args)
-    usage_report = extensions.store().usage
-    grouped = usage_report.grouped(where, ("day", "key", "model"), max_groups=TABLE_GROUPS)
-    if grouped.truncated:  # the table is cut off: the chart needs the days' own sums
-        by_day = usage_report.grouped(where, ("day",))
-        bars = [Bar(str(g.values["day"]), g.totals.requests, g.totals.errors) for g in by_day.groups]
-    else:
-        bars = _bars(grouped)
+    found = report().breakdown(where, rows=TABLE_ROWS)
     chosen = {"key": where.key_id or "", "model": where.model or ""}
     chosen["from"] = where.start.date().isoformat() if where.start else ""
     chosen["to"] = (where.end - timedelta(days=1)).date().isoformat() if where.end else ""
+    bars = [Bar(day.day, day.requests, day.errors) for day in found.days]
     return page(
         "usage.html",
         chart=bar_chart(bars, title=f"Requests per day (UTC), {chosen['from']} to {chosen['to']}; failed ones in red"),
-        groups=list(reversed(grouped.groups)),
-        totals=grouped.totals,
-        truncated=grouped.truncated,
+        groups=found.groups,
+        group_count=found.group_count,
+        totals=found.totals,
         chosen=chosen,
         csv_url=url_for("console.usage_csv", **{name: value for name, value in chosen.items() if value}),  # type: ignore[arg-type]
     )

@@ -22,9 +22,11 @@ from sqlalchemy import ColumnElement, Engine, func, or_, select
 
 from gateway.store.keys import KeyRecord
 from gateway.store.tables import api_keys, usage
+from gateway.store.usage_report import UsageFilter, utc_day
 
 PERCENTILES = (0.5, 0.95)
 TOP = 5
+MAX_GROUPS = 20_000  # (day, key, model) groups read at most; past it the days are summed by a query of their own
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,57 @@ class KeyPage:
     total: int  # keys matching the search, over every page
 
 
+@dataclass(frozen=True)
+class Group:
+    """Usage summed over one (UTC day, key, model), or over one day (``key`` and ``model`` ``None``)."""
+
+    day: str
+    key: str | None
+    model: str | None
+    requests: int
+    errors: int
+    total_tokens: int
+    cost_usd: float | None
+
+    def plus(self, other: Group) -> Group:
+        cost = other.cost_usd if self.cost_usd is None else self.cost_usd + (other.cost_usd or 0.0)
+        return Group(
+            self.day,
+            None,
+            None,
+            self.requests + other.requests,
+            self.errors + other.errors,
+            self.total_tokens + other.total_tokens,
+            cost,
+        )
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """The usage page: per day (the chart), and per day, key and model (the table), busiest first."""
+
+    days: list[Group]  # oldest first
+    groups: list[Group]  # newest day first, then by requests; at most the ``rows`` asked for
+    group_count: int  # groups in the range (at least len(groups); MAX_GROUPS + 1 means "more")
+
+    @property
+    def totals(self) -> Group:
+        total = _ZERO
+        for day in self.days:
+            total = total.plus(day)
+        return total
+
+
 def _in_range(start: datetime, end: datetime) -> list[ColumnElement[bool]]:
     return [usage.c.ts >= start, usage.c.ts < end]
+
+
+def _group(row: Any, key: str | None, model: str | None) -> Group:
+    day = row.day.isoformat() if hasattr(row.day, "isoformat") else str(row.day)
+    return Group(day, key, model, int(row.requests), int(row.errors), int(row.total_tokens), _cost(row.cost_usd))
+
+
+_ZERO = Group("", None, None, 0, 0, 0, None)
 
 
 def _cost(value: Any) -> float | None:
@@ -123,6 +174,32 @@ class ConsoleReport:
             )
             for row in rows
         ]
+
+    def breakdown(self, where: UsageFilter, *, rows: int) -> Breakdown:
+        """One ``GROUP BY`` day, key and model over the range (the database sums the rows); the
+        days' sums are added up from those groups, or, past :data:`MAX_GROUPS`, asked for on their own."""
+        day = utc_day(usage.c.ts).label("day")
+        sums = (
+            func.count().label("requests"),
+            func.count().filter(usage.c.status >= 400).label("errors"),
+            func.coalesce(func.sum(usage.c.total_tokens), 0).label("total_tokens"),
+            func.sum(usage.c.cost_usd).label("cost_usd"),
+        )
+        query = (
+            select(day, usage.c.key_id, usage.c.model, *sums).where(*where.conditions()).group_by(day, usage.c.key_id, usage.c.model)
+        )
+        with self.engine.connect() as connection:
+            found = [_group(row, row.key_id, row.model) for row in connection.execute(query.limit(MAX_GROUPS + 1))]
+            if len(found) > MAX_GROUPS:
+                by_day = select(day, *sums).where(*where.conditions()).group_by(day).order_by(day)
+                days = [_group(row, None, None) for row in connection.execute(by_day)]
+            else:
+                summed: dict[str, Group] = {}
+                for group in found:  # groups, not usage rows: at most MAX_GROUPS
+                    summed[group.day] = summed[group.day].plus(group) if group.day in summed else group.plus(_ZERO)
+                days = [summed[name] for name in sorted(summed)]
+        found.sort(key=lambda group: (group.day, group.requests), reverse=True)
+        return Breakdown(days, found[:rows], len(found))
 
     def keys(self, search: str, *, offset: int, limit: int) -> KeyPage:
         """Managed keys whose name, id or prefix contains ``search`` (any case), newest first."""
