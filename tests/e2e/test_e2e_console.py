@@ -25,6 +25,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -86,7 +87,25 @@ class Browser:
                 problems.append(message)
         assert not problems, problems
 
+    def unlabelled(self) -> list[str]:
+        """Controls without a label: an input, select or textarea needs a <label for> (or an
+        aria-label), a button or link some text."""
+        return self.driver.execute_script(
+            """
+            const missing = [];
+            for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+              const named = (el.id && document.querySelector(`label[for="${el.id}"]`)) || el.getAttribute("aria-label");
+              if (!named) missing.push(el.outerHTML.slice(0, 80));
+            }
+            for (const el of document.querySelectorAll("button, a[href]")) {
+              if (!el.textContent.trim() && !el.getAttribute("aria-label")) missing.push(el.outerHTML.slice(0, 80));
+            }
+            return missing;
+            """
+        )
+
     def shoot(self, name: str) -> None:
+        assert not self.unlabelled(), (name, self.unlabelled())
         for width in WIDTHS:
             self.driver.set_window_size(width, 900)
             height = self.driver.execute_script("return document.documentElement.scrollHeight")
@@ -236,8 +255,15 @@ def test_an_expired_session_is_sent_back_to_sign_in(gateway_server, browser_for)
     server = gateway_server(ADMIN_UI_SESSION_SECONDS="5")
     browser = browser_for(server)
     browser.open(UI + "/sign-in")
-    _sign_in(browser, CANARY_MASTER_KEY)
+    # By keyboard alone: the key field has the focus; Enter signs in.
+    page = browser.find("html")
+    browser.driver.switch_to.active_element.send_keys(CANARY_MASTER_KEY + Keys.ENTER)
+    WebDriverWait(browser.driver, 10).until(expected_conditions.staleness_of(page))
     assert browser.path() == UI + "/"
+    browser.driver.switch_to.active_element.send_keys(Keys.TAB)  # the first stop skips to the content
+    assert browser.driver.switch_to.active_element.text == "Skip to content"
+    browser.driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.driver.switch_to.active_element.text == "Overview"
     time.sleep(5.5)
     browser.open(UI + "/keys")
     assert browser.path().startswith(UI + "/sign-in")

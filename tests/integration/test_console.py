@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from gateway.store.tables import audit_log
-from tests.conftest import CANARY_MASTER_KEY, KEY_HEADERS
+from tests.conftest import CANARY_MASTER_KEY, KEY_HEADERS, REDIS_URL
 
 UI = "/admin/ui"
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -152,7 +152,16 @@ def test_failed_sign_ins_count_against_the_auth_token_limit_per_address(make_app
     assert sign_in(other.test_client()).status_code == 429
 
 
-def test_key_changes_go_through_key_admin_and_the_audit_log(app: Flask) -> None:
+def test_the_shared_counter_holds_on_redis_too(make_app, redis_prefix: str) -> None:
+    app = make_app(rate_limit_auth_failures="2 per minute", rate_limit_storage_uri=REDIS_URL, rate_limit_key_prefix=redis_prefix)
+    assert sign_in(app.test_client(), "wrong").status_code == 401
+    assert app.test_client().post("/auth/token", json={"apiKey": "wrong"}).status_code == 401
+    assert sign_in(app.test_client()).status_code == 429
+    assert app.test_client().post("/auth/token", json={"apiKey": CANARY_MASTER_KEY}).status_code == 429
+
+
+def test_key_changes_go_through_key_admin_and_the_audit_log(db_app: Flask) -> None:
+    app = db_app  # on SQLite and PostgreSQL
     client = signed_in(app)
     key_id, secret = create_key(client, rate_limit_ai="5 per minute", allowed_models="gpt-4o*, llama-*", budget_usd="2.5")
     shown = app.test_client().get(f"/admin/keys/{key_id}", headers=KEY_HEADERS).get_json()
@@ -198,7 +207,8 @@ def test_rotate_shows_the_new_secret_once_and_the_old_one_stops(app: Flask) -> N
     assert app.test_client().get("/v1/models", headers={"X-API-Key": new.group(1)}).status_code == 200
 
 
-def test_keys_are_searched_and_paged(app: Flask) -> None:
+def test_keys_are_searched_and_paged(db_app: Flask) -> None:
+    app = db_app  # on SQLite and PostgreSQL
     client = signed_in(app)
     for index in range(55):
         app.test_client().post("/admin/keys", json={"name": f"team-{index:02d}"}, headers=KEY_HEADERS)
@@ -210,7 +220,8 @@ def test_keys_are_searched_and_paged(app: Flask) -> None:
     assert "0 keys" in client.get(UI + "/keys?q=%25", headers=HTML).get_data(as_text=True)  # LIKE wildcards are literal
 
 
-def test_usage_page_and_csv_show_the_calls(app: Flask, upstream) -> None:
+def test_usage_page_and_csv_show_the_calls(db_app: Flask, upstream) -> None:
+    app = db_app  # on SQLite and PostgreSQL
     client = signed_in(app)
     key_id, secret = create_key(client)
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
