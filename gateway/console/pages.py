@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from flask import Response, request, url_for
+from flask import Response, redirect, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from gateway import extensions
 from gateway.auth.keys import utcnow
@@ -50,6 +51,12 @@ def overview() -> Page:
         top_models=console.top("model", day_ago, now),
         backends=extensions.router().snapshot(),
     )
+
+
+@blueprint.get("")
+def entry() -> BaseResponse:
+    """The console's address without its trailing slash: on to the overview."""
+    return redirect(url_for("console.overview"), code=303)
 
 
 def _text(params: Mapping[str, str], name: str, max_length: int) -> str | None:

@@ -58,6 +58,11 @@ def test_pages_need_a_session_and_a_browser_is_sent_to_sign_in(app: Flask) -> No
         assert api.status_code == 401 and api.get_json()["error"]["code"] == "missing_credentials"
 
 
+def test_the_prefix_without_its_slash_leads_to_the_console(app: Flask) -> None:
+    assert app.test_client().get(UI, headers=HTML).headers["Location"].startswith(UI + "/sign-in")
+    assert signed_in(app).get(UI, headers=HTML).headers["Location"] == UI + "/"
+
+
 def test_sign_in_sets_a_strict_cookie_and_every_page_renders_under_a_strict_csp(app: Flask) -> None:
     client = app.test_client()
     answer = sign_in(client)
