@@ -109,9 +109,3 @@ def signed_in() -> tuple[str, str] | None:
         return None
     how: Any = session.get("how")
     return found, how if isinstance(how, str) else "api_key"
-
-
-def expires_at() -> int | None:
-    """When the current session ends (epoch seconds), if there is one."""
-    expires: Any = session.get("exp")
-    return expires if isinstance(expires, int) else None

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from gateway.config import ConfigError, load
 from gateway.store.tables import audit_log
 from tests.conftest import CANARY_MASTER_KEY, KEY_HEADERS, REDIS_URL
 
@@ -239,6 +241,27 @@ def test_usage_page_and_csv_show_the_calls(db_app: Flask, upstream) -> None:
     bad = client.get(f"{UI}/usage?from=yesterday", headers=HTML)
     assert bad.status_code == 400 and "from" in bad.get_data(as_text=True)
     assert "Traffic" in client.get(UI + "/", headers=HTML).get_data(as_text=True)
+
+
+@pytest.mark.parametrize("prefix", ["/admin", "/admin/keys", "/v1", "/v1/console", "admin", "/admin/ui/", "/a b"])
+def test_a_prefix_that_would_shadow_the_api_or_is_not_a_path_is_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_UI_PREFIX"):
+        load(environ={"ADMIN_UI_PREFIX": prefix}, env_file="/nonexistent")
+
+
+def test_another_prefix_moves_the_console(make_app) -> None:
+    app = make_app(admin_ui_prefix="/ops/console")
+    client = app.test_client()
+    answer = client.post("/ops/console/sign-in", data={"key": CANARY_MASTER_KEY, "csrf_token": _token(client, "/ops/console/sign-in")})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ops/console/"
+    assert "Path=/ops/console" in answer.headers["Set-Cookie"]
+    assert client.get("/ops/console/keys", headers=HTML).status_code == 200
+
+
+def _token(client: FlaskClient, path: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path, headers=HTML).get_data(as_text=True))
+    assert found is not None
+    return found.group(1)
 
 
 def test_admin_ui_false_serves_no_console(make_app) -> None:
