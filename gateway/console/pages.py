@@ -26,6 +26,7 @@ from gateway.store.usage_report import UsageFilter
 USAGE_DAYS = 7  # the usage page's default range, in UTC days up to today
 TABLE_ROWS = 200  # the table's rows: the newest days' busiest keys and models
 AUDIT_PAGE = 50
+CHART_DAYS_MAX = 400
 
 Page = tuple[str, int]
 
@@ -78,6 +79,16 @@ def usage_filter(params: Mapping[str, str]) -> UsageFilter:
     return UsageFilter(key_id=key_id, model=model, start=start, end=last + timedelta(days=1))
 
 
+def _every_day(where: UsageFilter, bars: list[Bar]) -> list[Bar]:
+    """One bar per day of the range, days without requests included (at zero), so the chart's
+    axis is the calendar; a range longer than :data:`CHART_DAYS_MAX` shows its busy days only."""
+    if where.start is None or where.end is None or (where.end - where.start).days > CHART_DAYS_MAX:
+        return bars
+    found = {bar.label: bar for bar in bars}
+    days = ((where.start + timedelta(days=n)).date().isoformat() for n in range((where.end - where.start).days))
+    return [found.get(day, Bar(day, 0, 0)) for day in days]
+
+
 @blueprint.get("/usage")
 def usage() -> Page:
     """Requests per UTC day as a chart, and a table per day, key and model; filters: key, model, from, to."""
@@ -86,7 +97,7 @@ def usage() -> Page:
     chosen = {"key": where.key_id or "", "model": where.model or ""}
     chosen["from"] = where.start.date().isoformat() if where.start else ""
     chosen["to"] = (where.end - timedelta(days=1)).date().isoformat() if where.end else ""
-    bars = [Bar(day.day, day.requests, day.errors) for day in found.days]
+    bars = _every_day(where, [Bar(day.day, day.requests, day.errors) for day in found.days])
     return page(
         "usage.html",
         chart=bar_chart(bars, title=f"Requests per day (UTC), {chosen['from']} to {chosen['to']}; failed ones in red"),
