@@ -34,13 +34,19 @@ test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
 ## What the end-to-end tests need beside Python: libfaketime (a budget's reset at midnight,
-## tests/e2e/test_e2e_budget_reset.py), from Debian's faketime package.
+## tests/e2e/test_e2e_budget_reset.py), from Debian's faketime package; a headless browser for the
+## console's tests (tests/e2e/test_e2e_console.py), Debian's chromium and chromium-driver.
 test-tools:
 	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 -o -e /usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing faketime (apt-get)"; apt-get install -y -qq faketime >/dev/null 2>&1 || \
 	      { apt-get update -qq && apt-get install -y -qq faketime >/dev/null; }; \
 	  else echo "libfaketime is missing: sudo apt-get update && sudo apt-get install -y faketime"; exit 1; fi; }
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	  else echo "chromium is missing: sudo apt-get update && sudo apt-get install -y chromium chromium-driver"; exit 1; fi; }
 
 ## The development loop: unit and integration tests that need neither PostgreSQL nor Redis nor real
 ## gunicorn, less the slow ones (fresh interpreters, seconds of real time). make test runs them all.

@@ -20,6 +20,7 @@ from gateway import (
     backends,
     cli,
     config,
+    console,
     edge,
     errors,
     exchange,
@@ -77,6 +78,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)
     quotas.init_app(app)
     routes.init_app(app)
+    console.init_app(app)  # the operator's console in the browser (ADMIN_UI), under ADMIN_UI_PREFIX
     backends.init_app(app)  # the backends configuration (GATEWAY_CONFIG), read by the upstream client
     upstream.init_app(app)
     usage.init_app(app)

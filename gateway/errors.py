@@ -286,6 +286,13 @@ def _render_http_exception(error: HTTPException) -> Response:
     return error_response(status, message, error_type, code, param=param, headers=error.get_response().headers)
 
 
+def render_http_exception(error: HTTPException) -> Response:
+    """The JSON answer for an HTTP exception, as the app's handler renders it: for a
+    blueprint whose own handler answers browsers in HTML (:mod:`gateway.console`) and
+    every other client as the API does."""
+    return _render_http_exception(error)
+
+
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
     # gateway.quotas.windows falls back to per-process counting and never gets here).

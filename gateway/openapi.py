@@ -5,7 +5,9 @@ It is built from the tables that build the routes, so it cannot drift from what 
 =================  ==========================================================================
 What               Where it comes from
 =================  ==========================================================================
-paths, methods     ``app.url_map``: every rule but ``static``; HEAD and OPTIONS are implied.
+paths, methods     ``app.url_map``: every rule but ``static`` and the console's pages (for a
+                   browser, not API: :data:`~gateway.auth.endpoints.SESSION_BLUEPRINT`);
+                   HEAD and OPTIONS are implied.
                    ``<name>`` and ``<conv:name>`` placeholders become ``{name}`` parameters.
 summaries          the first line of each view's docstring (as ``GET /`` shows them)
 who may call       :data:`gateway.auth.endpoints.PUBLIC_ENDPOINTS`, :data:`~gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`,
@@ -103,10 +105,10 @@ class Route:
 
 
 def served_routes(url_map: Map) -> list[Route]:
-    """Every (rule, method) the app serves, by rule then method; not ``static``, HEAD or OPTIONS."""
+    """Every (rule, method) the app serves, by rule then method; not ``static``, the console's pages, HEAD or OPTIONS."""
     found = []
     for rule in sorted(url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith(f"{endpoints.SESSION_BLUEPRINT}."):
             continue
         for method in sorted((rule.methods or set()) - IMPLIED_METHODS):
             found.append(Route(rule.rule, method, rule.endpoint))

@@ -16,6 +16,11 @@ is checked by :mod:`gateway.auth.oidc` instead, which also gives the caller its 
 :data:`gateway.auth.endpoints.METRICS_TOKEN_ENDPOINTS`, only as ``Authorization: Bearer <token>``, and only
 as the request's one credential. Anywhere else it is an unknown key (401).
 
+The console's session cookie (:mod:`gateway.auth.session`) is a credential on the
+endpoints of :data:`gateway.auth.endpoints.SESSION_BLUEPRINT` only (the caller is then
+the key that signed in, ``via="console"``); without a valid one there, the headers are
+checked as everywhere.
+
 A request admitted with a credential (any of the above) is marked in its WSGI
 environ: ``environ[AUTHENTICATED_ENVIRON_KEY] is True`` (``"gateway.authenticated"``).
 The gevent worker (:mod:`gateway.server`) reads the mark to stop counting the
@@ -36,9 +41,10 @@ from flask import Flask, request
 
 from gateway import extensions
 from gateway.auth import oidc, tokens
-from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS
+from gateway.auth.endpoints import METRICS_TOKEN_ENDPOINTS, PUBLIC_ENDPOINTS, SESSION_BLUEPRINT
 from gateway.auth.keys import KeyRing
 from gateway.auth.management import KeyAdmin
+from gateway.auth.session import SESSION_VIA, signed_in
 from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import TokenExpired, Unauthorized
@@ -59,7 +65,7 @@ class Caller:
     """Who is calling: a key id (never the secret) and how they proved it."""
 
     id: str
-    via: str  # "api_key", "jwt", "oidc" or "metrics_token"
+    via: str  # "api_key", "jwt", "oidc", "metrics_token" or "console"
     policy: CallerPolicy | None = field(default=None, compare=False, repr=False)  # set by auth itself (oidc)
 
 
@@ -148,6 +154,14 @@ def _from_metrics_token() -> Caller | None:
     return None
 
 
+def _from_console_session() -> Caller | None:
+    """The console's signed-in operator, on the console's endpoints only (see the module)."""
+    if request.blueprint != SESSION_BLUEPRINT:
+        return None
+    found = signed_in()
+    return Caller(found[0], SESSION_VIA) if found is not None else None
+
+
 def authenticate() -> Caller:
     """Resolve the caller from the request's credentials.
 
@@ -175,7 +189,7 @@ def require_credentials() -> None:
     if is_public():
         return
     exchange = current()
-    caller = exchange.caller = _from_metrics_token() or authenticate()
+    caller = exchange.caller = _from_metrics_token() or _from_console_session() or authenticate()
     if caller.policy is not None:
         exchange.policy = caller.policy
     request.environ[AUTHENTICATED_ENVIRON_KEY] = True

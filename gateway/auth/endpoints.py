@@ -20,14 +20,24 @@ PUBLIC_ENDPOINTS: frozenset[tuple[str, str]] = frozenset(
         ("meta.ready", "GET"),
         ("meta.ready", "HEAD"),
         ("auth.issue_token", "POST"),
+        # The console's sign-in page and its static files (CSS, JS): before any session exists.
+        ("console.sign_in", "GET"),
+        ("console.sign_in", "HEAD"),
+        ("console.sign_in", "POST"),
+        ("console.static", "GET"),
+        ("console.static", "HEAD"),
     }
 )
+# The blueprint of the operator's console (gateway.console): its endpoints, and only they,
+# also take the console's session cookie as a credential (gateway.auth.session). They are
+# pages for a browser, not API: GET / and /openapi.json leave them out.
+SESSION_BLUEPRINT = "console"
 # (endpoint, method) pairs where Authorization: Bearer <METRICS_TOKEN> identifies the scraper.
 METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrape", "GET"), ("metrics.scrape", "HEAD")})
 
 # Endpoints that pay no request quota at all: probes and scrapes that infrastructure
 # calls often and that never reach the upstream. Who may call them is still auth's decision.
-QUOTA_EXEMPT_ENDPOINTS: frozenset[str] = frozenset({"meta.health", "meta.ready", "metrics.scrape"})
+QUOTA_EXEMPT_ENDPOINTS: frozenset[str] = frozenset({"meta.health", "meta.ready", "metrics.scrape", "console.static"})
 # The blueprint of the AI operations: the general and the AI quota, counted by the relay
 # view once it knows whether the request goes upstream (not by the quota hook).
 AI_BLUEPRINT = "ai"

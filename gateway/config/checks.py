@@ -135,6 +135,34 @@ def _check_oidc(settings: Settings) -> None:
         raise ConfigError("OIDC_JWKS_TIMEOUT must be more than 0 and at most 30 seconds")
 
 
+_CONSOLE_PREFIX = re.compile(r"(/[A-Za-z0-9_-]+)+")
+CONSOLE_SESSION_BOUNDS = (5, 7 * 24 * 3600)
+# The API's own paths: the console's pages may not shadow them (nor sit above /admin's).
+_API_PATHS = (
+    "/admin/keys",
+    "/admin/usage",
+    "/admin/audit",
+    "/admin/backends",
+    "/admin/prices",
+    "/v1",
+    "/api",
+    "/auth",
+    "/health",
+    "/metrics",
+)
+
+
+def _check_console(settings: Settings) -> None:
+    if not _CONSOLE_PREFIX.fullmatch(settings.admin_ui_prefix):
+        raise ConfigError("ADMIN_UI_PREFIX must be a path such as /admin/ui (letters, digits, '-', '_'; no trailing '/')")
+    prefix = settings.admin_ui_prefix
+    if prefix == "/admin" or any(prefix == path or prefix.startswith(path + "/") for path in _API_PATHS):
+        raise ConfigError("ADMIN_UI_PREFIX must not be /admin or one of the API's paths (such as /v1 or /admin/keys)")
+    low, high = CONSOLE_SESSION_BOUNDS
+    if not low <= settings.admin_ui_session_seconds <= high:
+        raise ConfigError(f"ADMIN_UI_SESSION_SECONDS must be between {low} and {high}")
+
+
 _INLINE_COMMENT = re.compile(r"\s#")
 
 
@@ -222,6 +250,7 @@ def validate(settings: Settings) -> None:
     _check_database(settings)
     _check_metrics(settings)
     _check_oidc(settings)
+    _check_console(settings)
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

@@ -129,6 +129,10 @@ class Settings:
     oidc_caller_claim: str = "sub"  # the claim that names the caller
     oidc_groups_claim: str = "groups"  # the claim listing the caller's groups (identity.groups)
     oidc_jwks_timeout: float = 2.0  # seconds a request may wait for the provider's keys
+    # --- the operator's console in the browser (gateway.console) ----------------------
+    admin_ui: bool = True  # serve the console; false: its routes do not exist
+    admin_ui_prefix: str = "/admin/ui"  # where its pages live
+    admin_ui_session_seconds: int = 3600  # a console sign-in lasts this long, then the operator signs in again
 
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)

@@ -136,10 +136,12 @@ def init_app(app: Flask) -> None:
     app.extensions[extensions.LIMITER] = limiter
     app.extensions[extensions.REQUEST_WINDOWS] = RequestWindows(limiter, settings)
     app.before_request(_hold_to_quotas)
-    limiter.limit(
+    # Shared: one counter per address (key parts: prefix, address, AUTH_FAILURE_QUOTA) whatever the
+    # endpoint, so the console's sign-in (gateway.console.sign_in) counts its failures on it too.
+    limiter.shared_limit(
         settings.rate_limit_auth_failures,
+        AUTH_FAILURE_QUOTA,
         key_func=auth.client_address,
-        scope=AUTH_FAILURE_QUOTA,
         deduct_when=_failed_attempt,
         override_defaults=False,
     )(auth_blueprint)

@@ -7,7 +7,7 @@ Contract:
   together: there is no change without its row, and no row without its change.
 - A row says what (``action``: create, update, rotate, revoke; ``key_id``), who
   (``actor``: ``master`` for the master key or a JWT minted from it, the OS user for a
-  ``flask keys`` command; ``via``: ``api_key``, ``jwt`` or ``cli``), from where
+  ``flask keys`` command; ``via``: ``api_key``, ``jwt``, ``cli``, or ``console`` for the operator's console in the browser), from where
   (``address``: the client address as the app sees it, after ProxyFix; ``cli``), when
   (``ts``, UTC) and the request id.
 - ``before`` and ``after`` hold the changed fields only, as JSON: ``before`` is null for
@@ -31,7 +31,7 @@ from gateway.payload import is_storable_text
 from gateway.store.tables import ACTOR_LENGTH, ADDRESS_LENGTH, REQUEST_ID_LENGTH, audit_log
 
 ACTIONS = ("create", "update", "rotate", "revoke")
-VIAS = ("api_key", "jwt", "cli")
+VIAS = ("api_key", "jwt", "cli", "console")
 MAX_PAGE = 1000
 
 

@@ -13,6 +13,8 @@ from flask import Flask
 from tests.conftest import CANARY_JWT_SECRET, CANARY_MASTER_KEY, KEY_HEADERS
 
 PUBLIC = {("meta.index", "GET"), ("meta.openapi", "GET"), ("meta.health", "GET"), ("meta.ready", "GET"), ("auth.issue_token", "POST")}
+# The console's sign-in page and its CSS/JS (tests/integration/test_console.py).
+PUBLIC |= {("console.sign_in", "GET"), ("console.sign_in", "POST"), ("console.static", "GET")}
 
 
 def _every_protected_route(app: Flask):

@@ -25,7 +25,7 @@ def served_pairs(app: Flask) -> set[tuple[str, str]]:
     """(OpenAPI path, method) of every rule, worked out here independently of gateway.openapi."""
     pairs = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("console."):  # the console's pages are for a browser
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
