@@ -38,6 +38,19 @@ METRICS_TOKEN_ENDPOINTS: frozenset[tuple[str, str]] = frozenset({("metrics.scrap
 # Endpoints that pay no request quota at all: probes and scrapes that infrastructure
 # calls often and that never reach the upstream. Who may call them is still auth's decision.
 QUOTA_EXEMPT_ENDPOINTS: frozenset[str] = frozenset({"meta.health", "meta.ready", "metrics.scrape", "console.static"})
+# The console's sign-in page pays the general quota per client address, as any request without
+# credentials does; its other pages are for a signed-in operator browsing (not API traffic) and
+# pay none, so a busy operator never meets 429 from the master key's scripts' quota.
+CONSOLE_PAYING_ENDPOINTS: frozenset[str] = frozenset({"console.sign_in"})
+
+
+def is_quota_exempt(endpoint: str) -> bool:
+    """Whether ``endpoint`` pays no request quota at all (see the tables above)."""
+    if endpoint in QUOTA_EXEMPT_ENDPOINTS:
+        return True
+    return endpoint.startswith(f"{SESSION_BLUEPRINT}.") and endpoint not in CONSOLE_PAYING_ENDPOINTS
+
+
 # The blueprint of the AI operations: the general and the AI quota, counted by the relay
 # view once it knows whether the request goes upstream (not by the quota hook).
 AI_BLUEPRINT = "ai"

@@ -1,7 +1,7 @@
 """Quotas, in one package: who may send how much, and what happens when the store fails.
 
 - :mod:`~gateway.quotas.windows`: request quotas per caller (``RATE_LIMIT_GENERAL`` on
-  every endpoint but :data:`gateway.auth.endpoints.QUOTA_EXEMPT_ENDPOINTS` and CORS
+  every endpoint but those :func:`gateway.auth.endpoints.is_quota_exempt` names and CORS
   preflights; ``RATE_LIMIT_AI`` on the AI endpoints, counting only requests sent
   upstream), on flask-limiter's storage and strategy (``RATE_LIMIT_STORAGE_URI``:
   ``memory://`` for one process, Redis for every worker of every instance).
@@ -39,7 +39,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter
 
 from gateway import auth, extensions
-from gateway.auth.endpoints import AI_BLUEPRINT, AUTH_FAILURE_BLUEPRINT, QUOTA_EXEMPT_ENDPOINTS
+from gateway.auth.endpoints import AI_BLUEPRINT, AUTH_FAILURE_BLUEPRINT, is_quota_exempt
 from gateway.auth.views import blueprint as auth_blueprint
 from gateway.config import Settings
 from gateway.quotas.headers import rate_limit_headers
@@ -63,7 +63,7 @@ def _hold_to_quotas() -> None:
     endpoint = request.endpoint
     if not endpoint or auth.is_preflight() or endpoint.startswith(AI_ENDPOINT_PREFIX):
         return
-    if endpoint in QUOTA_EXEMPT_ENDPOINTS:
+    if is_quota_exempt(endpoint):
         return
     app_windows().hold(ai=False)
 
@@ -71,7 +71,7 @@ def _hold_to_quotas() -> None:
 def describe(endpoint: str) -> list[str]:
     """The quotas that apply to an endpoint, for ``GET /``."""
     settings = current_app.config["GATEWAY"]
-    if endpoint in QUOTA_EXEMPT_ENDPOINTS:
+    if is_quota_exempt(endpoint):
         return []
     described = [f"{settings.rate_limit_general} per caller (all endpoints; a key may have its own)"]
     if endpoint.startswith(AI_ENDPOINT_PREFIX):

@@ -277,3 +277,13 @@ def test_the_api_never_reads_the_console_cookie(app: Flask) -> None:
     other = app.test_client()
     other.set_cookie("gateway_console", cookie.value, path="/")
     assert other.get("/admin/keys").status_code == 401  # a session is a credential on console pages only
+
+
+def test_the_pages_pay_no_request_quota_but_the_sign_in_page_does(make_app) -> None:
+    app = make_app(rate_limit_general="3 per minute")
+    client = app.test_client()
+    assert client.get(UI + "/sign-in", headers=HTML).status_code == 200  # 1 of 3 for this address
+    assert sign_in(client).status_code == 303  # 2 and 3 (its page, then the POST)
+    assert [client.get(UI + "/keys", headers=HTML).status_code for _ in range(5)] == [200] * 5
+    assert client.get("/admin/keys", headers=KEY_HEADERS).status_code == 200  # the master key's own quota: untouched
+    assert client.get(UI + "/sign-in", headers=HTML).status_code == 429
