@@ -167,9 +167,12 @@ def test_spans_reach_an_otlp_receiver_from_a_gunicorn_worker(gateway_server, ups
     assert "hi" not in {str(value) for item in found for value in item.attributes.values()}
 
 
-def test_the_last_spans_are_exported_when_the_worker_stops(gateway_server, upstream, receiver: OtlpReceiver) -> None:
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_the_last_spans_are_exported_when_the_worker_stops(
+    gateway_server, upstream, receiver: OtlpReceiver, worker_class: str
+) -> None:
     # A batch schedule longer than the test: the spans can only leave at the worker's exit.
-    server = gateway_server(**_tracing_env(receiver, schedule_delay_ms=600_000))
+    server = gateway_server(GATEWAY_WORKER_CLASS=worker_class, **_tracing_env(receiver, schedule_delay_ms=600_000))
     for _ in range(3):
         status, _, _ = request(server.url, "POST", "/v1/chat/completions", _chat(), headers=JSON_AUTH)
         assert status == 200
