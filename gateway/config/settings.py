@@ -121,7 +121,7 @@ class Settings:
     prometheus_multiproc_dir: str = ""  # empty: the gateway creates (and removes) its own directory
 
     # --- tracing (gateway.tracing): the standard OpenTelemetry variables -------------
-    otel_traces_exporter: str = "none"  # "otlp" (OTLP/HTTP) or "console"; "none": off, the SDK not even imported
+    otel_traces_exporter: str = "none"  # "otlp" (OTLP/HTTP) or "console"; "none": off, no tracing code imported
     otel_sdk_disabled: bool = False  # the SDK's own off switch: wins over OTEL_TRACES_EXPORTER
 
     # Names of variables that came from generated development secrets.

@@ -1,8 +1,8 @@
 """OpenTelemetry traces of the gateway's requests: off unless ``OTEL_TRACES_EXPORTER`` says where.
 
 Configured by the standard ``OTEL_*`` variables (README, "Tracing"). Off by default, and
-then free: :func:`init_app` registers nothing and the OpenTelemetry SDK is not even
-imported; what the request path does for tracing is one ``is None`` test per hook
+then free: :func:`init_app` registers nothing and the OpenTelemetry SDK's tracing is not
+even imported; what the request path does for tracing is one ``is None`` test per hook
 (the record's :attr:`~gateway.exchange.Exchange.trace`). On (``otlp`` or ``console``),
 :mod:`gateway.tracing.spans` makes, per request:
 
