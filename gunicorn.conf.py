@@ -142,10 +142,12 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Graceful stop or reload: write the worker's queued usage records before it exits."""
-    from gateway import usage
+    """Graceful stop or reload: write the worker's queued usage records, then export its
+    queued spans (tracing on), before it exits."""
+    from gateway import tracing, usage
 
     usage.stop_all()
+    tracing.stop_all()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -30,6 +30,7 @@ from gateway import (
     request_metrics,
     routes,
     store,
+    tracing,
     upstream,
     usage,
 )
@@ -73,6 +74,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     observability.init_app(app)
     exchange.init_app(app)  # every request's record: made first, finished at its response or stream's end
+    tracing.init_app(app)  # off unless OTEL_TRACES_EXPORTER: the record's spans, ended by their own sink
     edge.init_app(app)
     store.init_app(app)
     auth.init_app(app)

@@ -21,6 +21,10 @@ only the record. A failing sink is logged and does not stop the others.
 
 The record also owns the headers that describe the exchange itself: ``X-Request-ID``,
 ``Server-Timing`` and ``Cache-Control: no-store`` unless a view set its own.
+
+With tracing on (:mod:`gateway.tracing`), the hook right after the first one starts the
+record's server span (:attr:`Exchange.trace`) and, unless the client sent its own
+``X-Request-ID``, makes the request id ``<trace id>-<span id>``; its sink ends the spans.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from gateway.auth import Caller
     from gateway.quotas.policy import CallerPolicy
     from gateway.quotas.windows import Counted
+    from gateway.tracing.spans import RequestTrace
     from gateway.upstream.accounting import TokenUsage
 
 log = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ class Exchange:
     duration_ms: float | None = None  # from the start until finish (a stream's end for a stream)
     outcome: str = "response"  # for a stream: how it ended ("completed", "client_disconnected", ...)
     finished: bool = False
+    trace: RequestTrace | None = None  # its spans, when tracing is on (gateway.tracing)
 
     def attempt(self, attempt: UpstreamAttempt) -> UpstreamAttempt:
         """Add an attempt: it is now the record's :attr:`upstream`."""

@@ -1,7 +1,9 @@
 """Logging set-up and the access log: one structured line per request.
 
 A log line carries the request id, method, path, status, durations, the caller's
-key id and the model: never a key, a token, a header value or prompt text.
+key id and the model (and, with tracing on, the ``trace_id`` and ``span_id`` of the
+request's server span: :mod:`gateway.tracing`): never a key, a token, a header value
+or prompt text.
 Streamed responses are logged when the stream ends, with how it ended
 (``server_shutdown``: cut by a stopping worker, see :mod:`gateway.server`).
 """
@@ -99,6 +101,10 @@ def access_log(exchange: Exchange) -> None:
         "error": exchange.error_code,
         **_usage_fields(exchange.usage),
     }
+    trace = exchange.trace
+    if trace is not None:  # tracing is on: the line names its trace and server span
+        fields["trace_id"] = trace.trace_id
+        fields["span_id"] = trace.span_id
     attempts = exchange.attempts
     if attempts:
         last = attempts[-1]

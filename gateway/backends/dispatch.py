@@ -22,7 +22,8 @@ with the error event, and the record names the backend that broke.
 
 Every attempt is part of the request's record (:meth:`gateway.exchange.Exchange.attempt`)
 and ends its deployment's attempt once (success, failure or no outcome), which is what
-the circuit breakers learn from.
+the circuit breakers learn from. With tracing on, each attempt has its client span, whose
+``traceparent`` is sent with it (:meth:`gateway.tracing.spans.RequestTrace.attempt_started`).
 """
 
 from __future__ import annotations
@@ -180,10 +181,12 @@ def _attempt(
     state = admitted.state
     client = router.client(state.backend)
     upstream_model = state.model if state.model is not None else exchange.model
+    trace = exchange.trace  # tracing on: the attempt's client span, its traceparent sent upstream
+    trace_headers = trace.attempt_started(exchange, record, client.config) if trace is not None else None
     try:
         method, path = target
         upstream = client.send(
-            method, path, _with_model(body, state.model), exchange.request_id, stream, limits.deadline, upstream_model
+            method, path, _with_model(body, state.model), exchange.request_id, stream, limits.deadline, upstream_model, trace_headers
         )
     except UpstreamUnavailable as error:
         raise _failed("connect", "connect", error=error) from None

@@ -18,6 +18,7 @@ from gateway.config.settings import (
     RATE_LIMIT_MAX_WINDOW_SECONDS,
     STORAGE_SCHEMES,
     STRATEGIES,
+    TRACES_EXPORTERS,
     ConfigError,
     Settings,
     env_name,
@@ -251,6 +252,8 @@ def validate(settings: Settings) -> None:
     _check_metrics(settings)
     _check_oidc(settings)
     _check_console(settings)
+    if settings.otel_traces_exporter not in TRACES_EXPORTERS:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER must be one of {', '.join(TRACES_EXPORTERS)} (otlp: OTLP over HTTP)")
     if settings.production:
         for name in ("master_api_key", "jwt_secret"):
             value = getattr(settings, name)

@@ -27,6 +27,7 @@ STORAGE_SCHEMES = (
     "valkey+cluster",
 )
 DEFAULT_AI_API_URL = "http://localhost:11434/v1/completions"
+TRACES_EXPORTERS = ("none", "otlp", "console")
 # Bounds of every rate limit (RATE_LIMIT_* and a key's own): see gateway.config.checks.parse_rate_limit.
 RATE_LIMIT_MAX_AMOUNT = 1_000_000_000
 RATE_LIMIT_MAX_WINDOW_SECONDS = 366 * 24 * 3600
@@ -133,6 +134,9 @@ class Settings:
     admin_ui: bool = True  # serve the console; false: its routes do not exist
     admin_ui_prefix: str = "/admin/ui"  # where its pages live
     admin_ui_session_seconds: int = 3600  # a console sign-in lasts this long, then the operator signs in again
+    # --- tracing (gateway.tracing): the standard OpenTelemetry variables -------------
+    otel_traces_exporter: str = "none"  # "otlp" (OTLP/HTTP) or "console"; "none": off, no tracing code imported
+    otel_sdk_disabled: bool = False  # the SDK's own off switch: wins over OTEL_TRACES_EXPORTER
 
     # Names of variables that came from generated development secrets.
     generated: tuple[str, ...] = field(default=(), compare=False)

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -189,12 +190,15 @@ class UpstreamClient:
         stream: bool,
         deadline: float | None = None,
         model: str | None = None,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """Send one request upstream; the body is read later by :mod:`gateway.upstream.relay`.
 
         :param deadline: ``time.monotonic()`` by which the answer's head must be in;
             default: ``total_timeout`` from now.
         :param model: the upstream model (an Azure backend's deployment).
+        :param trace_headers: ``traceparent`` (and ``tracestate``) of the attempt's client
+            span, when tracing is on (:mod:`gateway.tracing`).
         :raises UpstreamUnavailable: connection refused or reset before an answer (502).
         :raises UpstreamError: the upstream closed the connection inside its header block (502).
         :raises UpstreamTimeout: no connection or no answer within the timeouts, or no
@@ -206,6 +210,8 @@ class UpstreamClient:
         headers["Accept"] = "text/event-stream" if stream else "application/json"
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if trace_headers is not None:
+            headers.update(trace_headers)
         token = HEAD_DEADLINE.set(time.monotonic() + self.config.total_timeout if deadline is None else deadline)
         try:
             raw = route.pool.urlopen(
