@@ -35,8 +35,9 @@ test: $(STAMP) test-tools
 
 ## What the end-to-end tests need beside Python: libfaketime (a budget's reset at midnight,
 ## tests/e2e/test_e2e_budget_reset.py), from Debian's faketime package; a headless browser for the
-## console's tests (tests/e2e/test_e2e_console.py), Debian's chromium and chromium-driver.
-test-tools:
+## console's tests (tests/e2e/test_e2e_console.py), Debian's chromium and chromium-driver; promtool for the
+## alert rules' tests (tests/unit/test_alert_rules.py), taken from Debian's prometheus package (the binary only).
+test-tools: $(STAMP)
 	@test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 -o -e /usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing faketime (apt-get)"; apt-get install -y -qq faketime >/dev/null 2>&1 || \
@@ -47,6 +48,12 @@ test-tools:
 	    echo "installing chromium and chromium-driver (apt-get)"; apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
 	      { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
 	  else echo "chromium is missing: sudo apt-get update && sudo apt-get install -y chromium chromium-driver"; exit 1; fi; }
+	@command -v promtool >/dev/null 2>&1 || test -x $(BIN)/promtool || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "promtool is missing: install Debian's prometheus package, or put promtool on PATH"; exit 1; }; \
+	  echo "fetching promtool from Debian's prometheus package into $(BIN) (the binary only: no server installed)"; \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp" && \
+	  { apt-get download -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download -qq prometheus >/dev/null 2>&1; }; } && \
+	  dpkg-deb -x prometheus_*.deb root && install -m 755 root/usr/bin/promtool "$(CURDIR)/$(BIN)/promtool"; }
 
 ## The development loop: unit and integration tests that need neither PostgreSQL nor Redis nor real
 ## gunicorn, less the slow ones (fresh interpreters, seconds of real time). make test runs them all.

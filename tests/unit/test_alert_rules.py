@@ -4,9 +4,9 @@ Prometheus' own ``promtool`` checks the file (``check rules``) and evaluates eac
 expression over made-up series (``test rules``, ``promql_expr_test``): an error ratio above
 and below its threshold, too little traffic to judge, a quota store down under either
 outage policy, usage records lost. The expression is read from the file, so the test
-follows it. promtool is not a Python package: Debian's ``prometheus`` package has it; where
-it is missing these tests are skipped (the file's PromQL and metric names are still checked
-by tests/integration/test_deploy_observability.py).
+follows it. promtool is not a Python package: ``make test-tools`` takes it from Debian's
+``prometheus`` package into ``.venv/bin`` when it is not on PATH (the file's PromQL and metric
+names are also checked by tests/integration/test_deploy_observability.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "ai-proxy-alerts.yml"
-PROMTOOL = shutil.which("promtool")
-
-pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
+PROMTOOL = shutil.which("promtool") or shutil.which("promtool", path=str(REPO_ROOT / ".venv" / "bin"))
 
 
 def _rules() -> dict[str, dict[str, Any]]:
@@ -106,7 +104,7 @@ CASES = {
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
+    assert PROMTOOL is not None, "promtool is missing: make test-tools fetches it (Debian's prometheus package)"
     return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
 
 
