@@ -14,6 +14,7 @@ version it names.
 from __future__ import annotations
 
 import http.client
+import os
 import types
 from collections.abc import Callable
 from typing import Any
@@ -157,3 +158,26 @@ def limiter_storage_dead(limiter: Limiter) -> bool:
 def set_limiter_storage_dead(limiter: Limiter, dead: bool) -> None:
     """Move flask-limiter's counting to its per-process fallback (``True``) or back to the store."""
     setattr(limiter, LIMITER_STORAGE_DEAD, dead)
+
+
+# --- the process id use_multiprocess_values is given (moved from gateway.metrics) -----------
+class _ProcessId:
+    """``os.getpid()`` remembered, and looked up again in every forked child.
+
+    prometheus-client asks for the process id on every metric update, to notice a
+    fork; ``os.getpid`` is a system call each time (glibc caches nothing), about ten
+    per request here. Fork is the only way the answer changes, so it is refreshed there.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+process_id = _ProcessId()

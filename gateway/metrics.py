@@ -147,6 +147,7 @@ class Instruments:
         self.tokens = counter(
             "aiproxy_tokens", "Tokens used, by key id, model and kind (prompt, completion).", ("key_id", "model", "kind")
         )
+        self.spend = counter("aiproxy_spend_usd", "USD spent, by key id and model (priced models only).", ("key_id", "model"))
         self.quota_rejections = counter("aiproxy_quota_rejections", "Requests refused by a quota, by kind.", ("kind",))
         self.upstream_errors = counter("aiproxy_upstream_errors", "Upstream failures, by the error.code reported.", ("kind",))
         self.streams = counter("aiproxy_streams", "Streams that ended, by operation and outcome.", ("operation", "outcome"))
@@ -206,6 +207,10 @@ class Instruments:
             self.child(self.tokens, key, model_label, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens > 0:
             self.child(self.tokens, key, model_label, "completion").inc(usage.completion_tokens)
+
+    def count_spend(self, key_id: str, model: str | None, cost_usd: float) -> None:
+        if cost_usd > 0:
+            self.child(self.spend, self.keys(key_id), self.models(model)).inc(cost_usd)
 
     def usage_changed(self, depth: int, dropped: int) -> None:
         """The usage writer's watcher (:meth:`gateway.usage.UsageWriter.watch`)."""
@@ -276,30 +281,8 @@ def _write_values_to(settings: Settings) -> str:
     # imported, which may have been before the directory was known (the gunicorn master
     # imports this module while reading gunicorn.conf.py). Every metric made after this
     # line writes to the directory's files.
-    compat.use_multiprocess_values(process_id)
+    compat.use_multiprocess_values(compat.process_id)
     return _directory
-
-
-class _ProcessId:
-    """``os.getpid()`` remembered, and looked up again in every forked child.
-
-    prometheus-client asks for the process id on every metric update, to notice a
-    fork; ``os.getpid`` is a system call each time (glibc caches nothing), about ten
-    per request here. Fork is the only way the answer changes, so it is refreshed there.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self.pid = os.getpid()
-
-    def __call__(self) -> int:
-        return self.pid
-
-
-process_id = _ProcessId()
 
 
 _instruments: Instruments | None = None

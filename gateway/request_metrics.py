@@ -16,6 +16,7 @@ from gateway import extensions
 from gateway.exchange import Exchange
 from gateway.metrics import METHODS, OTHER, QUOTA_CODES, UNMATCHED, Instruments
 from gateway.upstream.streams import STREAM_ERROR_CODES
+from gateway.usage.cost import Pricer
 
 
 def _count_refusal(instruments: Instruments, code: str, quota: str | None) -> None:
@@ -51,6 +52,7 @@ def request_metrics(app: Flask) -> Callable[[Exchange], None]:
     """Sink: count a finished record: its response (route, method, status, time until the
     response, upstream time, an error the gateway made) and, for a stream, how it ended."""
     instruments = extensions.instruments(app)
+    pricer = Pricer(extensions.backends_config(app), warn=False)  # the usage rows' sink warns of unpriced models
 
     def count_request(exchange: Exchange) -> None:
         status = exchange.status
@@ -84,6 +86,10 @@ def request_metrics(app: Flask) -> Callable[[Exchange], None]:
         usage = exchange.usage
         if usage is not None:
             caller = exchange.caller
-            instruments.count_tokens(caller.id if caller else "unknown", exchange.model, usage)
+            key_id = caller.id if caller else "unknown"
+            instruments.count_tokens(key_id, exchange.model, usage)
+            cost = pricer.cost(exchange.model, usage)
+            if cost is not None:
+                instruments.count_spend(key_id, exchange.model, float(cost))
 
     return count_request

@@ -52,8 +52,9 @@ def cost_of(usage: TokenUsage, price: Price) -> Decimal:
 class Pricer:
     """Costs rows with one configuration's price table (one per app: a new file comes with new workers)."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, warn: bool = True) -> None:
         self.config = config
+        self.warn = warn  # log a model without a price (once per model); off for a second pricer
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -73,6 +74,8 @@ class Pricer:
         return cost
 
     def _warn(self, model: str | None, what: str) -> None:
+        if not self.warn:
+            return
         name = storable_text(model[:200]) if model else ""
         with self._lock:
             if name in self._warned or len(self._warned) > MAX_WARNED_MODELS:

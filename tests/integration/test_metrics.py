@@ -158,7 +158,7 @@ def test_the_readme_lists_every_metric(app: Flask) -> None:
         if isinstance(metric, MetricWrapperBase)
         for family in metric.describe()
     }
-    assert listed == defined and len(defined) == 16
+    assert listed == defined and len(defined) == 17
 
 
 def test_metrics_use_no_quota_and_are_listed(make_app) -> None:
@@ -220,6 +220,19 @@ def test_tokens_are_counted_by_key_model_and_kind(client: FlaskClient, upstream:
     assert streamed.get_data().rstrip().endswith(b"data: [DONE]")
     assert watch.delta("aiproxy_tokens_total", key_id=key_id, model="tokens-model", kind="prompt") == 5 + 9
     assert watch.delta("aiproxy_tokens_total", key_id=key_id, model="tokens-model", kind="completion") == 7 + 5
+
+
+def test_spend_is_counted_by_key_and_model_for_priced_models(make_app, upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("prices:\n  spend-model: {input: 2.50, output: 10.00}\n")
+    client = make_app(gateway_config=str(config)).test_client()
+    watch = Watch(client)
+    for model in ("spend-model", "unpriced-model"):  # the fake reports 5 prompt + 7 completion tokens
+        assert client.post("/v1/completions", json={**BODY, "model": model}, headers=KEY_HEADERS).status_code == 200
+    # 5 x 2.50 + 7 x 10 = 82.5 USD per million tokens, as the usage row's cost_usd.
+    assert watch.delta("aiproxy_spend_usd_total", key_id="master", model="spend-model") == pytest.approx(0.0000825)
+    spent = {dict(labels).get("model") for name, labels in watch.after if name == "aiproxy_spend_usd_total"}
+    assert "spend-model" in spent and "unpriced-model" not in spent
 
 
 def test_unusual_model_names_share_one_label(client: FlaskClient, upstream: FakeUpstream) -> None:
