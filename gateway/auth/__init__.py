@@ -49,6 +49,7 @@ from gateway.auth.views import blueprint
 from gateway.config import MIN_SECRET_LENGTH, Settings
 from gateway.errors import TokenExpired, Unauthorized
 from gateway.exchange import current, current_or_none
+from gateway.store.audit import Actor
 
 if TYPE_CHECKING:
     from gateway.quotas.policy import CallerPolicy
@@ -83,6 +84,20 @@ def current_caller() -> Caller | None:
     """Who is calling the current request (``None``: nobody authenticated, or no request record)."""
     exchange = current_or_none()
     return exchange.caller if exchange is not None else None
+
+
+def request_actor() -> Actor:
+    """Who changes a key in this request, for the audit log: the caller (``master``), how it
+    authenticated (``api_key``, ``jwt`` or ``console``), the client address (after ProxyFix)
+    and the request id."""
+    caller = current_caller()
+    exchange = current_or_none()
+    return Actor(
+        name=caller.id if caller else "unknown",
+        via=caller.via if caller else "unknown",
+        address=request.remote_addr or "unknown",
+        request_id=exchange.request_id if exchange is not None else None,
+    )
 
 
 def client_address() -> str:

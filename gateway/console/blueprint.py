@@ -1,5 +1,5 @@
-"""The console's blueprint and what every page shares: rendering, the actor for the
-audit log, ``Cache-Control: no-store``, the CSRF check and the errors a browser sees.
+"""The console's blueprint and what every page shares: rendering, the report queries,
+``Cache-Control: no-store``, the CSRF check and the errors a browser sees.
 
 Errors: a browser (a request that prefers ``text/html`` to JSON) gets an HTML page, or,
 without a valid session, a redirect to the sign-in page; any other client gets the
@@ -21,8 +21,6 @@ from gateway import extensions
 from gateway.auth import current_caller
 from gateway.auth.keys import MASTER_KEY_ID
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized, render_http_exception
-from gateway.exchange import current_or_none
-from gateway.store.audit import Actor
 from gateway.store.console_report import ConsoleReport
 
 log = logging.getLogger(__name__)
@@ -43,18 +41,6 @@ def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
 
 def report() -> ConsoleReport:
     return ConsoleReport(extensions.store().engine)
-
-
-def actor() -> Actor:
-    """Who changes a key from the console, for the audit log: ``master``, ``via="console"``."""
-    caller = current_caller()
-    exchange = current_or_none()
-    return Actor(
-        name=caller.id if caller else "unknown",
-        via=caller.via if caller else "unknown",
-        address=request.remote_addr or "unknown",
-        request_id=exchange.request_id if exchange is not None else None,
-    )
 
 
 @blueprint.before_request

@@ -17,9 +17,10 @@ from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from gateway import extensions
+from gateway.auth import request_actor
 from gateway.auth.keys import utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
-from gateway.console.blueprint import actor, blueprint, page, report
+from gateway.console.blueprint import blueprint, page, report
 from gateway.console.forms import form_values, key_document
 from gateway.errors import Conflict, NotFound
 from gateway.store.key_fields import BUDGET_PERIODS, BUDGET_RESETS, FieldError
@@ -78,7 +79,7 @@ def create_key() -> Page:
     """Create a key (through KeyAdmin); the answer shows its secret, this once."""
     values = {name: request.form.get(name, "") for name in request.form}
     try:
-        record, secret = _admin().create(key_document(request.form, creating=True), actor=actor())
+        record, secret = _admin().create(key_document(request.form, creating=True), actor=request_actor())
     except FieldError as error:
         return _form_page("key_new.html", 400, values, error)
     return page("key_secret.html", 201, key=record.public(utcnow()), secret=secret, created=True)
@@ -96,7 +97,7 @@ def update_key(key_id: str) -> Page | BaseResponse:
     """Change a key's settings (through KeyAdmin); an empty field resets it to the default."""
     shown = _record(key_id)
     try:
-        _admin().update(key_id, key_document(request.form, creating=False), actor=actor())
+        _admin().update(key_id, key_document(request.form, creating=False), actor=request_actor())
     except FieldError as error:
         values = {name: request.form.get(name, "") for name in request.form}
         return _form_page("key.html", 400, values, error, key=shown)
@@ -116,7 +117,7 @@ def confirm_rotate(key_id: str) -> Page:
 def rotate_key(key_id: str) -> Page:
     """Give the key a new secret (through KeyAdmin), shown this once."""
     try:
-        record, secret = _admin().rotate(key_id, actor=actor())
+        record, secret = _admin().rotate(key_id, actor=request_actor())
     except KeyNotFound:
         raise NotFound("No API key has this id.", error_code="key_not_found") from None
     except KeyRevoked:
@@ -134,7 +135,7 @@ def confirm_revoke(key_id: str) -> Page:
 def revoke_key(key_id: str) -> BaseResponse:
     """Revoke the key (through KeyAdmin); its row and usage stay."""
     try:
-        _admin().revoke(key_id, actor=actor())
+        _admin().revoke(key_id, actor=request_actor())
     except KeyNotFound:
         raise NotFound("No API key has this id.", error_code="key_not_found") from None
     flash("Revoked. Every worker refuses the key within KEY_CACHE_SECONDS.")

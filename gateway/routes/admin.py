@@ -18,16 +18,14 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import extensions
-from gateway.auth import current_caller, is_preflight
+from gateway.auth import current_caller, is_preflight, request_actor
 from gateway.auth.keys import MASTER_KEY_ID, utcnow
 from gateway.auth.management import KeyAdmin, KeyNotFound, KeyRevoked
 from gateway.backends.model import CURRENCY, PER_TOKENS
 from gateway.body import json_object_body
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
-from gateway.exchange import current_or_none
 from gateway.routes.audit import audit_listing
 from gateway.routes.usage import admin_report
-from gateway.store.audit import Actor
 from gateway.store.key_fields import FieldError
 from gateway.store.keys import KeyRecord
 
@@ -39,19 +37,6 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 def _admin() -> KeyAdmin:
     admin: KeyAdmin = extensions.key_admin()
     return admin
-
-
-def _actor() -> Actor:
-    """Who changes a key, for the audit log: the caller (``master``), how it authenticated
-    (``api_key`` or ``jwt``), the client address (after ProxyFix) and the request id."""
-    caller = current_caller()
-    exchange = current_or_none()
-    return Actor(
-        name=caller.id if caller else "unknown",
-        via=caller.via if caller else "unknown",
-        address=request.remote_addr or "unknown",
-        request_id=exchange.request_id if exchange is not None else None,
-    )
 
 
 @blueprint.before_request
@@ -99,7 +84,7 @@ def create_key() -> tuple[Response, int]:
     :raises 400: a field is missing, unknown or invalid (``param`` names it).
     """
     try:
-        record, secret = _admin().create(_json_body(), actor=_actor())
+        record, secret = _admin().create(_json_body(), actor=request_actor())
     except FieldError as error:
         raise _invalid(error) from None
     response = jsonify(_shown(record, secret))
@@ -129,7 +114,7 @@ def update_key(key_id: str) -> Response:
     :raises 400: an unknown or invalid field. :raises 404: no such key.
     """
     try:
-        return jsonify(_shown(_admin().update(key_id, _json_body(), actor=_actor())))
+        return jsonify(_shown(_admin().update(key_id, _json_body(), actor=request_actor())))
     except FieldError as error:
         raise _invalid(error) from None
     except KeyNotFound:
@@ -140,7 +125,7 @@ def update_key(key_id: str) -> Response:
 def revoke_key(key_id: str) -> Response:
     """Revoke an API key (its row and usage stay). :raises 404: no such key."""
     try:
-        return jsonify(_shown(_admin().revoke(key_id, actor=_actor())))
+        return jsonify(_shown(_admin().revoke(key_id, actor=request_actor())))
     except KeyNotFound:
         raise _not_found(key_id) from None
 
@@ -152,7 +137,7 @@ def rotate_key(key_id: str) -> Response:
     :raises 404: no such key. :raises 409: the key is revoked.
     """
     try:
-        record, secret = _admin().rotate(key_id, actor=_actor())
+        record, secret = _admin().rotate(key_id, actor=request_actor())
     except KeyNotFound:
         raise _not_found(key_id) from None
     except KeyRevoked:
