@@ -19,6 +19,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from gateway.payload import storable_text
+from gateway.store import usage_daily
 from gateway.store.tables import usage
 from gateway.usage.rows import UsageRecord
 
@@ -153,9 +154,12 @@ class UsageWriter:
     def _insert(self, batch: list[UsageRecord]) -> None:
         # executemany with one statement compiled once and cached (SQLAlchemy batches it
         # into multi-row INSERTs itself); .values([...]) would compile a new statement,
-        # with a bind parameter per cell, for every batch.
+        # with a bind parameter per cell, for every batch. The daily roll-up is added to in
+        # the same transaction: whatever is rolled back is counted nowhere.
+        rows = [item.row() for item in batch]
         with self.engine.begin() as connection:
-            connection.execute(_INSERT_USAGE, [item.row() for item in batch])
+            connection.execute(_INSERT_USAGE, rows)
+            usage_daily.add(connection, rows)
 
     def _write(self, batch: list[UsageRecord]) -> None:
         """Insert a batch, retrying through outages until it is written or the writer stops.
