@@ -1,7 +1,9 @@
 """The usage writer: a bounded queue per process and one thread writing it in batches.
 
 See :mod:`gateway.usage` for the contract (never waits for the database; drops are
-counted and logged; outages retried; a refused batch written row by row).
+counted and logged; outages retried; a refused batch written row by row). Each insert
+also adds its rows to the daily roll-up, in its transaction (:mod:`gateway.store.usage_daily`):
+the roll-up holds exactly the rows stored, a row refused and dropped included nowhere.
 """
 
 from __future__ import annotations
