@@ -46,7 +46,7 @@ def overview() -> Page:
         "overview.html",
         hour=console.window(now - timedelta(hours=1), now),
         day=console.window(day_ago, now),
-        today=extensions.store().usage.totals(UsageFilter(start=_day_start(now))),
+        today=console.totals(UsageFilter(start=_day_start(now))),
         top_keys=top_keys,
         names=console.key_names([str(ranked.name) for ranked in top_keys]),
         top_models=console.top("model", day_ago, now),

@@ -1,10 +1,11 @@
 """The console's reads (:mod:`gateway.console`): aggregates in the database, one short query each.
 
 Every figure is computed by the database (``COUNT``, ``SUM``, ``GROUP BY``, an ordered
-pick for a percentile) over the rows a time range selects through the index on
-``usage(ts)``; no Python loop ever walks usage rows, so a page costs the same with a
-hundred rows or a hundred thousand in its range (measured in
-``tests/integration/test_console_speed.py``).
+pick for a percentile); no Python loop ever walks usage rows. Sums over whole UTC days
+(the usage page, today's totals) read the daily roll-up (:mod:`gateway.store.usage_daily`):
+a few rows per day, key and model, however many requests they hold. Rolling windows (the
+last hour, the last 24 hours) read the rows a time range selects through the index on
+``usage(ts)`` (measured in ``tests/integration/test_console_speed.py``).
 
 Latency percentiles are the nearest-rank kind (the value at rank ⌈q·n⌉ of the sorted
 durations), the same on both databases: PostgreSQL's ``percentile_disc``, and on SQLite
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Engine, case, func, or_, select
 
+from gateway.store import usage_daily
 from gateway.store.keys import KeyRecord
 from gateway.store.tables import api_keys, usage
-from gateway.store.usage_report import UsageFilter, utc_day
+from gateway.store.tables import usage_daily as daily
+from gateway.store.usage_report import Totals, UsageFilter, UsageReport, utc_day
 
 PERCENTILES = (0.5, 0.95)
 TOP = 5
@@ -175,7 +178,49 @@ class ConsoleReport:
             for row in rows
         ]
 
+    def totals(self, where: UsageFilter) -> Totals:
+        """What the rows ``where`` selects add up to: from the roll-up over whole days, else from ``usage``."""
+        if not usage_daily.covers(where):
+            return UsageReport(self.engine).totals(where)
+        with self.engine.connect() as connection:
+            return usage_daily.totals_of(connection.execute(select(*usage_daily.TOTALS).where(*usage_daily.conditions(where))).one())
+
     def breakdown(self, where: UsageFilter, *, rows: int) -> Breakdown:
+        """Sums per day (the chart) and per day, key and model (the table's ``rows`` newest and
+        busiest), from the roll-up over whole days, else one ``GROUP BY`` over ``usage``."""
+        with self.engine.connect() as connection:
+            if usage_daily.covers(where):
+                return self._breakdown_daily(connection, where, rows)
+            return self._breakdown_rows(connection, where, rows)
+
+    @staticmethod
+    def _breakdown_daily(connection: Connection, where: UsageFilter, rows: int) -> Breakdown:
+        conditions = usage_daily.conditions(where)
+        requests = func.sum(daily.c.requests).label("requests")
+        sums = (
+            requests,
+            func.sum(daily.c.errors).label("errors"),
+            func.sum(daily.c.total_tokens).label("total_tokens"),
+            func.sum(daily.c.cost_usd).label("cost_usd"),
+        )
+        grouping = (daily.c.day, daily.c.key_id, daily.c.model, daily.c.has_model)
+        model = case((daily.c.has_model, daily.c.model), else_=None).label("shown_model")
+        table = (
+            select(*grouping, model, *sums)
+            .where(*conditions)
+            .group_by(*grouping)
+            .order_by(daily.c.day.desc(), requests.desc(), daily.c.key_id, daily.c.model, daily.c.has_model)
+            .limit(rows)
+        )
+        found = [_group(row, row.key_id, row.shown_model) for row in connection.execute(table)]
+        counted = select(*grouping).where(*conditions).group_by(*grouping).limit(MAX_GROUPS + 1).subquery()
+        group_count = int(connection.execute(select(func.count()).select_from(counted)).scalar_one())
+        by_day = select(daily.c.day, *sums).where(*conditions).group_by(daily.c.day).order_by(daily.c.day)
+        days = [_group(row, None, None) for row in connection.execute(by_day)]
+        return Breakdown(days, found, group_count)
+
+    @staticmethod
+    def _breakdown_rows(connection: Connection, where: UsageFilter, rows: int) -> Breakdown:
         """One ``GROUP BY`` day, key and model over the range (the database sums the rows); the
         days' sums are added up from those groups, or, past :data:`MAX_GROUPS`, asked for on their own."""
         day = utc_day(usage.c.ts).label("day")
@@ -188,16 +233,15 @@ class ConsoleReport:
         query = (
             select(day, usage.c.key_id, usage.c.model, *sums).where(*where.conditions()).group_by(day, usage.c.key_id, usage.c.model)
         )
-        with self.engine.connect() as connection:
-            found = [_group(row, row.key_id, row.model) for row in connection.execute(query.limit(MAX_GROUPS + 1))]
-            if len(found) > MAX_GROUPS:
-                by_day = select(day, *sums).where(*where.conditions()).group_by(day).order_by(day)
-                days = [_group(row, None, None) for row in connection.execute(by_day)]
-            else:
-                summed: dict[str, Group] = {}
-                for group in found:  # groups, not usage rows: at most MAX_GROUPS
-                    summed[group.day] = summed[group.day].plus(group) if group.day in summed else group.plus(_ZERO)
-                days = [summed[name] for name in sorted(summed)]
+        found = [_group(row, row.key_id, row.model) for row in connection.execute(query.limit(MAX_GROUPS + 1))]
+        if len(found) > MAX_GROUPS:
+            by_day = select(day, *sums).where(*where.conditions()).group_by(day).order_by(day)
+            days = [_group(row, None, None) for row in connection.execute(by_day)]
+        else:
+            summed: dict[str, Group] = {}
+            for group in found:  # groups, not usage rows: at most MAX_GROUPS
+                summed[group.day] = summed[group.day].plus(group) if group.day in summed else group.plus(_ZERO)
+            days = [summed[name] for name in sorted(summed)]
         found.sort(key=lambda group: (group.day, group.requests), reverse=True)
         return Breakdown(days, found[:rows], len(found))
 

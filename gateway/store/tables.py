@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -138,6 +139,31 @@ usage = Table(
     Column("cost_usd", Numeric(COST_PRECISION, COST_SCALE, asdecimal=False), nullable=True),  # null: no price or no usage
     Index(None, "ts"),
     Index(None, "key_id", "ts"),
+)
+
+# Usage summed per UTC day, key, model and operation, kept by the usage writer in the same
+# transaction as the rows it sums (gateway.store.usage_daily), so reads over whole days sum a
+# few rows per day instead of every request. A request without a model is model '' with
+# has_model false: a NULL in the primary key would never match itself, and '' is a model a
+# client may send.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),  # the UTC day of usage.ts
+    Column("key_id", String(KEY_ID_LENGTH), primary_key=True),
+    Column("model", String(MODEL_LENGTH), primary_key=True),
+    Column("has_model", Boolean, primary_key=True),
+    Column("operation", String(OPERATION_LENGTH), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),  # status >= 400
+    Column("prompt_tokens", BigInteger, nullable=False),  # missing counts add 0, as in usage_report.Totals
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("estimated_requests", BigInteger, nullable=False),
+    Column("cost_usd", Numeric(COST_PRECISION, COST_SCALE, asdecimal=False), nullable=True),  # null: no row had a cost
+    Column("unpriced_requests", BigInteger, nullable=False),  # rows with tokens but no cost
 )
 
 # One row per change to a managed key, written in the change's own transaction

@@ -1,7 +1,9 @@
 """The usage writer: a bounded queue per process and one thread writing it in batches.
 
 See :mod:`gateway.usage` for the contract (never waits for the database; drops are
-counted and logged; outages retried; a refused batch written row by row).
+counted and logged; outages retried; a refused batch written row by row). Each insert
+also adds its rows to the daily roll-up, in its transaction (:mod:`gateway.store.usage_daily`):
+the roll-up holds exactly the rows stored, a row refused and dropped included nowhere.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from gateway.payload import storable_text
+from gateway.store import usage_daily
 from gateway.store.tables import usage
 from gateway.usage.rows import UsageRecord
 
@@ -153,9 +156,12 @@ class UsageWriter:
     def _insert(self, batch: list[UsageRecord]) -> None:
         # executemany with one statement compiled once and cached (SQLAlchemy batches it
         # into multi-row INSERTs itself); .values([...]) would compile a new statement,
-        # with a bind parameter per cell, for every batch.
+        # with a bind parameter per cell, for every batch. The daily roll-up is added to in
+        # the same transaction: whatever is rolled back is counted nowhere.
+        rows = [item.row() for item in batch]
         with self.engine.begin() as connection:
-            connection.execute(_INSERT_USAGE, [item.row() for item in batch])
+            connection.execute(_INSERT_USAGE, rows)
+            usage_daily.add(connection, rows)
 
     def _write(self, batch: list[UsageRecord]) -> None:
         """Insert a batch, retrying through outages until it is written or the writer stops.
