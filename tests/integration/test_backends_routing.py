@@ -127,16 +127,18 @@ def test_a_refused_connection_falls_over_to_the_other_backend_and_opens_the_circ
 
 def test_a_dead_backend_gets_one_trial_per_cooldown_and_traffic_again_once_back(make_app, tmp_path, two) -> None:
     a, b = two
-    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b, cooldown=3)).test_client()
+    # A cooldown long enough that a loaded machine stays inside it for the first checks.
+    client = make_app(**PLENTY, gateway_config=write_config(tmp_path, a, b, cooldown=6)).test_client()
     port = a.port
     a.stop()
     for _ in range(10):
         assert chat(client, "shared").status_code == 200
+    opened = time.monotonic()  # the circuit opened during those calls: its cooldown ends before opened + 6
     a.start()  # back, on the same port
     assert a.port == port
     assert all(chat(client, "shared").status_code == 200 for _ in range(5))
-    assert not a.requests  # still inside the cooldown (3 s): the circuit is open
-    time.sleep(3.1)
+    assert not a.requests  # still inside the cooldown: the circuit is open
+    time.sleep(max(0.0, opened + 6.1 - time.monotonic()))
     for _ in range(10):
         assert chat(client, "shared").status_code == 200
     assert len(a.requests) >= 3  # the trial succeeded, the circuit closed, a takes its share again
