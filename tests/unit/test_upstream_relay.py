@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.upstream import streams
+from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.streams import RelayLimits, stream_events
 
 
@@ -60,10 +61,29 @@ def test_without_gevent_there_is_no_yield() -> None:
     assert streams._cooperative_yield() is None
 
 
+class _Hub:
+    """gevent.get_hub() as stream_events sees it: a loop whose clock the test moves."""
+
+    def __init__(self) -> None:
+        self.clock = 0.0
+        self.loop = self
+
+    def now(self) -> float:
+        return self.clock
+
+
+def _cooperation(turns: list[int], hub: _Hub, count: object) -> object:
+    def pause() -> None:
+        turns.append(count())  # type: ignore[operator]
+        hub.clock += 1  # the hub ran
+
+    return lambda: (pause, lambda: hub)
+
+
 def test_a_stream_that_keeps_coming_gives_other_greenlets_turns(monkeypatch: pytest.MonkeyPatch) -> None:
     turns: list[int] = []
     upstream = _Upstream(iter([b"data: %d\n\n" % i for i in range(50)]))
-    monkeypatch.setattr(streams, "_cooperative_yield", lambda: lambda: turns.append(upstream.raw.reads))
+    monkeypatch.setattr(streams, "_cooperative_yield", _cooperation(turns, _Hub(), lambda: upstream.raw.reads))
     monkeypatch.setattr(streams, "YIELD_EVERY", 0.0)  # a turn before every read
     out = list(stream_events(upstream, _limits(), lambda outcome: None))
     assert len(out) == 50
@@ -73,7 +93,34 @@ def test_a_stream_that_keeps_coming_gives_other_greenlets_turns(monkeypatch: pyt
 def test_turns_are_rationed_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
     turns: list[int] = []
     upstream = _Upstream(iter([b"data: %d\n\n" % i for i in range(1000)]))
-    monkeypatch.setattr(streams, "_cooperative_yield", lambda: lambda: turns.append(1))
+    monkeypatch.setattr(streams, "_cooperative_yield", _cooperation(turns, _Hub(), lambda: 1))
     monkeypatch.setattr(streams, "YIELD_EVERY", 3600.0)
     assert len(list(stream_events(upstream, _limits(), lambda outcome: None))) == 1000
     assert turns == []  # a fast reader does not pay for a switch per event
+
+
+def test_a_stream_that_waits_on_its_upstream_takes_no_extra_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A paced stream: every read waits on the socket, so the hub runs (its clock moves)
+    # between events; a forced switch per event on top of that would be wasted.
+    turns: list[int] = []
+    hub = _Hub()
+
+    def paced() -> Iterator[bytes]:
+        for i in range(50):
+            hub.clock += 0.015  # the read waited: the hub ran its loop
+            yield b"data: %d\n\n" % i
+
+    upstream = _Upstream(paced())
+    monkeypatch.setattr(streams, "_cooperative_yield", _cooperation(turns, hub, lambda: upstream.raw.reads))
+    monkeypatch.setattr(streams, "YIELD_EVERY", 0.0)  # the turn is due before every read
+    assert len(list(stream_events(upstream, _limits(), lambda outcome: None))) == 50
+    assert turns == [0]  # only before the first read, when the hub had not run since the stream began
+
+
+def test_events_that_arrive_together_go_out_as_one_item_uncopied() -> None:
+    together = b'data: {"usage":null,"n":1}\n\ndata: {"usage":null,"n":2}\n\n'
+    upstream = _Upstream(iter([together, b"data: [DONE]\n\n"]))
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    out = list(stream_events(upstream, _limits(), lambda outcome: None, tap))
+    assert out == [together, b"data: [DONE]\n\n"]
+    assert out[0] is together  # neither the framer nor the tap copied the bytes
