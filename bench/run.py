@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import procs, streams, wrkrun
+from bench import paced, procs, streams, wrkrun
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -867,6 +867,44 @@ def machine_info() -> dict:
     }
 
 
+# --------------------------------------------------------------------------- paced streams
+
+PACED_TARGETS = ("direct", "gateway", "portkey", "litellm")
+
+
+def paced_phases(names: list[str], upstream: procs.Service, phases: set[str], args: argparse.Namespace) -> dict:
+    """The paced streams (bench/paced.py) of every target at once, then the hold."""
+    chosen = [name for name in PACED_TARGETS if name in names]
+    started: dict[str, Target] = {}
+    out: dict = {}
+    try:
+        for name in chosen:
+            if name == "direct":
+                started[name] = Target("direct", "upstream direct", PORTS["upstream"], {}, None, {})
+            else:
+                log(f"paced: starting {name}")
+                started[name] = STARTERS[name]()
+        out["idle_rss_mb"] = {
+            name: procs.rss_bytes(target.service.pids()) / 2**20 for name, target in started.items() if target.service
+        }
+        if "paced" in phases:
+            elapsed = time.monotonic()
+            out.update(paced.phase(started, upstream, args, log))
+            out["elapsed_s"] = round(time.monotonic() - elapsed, 1)
+        if "hold" in phases and args.hold_streams:
+            out["hold"] = {}
+            for name in args.hold_targets.split(","):
+                if name in started:
+                    elapsed = time.monotonic()
+                    out["hold"][name] = paced.hold(started[name], upstream, args, log)
+                    out["hold"][name]["elapsed_s"] = round(time.monotonic() - elapsed, 1)
+    finally:
+        for target in started.values():
+            if target.service is not None:
+                target.service.stop()
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -909,6 +947,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed wrk run")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    parser.add_argument(
+        "--phases",
+        default="load,paced,hold",
+        help="any of load (each target alone: wrk, sequential and slow streams), paced (paced streams, "
+        "direct, gateway, litellm, portkey interleaved), hold (1000 paced streams for a minute)",
+    )
+    paced.add_arguments(parser, ints)
     args = parser.parse_args(argv)
     if args.slow_ramp_s < 0:
         parser.error("--slow-ramp-s must be 0 or more")
@@ -961,9 +1006,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "targets": {},
     }
+    phases = set(args.phases.split(","))
+    report["config"]["phases"] = sorted(phases)
     upstream = start_upstream()
     try:
-        for name in targets:
+        for name in targets if "load" in phases else []:
             if name == "direct":
                 target = Target(
                     "direct", "upstream direct", PORTS["upstream"], {}, None, {"server": "bench/upstream.py (asyncio, one process)"}
@@ -980,6 +1027,8 @@ def main(argv: list[str] | None = None) -> None:
                     cleaned = target.cleanup()
                     if name in report["targets"]:
                         report["targets"][name]["store_cleanup"] = cleaned
+        if phases & {"paced", "hold"}:
+            report["paced"] = paced_phases(targets, upstream, phases, args)
     finally:
         upstream.stop()
     report["elapsed_s"] = round(time.time() - started, 1)

@@ -1,0 +1,241 @@
+"""The paced-streams part of docs/benchmarks.md and its chart (docs/benchmarks-streams.png).
+
+Read by bench/report.py from the results file that has a ``paced`` section (bench/paced.py),
+with the instruction counts of bench/stream_instructions.py when they are there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAMES = ("direct", "gateway", "portkey", "litellm")
+COLORS = {"direct": "#7f7f7f", "gateway": "#1f77b4", "litellm": "#d62728", "portkey": "#2ca02c"}
+HEADLINE = 64  # the concurrency the issue's first-byte target is stated at
+
+
+def _num(value: float | None, digits: int = 1, sign: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+,.{digits}f}" if sign else f"{value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _names(paced: dict) -> list[str]:
+    return [name for name in NAMES if name in paced["summary"]]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or not b else f"{a / b:.2f}×"
+
+
+def _round_ratios(paced: dict, level: str, key: str = "cpu_us_per_event") -> list[float]:
+    """gateway / portkey of ``key`` at ``level``, round by round (each pair measured minutes apart at most)."""
+    out = []
+    for rows in paced["rounds"]:
+        gateway, portkey = rows.get("gateway", {}).get(level), rows.get("portkey", {}).get(level)
+        if gateway and portkey and gateway.get(key) and portkey.get(key):
+            out.append(gateway[key] / portkey[key])
+    return out
+
+
+def headline(paced: dict) -> list[str]:
+    """The figures the issue's targets are stated in, at the headline concurrency."""
+    names = _names(paced)
+    level = str(HEADLINE) if str(HEADLINE) in paced["summary"]["gateway"]["levels"] else None
+    if level is None:
+        return []
+    portkey = paced["summary"].get("portkey", {}).get("levels", {}).get(level, {})
+    rows = []
+    for name in names:
+        row = paced["summary"][name]["levels"].get(level)
+        if not row:
+            continue
+        per_core = paced["summary"][name].get("streams_per_core") or {}
+        rows.append(
+            [
+                paced["labels"].get(name, name),
+                _num(row["cpu_us_per_event"], 0),
+                _num(row["cpu_ms_per_stream"], 1),
+                _ratio(row["cpu_us_per_event"], portkey.get("cpu_us_per_event")) if name != "direct" else "–",
+                _num(row["added_ttfb_p50_ms"], 1, sign=True) if name != "direct" else _num(row["ttfb_p50_ms"], 1),
+                _num(row["added_delay_p50_ms"], 2, sign=True) if name != "direct" else _num(row["delay_p50_ms"], 2),
+                _num(row["added_delay_p99_ms"], 1, sign=True) if name != "direct" else _num(row["delay_p99_ms"], 1),
+                _num(row["rss_peak_mb"], 0),
+                str(per_core.get("value") or per_core.get("note", "–")) if name != "direct" else "–",
+                str(row["errors"]),
+            ]
+        )
+    header = [
+        f"at {level} streams",
+        "CPU µs / event",
+        "CPU ms / stream",
+        "CPU vs Portkey",
+        "added TTFB p50 ms",
+        "added delay p50 ms",
+        "added delay p99 ms",
+        "peak RSS MB",
+        "streams per core",
+        "errors",
+    ]
+    return _table(header, rows)
+
+
+def levels_table(paced: dict) -> list[str]:
+    rows = []
+    for name in _names(paced):
+        for level, row in sorted(paced["summary"][name]["levels"].items(), key=lambda item: int(item[0])):
+            rows.append(
+                [
+                    name,
+                    level,
+                    _num(row["cpu_us_per_event"], 0),
+                    _num(row["ttfb_p50_ms"], 1),
+                    _num(row["delay_p50_ms"], 2),
+                    _num(row["delay_p99_ms"], 1),
+                    _num(row["added_delay_p99_ms"], 1, sign=True) if name != "direct" else "–",
+                    _num(row["rss_peak_mb"], 0),
+                    str(row["errors"]),
+                    _num(row["foreign_core0"], 2),
+                    str(row["runs"]),
+                ]
+            )
+    header = [
+        "target",
+        "streams",
+        "CPU µs / event",
+        "TTFB p50 ms",
+        "delay p50 ms",
+        "delay p99 ms",
+        "added p99 ms",
+        "peak RSS MB",
+        "errors",
+        "other load core 0",
+        "runs",
+    ]
+    return _table(header, rows)
+
+
+def hold_table(paced: dict) -> list[str]:
+    rows = []
+    for name, hold in paced.get("hold", {}).items():
+        for i, row in enumerate(hold["rounds"]):
+            rows.append(
+                [
+                    name,
+                    f"#{i + 1}",
+                    str(row["peak_open"]),
+                    str(row["errors"]),
+                    _num(row["wall_s"], 0),
+                    _num(row["cpu_us_per_event"], 0),
+                    _num(row["delay_p99_ms"], 1),
+                    _num(row["rss_before_mb"], 0),
+                    _num(row["rss_peak_mb"], 0),
+                    _num(row["rss_after_mb"], 0),
+                ]
+            )
+    header = ["target", "round", "open at once", "errors", "s", "CPU µs / event", "delay p99 ms", "RSS before", "peak", "after (MB)"]
+    return _table(header, rows) if rows else []
+
+
+def instructions_table(counts: dict) -> list[str]:
+    rows = [
+        [
+            row["code"],
+            row["variant"],
+            f"{row['instructions_per_event']:,}",
+            f"{row['switches_per_event']:.2f}",
+            f"{row['instructions_per_stream_besides_events']:,}",
+        ]
+        for row in counts.get("servers", [])
+    ]
+    header = ["code", "server", "instructions / event", "greenlet switches / event", "instructions / stream, besides its events"]
+    return _table(header, rows)
+
+
+def section(paced: dict, counts: dict | None, source: str) -> list[str]:
+    cfg = paced["config"]
+    ratios = _round_ratios(paced, str(HEADLINE))
+    lines = [
+        "## Streams: paced like an LLM's, every gateway in one run",
+        "",
+        f"Each stream: **{cfg['events']} events {cfg['gap_ms']:g} ms apart** ({cfg['tokens']} token of text each), "
+        'chunks shaped as OpenAI\'s with usage asked (`stream_options.include_usage`: `"usage": null` in every '
+        'chunk, the figures in a last chunk with `"choices": []`). Concurrency '
+        f"{', '.join(map(str, cfg['levels']))}, connects spread over {cfg['ramp_s']:g} s; {cfg['rounds']} rounds, the "
+        "targets interleaved (all running, each pinned to core 0, measured in turn in a rotating order, after "
+        f"{cfg['warmup_streams']} warm-up streams each); medians over the rounds. *Added* = through the target less "
+        "direct, same level, same round. *Streams per core*: the concurrency at which the added per-event delay p99 "
+        f"passes {cfg['limit_ms']:g} ms (interpolated). Raw figures: [{source}](../{source}).",
+        "",
+        "![paced streams: CPU per event and added delay](benchmarks-streams.png)",
+        "",
+        *headline(paced),
+        "",
+    ]
+    if ratios:
+        lines += [
+            f"CPU per event, this gateway / Portkey at {HEADLINE} streams, round by round: "
+            + ", ".join(f"{r:.2f}×" for r in ratios)
+            + ".",
+            "",
+        ]
+    lines += ["All levels (a target past saturation is not driven to higher levels in that round):", "", *levels_table(paced)]
+    hold = hold_table(paced)
+    if hold:
+        config = next(iter(paced["hold"].values()))["config"]
+        lines += [
+            "",
+            f"### The hold: {config['streams']} paced streams at once for about "
+            f"{config['events'] * config['gap_ms'] / 1000:.0f} s, {config['rounds']} rounds",
+            "",
+            f"{config['events']} events {config['gap_ms']:g} ms apart, connects spread over {config['ramp_s']:g} s.",
+            "",
+            *hold,
+        ]
+    if counts:
+        lines += [
+            "",
+            "### Instructions per relayed event (callgrind, the real server)",
+            "",
+            "`python -m bench.stream_instructions`: the count does not move with the machine's load, unlike the CPU "
+            "times above. Breakdown and method: [bench/results/profile.md](../bench/results/profile.md).",
+            "",
+            *instructions_table(counts),
+        ]
+    return lines
+
+
+def render_chart(paced: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in _names(paced):
+        levels = sorted(paced["summary"][name]["levels"].items(), key=lambda item: int(item[0]))
+        xs = [int(level) for level, _ in levels]
+        label = paced["labels"].get(name, name)
+        axes[0].plot(xs, [row["cpu_us_per_event"] for _, row in levels], "-o", color=COLORS[name], label=label)
+        if name != "direct":
+            ys = [max(row["added_delay_p99_ms"] or 0.01, 0.01) for _, row in levels]
+            axes[1].plot(xs, ys, "-o", color=COLORS[name], label=label)
+    axes[0].set_title("CPU per relayed event (µs; direct: the upstream's own)")
+    axes[0].set_xlabel("concurrent paced streams")
+    axes[0].set_ylabel("µs")
+    axes[1].axhline(paced["config"]["limit_ms"], color="black", linestyle=":", label=f"{paced['config']['limit_ms']:g} ms")
+    axes[1].set_yscale("log")
+    axes[1].set_title("Added per-event delay p99 (ms, log scale)")
+    axes[1].set_xlabel("concurrent paced streams")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    cfg = paced["config"]
+    fig.suptitle(f"Paced streams: {cfg['events']} events {cfg['gap_ms']:g} ms apart, one core", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
