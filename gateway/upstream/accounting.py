@@ -205,8 +205,11 @@ class StreamUsageTap:
         (its write succeeded), :meth:`relayed` counts it.
 
         Only an event with a ``"usage"`` other than ``null`` in it is parsed
-        (:data:`_REPORTED_USAGE`): the chunks before the usage chunk cost a byte search."""
-        if b'"usage"' not in events or _REPORTED_USAGE.search(events) is None:
+        (:data:`_REPORTED_USAGE`): the chunks before the usage chunk cost two byte counts
+        (every ``"usage"`` is a ``"usage":null``, as OpenAI and vLLM spell it), or with
+        other spacing one regular-expression search."""
+        keys = events.count(b'"usage"')
+        if not keys or keys == events.count(b'"usage":null') or _REPORTED_USAGE.search(events) is None:
             return events
         kept = []
         removed = False
