@@ -74,6 +74,43 @@ def read_chunk(upstream: UpstreamResponse) -> bytes:
     return upstream.raw.read1(READ_SIZE, decode_content=True)
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StreamReader:
+    """How one stream's body is read: ``read()`` returns what has arrived (at most
+    :data:`READ_SIZE` bytes; ``b""`` at the end), ``close()`` lets go of the reading."""
+
+    read: Callable[[], bytes]
+    close: Callable[[], None]
+
+
+def stream_reader(upstream: UpstreamResponse) -> StreamReader:
+    """The reads of a stream's body, the cheapest urllib3 offers for its framing.
+
+    A chunked body (what streaming servers send) is read with urllib3's ``read_chunked``:
+    one HTTP chunk (at most :data:`READ_SIZE` bytes) per read, from one generator whose
+    error handling is set up once for the whole stream, not once per read as ``read1``'s
+    is (bench/results/profile.md). Another body is read with ``read1``: what has arrived.
+    A body with no content coding skips urllib3's decoding step, which would pass every
+    read through a buffer and copy it.
+    """
+    raw = upstream.raw
+    decode = _content_coded(upstream)
+    if getattr(raw, "chunked", False) and raw.supports_chunked_reads():
+        chunks = raw.read_chunked(READ_SIZE, decode_content=decode)
+        return StreamReader(functools.partial(next, chunks, b""), chunks.close)
+    return StreamReader(functools.partial(raw.read1, READ_SIZE, decode_content=decode), _nothing)
+
+
+def _content_coded(upstream: UpstreamResponse) -> bool:
+    """Whether the answer's body has a content coding (gzip, ...) that reads must undo."""
+    coding = upstream.headers.get("Content-Encoding")
+    return coding is not None and coding.strip().lower() not in ("", "identity")
+
+
 class StreamEndedEarly(Exception):
     """A stream ended before its first event (:func:`open_stream`): nothing has reached the
     client yet, so another attempt may still serve it. ``outcome`` names how it ended."""
@@ -89,6 +126,7 @@ class OpenedStream:
 
     framer: EventFramer
     first: bytes
+    reader: StreamReader
 
 
 def open_stream(upstream: UpstreamResponse, limits: RelayLimits, tap: StreamUsageTap | None) -> OpenedStream:
@@ -98,24 +136,29 @@ def open_stream(upstream: UpstreamResponse, limits: RelayLimits, tap: StreamUsag
         (the upstream is left open: the caller closes it).
     """
     framer = EventFramer()
-    while True:
-        if time.monotonic() > limits.deadline:
-            raise StreamEndedEarly("deadline_exceeded")
-        try:
-            data = read_chunk(upstream)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise StreamEndedEarly("upstream_idle_timeout") from None
-        except READ_ERRORS:
-            raise StreamEndedEarly("upstream_broke_off") from None
-        events = framer.feed(data) if data else framer.flush()
-        if events and tap is not None:
-            events = tap.feed(events)
-        if events:
-            return OpenedStream(framer, events)
-        if not data:
-            raise StreamEndedEarly("upstream_broke_off")
-        if framer.pending > limits.max_event_bytes:
-            raise StreamEndedEarly("event_too_large")
+    reader = stream_reader(upstream)
+    try:
+        while True:
+            if time.monotonic() > limits.deadline:
+                raise StreamEndedEarly("deadline_exceeded")
+            try:
+                data = reader.read()
+            except urllib3.exceptions.ReadTimeoutError:
+                raise StreamEndedEarly("upstream_idle_timeout") from None
+            except READ_ERRORS:
+                raise StreamEndedEarly("upstream_broke_off") from None
+            events = framer.feed(data) if data else framer.flush()
+            if events and tap is not None:
+                events = tap.feed(events)
+            if events:
+                return OpenedStream(framer, events, reader)
+            if not data:
+                raise StreamEndedEarly("upstream_broke_off")
+            if framer.pending > limits.max_event_bytes:
+                raise StreamEndedEarly("event_too_large")
+    except StreamEndedEarly:
+        reader.close()
+        raise
 
 
 def ended_stream(outcome: str, on_end: Callable[[str], None]) -> Response:
@@ -193,8 +236,10 @@ def stream_response(
     tap: StreamUsageTap | None,
     opened: OpenedStream | None,
 ) -> Response:
-    framer, first = (opened.framer, opened.first) if opened is not None else (None, b"")
-    events = stream_events(upstream, limits, on_end, tap, framer=framer, first=first)
+    if opened is not None:
+        events = stream_events(upstream, limits, on_end, tap, framer=opened.framer, first=opened.first, reader=opened.reader)
+    else:
+        events = stream_events(upstream, limits, on_end, tap)
     return _event_stream(StreamBody(upstream, events, on_end, drain=limits.drain and tap is not None))
 
 
@@ -205,12 +250,12 @@ def _event_stream(body: StreamBody) -> Response:
     return response
 
 
-def _drain(upstream: UpstreamResponse, limits: RelayLimits, framer: EventFramer, tap: StreamUsageTap) -> None:
+def _drain(read: Callable[[], bytes], limits: RelayLimits, framer: EventFramer, tap: StreamUsageTap) -> None:
     """Read the rest of a stream whose client went away, for its usage only (nothing is
     kept but the tap's figures), until its end, a read error or the deadline."""
     try:
         while time.monotonic() < limits.deadline:
-            data = read_chunk(upstream)
+            data = read()
             if not data:
                 rest = framer.flush()
                 if rest:
@@ -233,6 +278,7 @@ def stream_events(
     *,
     framer: EventFramer | None = None,
     first: bytes = b"",
+    reader: StreamReader | None = None,
 ) -> Generator[bytes, None, None]:
     """Yield whole SSE events as the upstream sends them.
 
@@ -247,8 +293,8 @@ def stream_events(
     seconds (at most twice that), however fast the upstream sends: a stream that waited
     on its upstream in that time gave them one then, and pays for no extra switch.
 
-    ``framer`` and ``first``: a stream :func:`open_stream` has begun (its first events are
-    sent first).
+    ``framer``, ``first`` and ``reader``: a stream :func:`open_stream` has begun (its first
+    events are sent first).
     """
     framer = framer if framer is not None else EventFramer()
     outcome = "completed"
@@ -259,7 +305,9 @@ def stream_events(
         pause, hub_clock = cooperative[0], cooperative[1]().loop.now
     hub_seen = hub_clock()
     turn_ends = time.monotonic() + YIELD_EVERY
-    read1 = upstream.raw.read1  # read_chunk, inlined: this loop runs once per upstream read
+    reader = reader if reader is not None else stream_reader(upstream)
+    read = reader.read
+    received = bool(first)
     deadline = limits.deadline
     max_event_bytes = limits.max_event_bytes
     feed = framer.feed
@@ -282,7 +330,7 @@ def stream_events(
                 yield error_event("The stream exceeded the gateway's maximum duration.", code=STREAM_ERROR_CODES[outcome])
                 return
             try:
-                data = read1(READ_SIZE, decode_content=True)
+                data = read()
             except urllib3.exceptions.ReadTimeoutError:
                 outcome = "upstream_idle_timeout"
                 yield error_event("The AI backend stopped sending.", code=STREAM_ERROR_CODES[outcome])
@@ -292,12 +340,13 @@ def stream_events(
                 yield error_event("The AI backend ended the stream early.", code=STREAM_ERROR_CODES[outcome])
                 return
             if not data:
-                if upstream.raw.tell() == 0:  # an event stream with no byte in it
+                if not received:  # an event stream with no byte in it
                     outcome = "upstream_broke_off"
                     log.warning("upstream answered a stream with an empty body")
                     yield error_event("The AI backend returned an empty stream.", code=STREAM_ERROR_CODES[outcome])
                     return
                 break
+            received = True
             # All the events this read brought go out in one write: one item, one chunk.
             events = feed(data)
             if events:
@@ -322,9 +371,10 @@ def stream_events(
     except GeneratorExit:
         outcome = "client_disconnected"
         if limits.drain and tap is not None:
-            _drain(upstream, limits, framer, tap)
+            _drain(read, limits, framer, tap)
         raise
     finally:
+        reader.close()
         upstream.close()
         if outcome not in ("completed", "client_disconnected"):
             log.warning("stream ended early: %s", outcome)

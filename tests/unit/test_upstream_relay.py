@@ -19,9 +19,11 @@ class _Raw:
         self.chunks = chunks
         self.reads = 0
         self.received = 0
+        self.decoded: set[bool] = set()
 
     def read1(self, size: int, decode_content: bool = True) -> bytes:
         self.reads += 1
+        self.decoded.add(decode_content)
         data = next(self.chunks, b"")
         self.received += len(data)
         return data
@@ -31,8 +33,9 @@ class _Raw:
 
 
 class _Upstream:
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], headers: dict[str, str] | None = None) -> None:
         self.raw = _Raw(chunks)
+        self.headers = headers or {}
         self.closed = 0
 
     def close(self) -> None:
@@ -124,3 +127,64 @@ def test_events_that_arrive_together_go_out_as_one_item_uncopied() -> None:
     out = list(stream_events(upstream, _limits(), lambda outcome: None, tap))
     assert out == [together, b"data: [DONE]\n\n"]
     assert out[0] is together  # neither the framer nor the tap copied the bytes
+
+
+@pytest.mark.parametrize(
+    ("headers", "decoded"),
+    [({}, False), ({"Content-Encoding": "identity"}, False), ({"Content-Encoding": "gzip"}, True)],
+)
+def test_only_a_content_coded_stream_is_read_through_the_decoder(headers: dict[str, str], decoded: bool) -> None:
+    # urllib3's decoding step buffers and copies every read: skipped when there is nothing to undo.
+    upstream = _Upstream(iter([b"data: 1\n\n"]), headers)
+    assert list(stream_events(upstream, _limits(), lambda outcome: None)) == [b"data: 1\n\n"]
+    assert upstream.raw.decoded == {decoded}
+
+
+class _ChunkedRaw(_Raw):
+    """A chunked body, as urllib3 presents one: read_chunked yields one HTTP chunk at a time."""
+
+    chunked = True
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__(chunks)
+        self.generator_closed = False
+        self.sizes: set[int | None] = set()
+
+    def supports_chunked_reads(self) -> bool:
+        return True
+
+    def read_chunked(self, amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
+        self.sizes.add(amt)
+        self.decoded.add(bool(decode_content))
+        try:
+            yield from self.chunks
+        finally:
+            self.generator_closed = True
+
+    def read1(self, size: int, decode_content: bool = True) -> bytes:
+        raise AssertionError("a chunked stream is read with read_chunked")
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["to-its-end", "client-went-away"])
+def test_a_chunked_stream_is_read_from_one_read_chunked_generator(cut: bool) -> None:
+    # read1 sets up urllib3's error handling (a context manager) and http.client's chunk
+    # parsing for every read; read_chunked does it once per stream.
+    upstream = _Upstream(iter([b"data: 1\n\n", b"data: 2\n\n"]))
+    raw = upstream.raw = _ChunkedRaw(iter([b"data: 1\n\n", b"data: 2\n\n"]))
+    outcomes: list[str] = []
+    events = stream_events(upstream, _limits(), outcomes.append)
+    if cut:
+        assert next(events) == b"data: 1\n\n"
+        events.close()
+    else:
+        assert list(events) == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert raw.generator_closed and upstream.closed == 1
+    assert raw.sizes == {streams.READ_SIZE} and raw.decoded == {False}  # each read bounded, nothing to decode
+    assert outcomes == ["client_disconnected" if cut else "completed"]
+
+
+def test_an_empty_chunked_stream_is_still_an_error() -> None:
+    upstream = _Upstream(iter([]))
+    upstream.raw = _ChunkedRaw(iter([]))
+    out = list(stream_events(upstream, _limits(), lambda outcome: None))
+    assert len(out) == 1 and b"upstream_stream_error" in out[0]
