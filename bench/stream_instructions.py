@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import instructions, paced, procs, streams
+from bench import instructions, paced, procs, profile_streams, streams
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -283,7 +283,14 @@ def main() -> None:
         finally:
             upstream.terminate()
             upstream.wait(timeout=10)
+    results["calls_per_event"] = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "bench.stream_calls", "--json"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+    )
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    if Path(args.out) == profile_streams.SOURCE:
+        profile_streams.update_profile_md()
 
 
 if __name__ == "__main__":
