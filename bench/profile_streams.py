@@ -97,7 +97,38 @@ def section(counts: dict) -> list[str]:
         lines += ["", "The functions (calls per event, at least 0.5):", ""]
         named = [(k, v) for k, v in calls.items() if not k.startswith(("C:", "(")) and v >= 0.5]
         lines.append(", ".join(f"`{k}` {v:.1f}" for k, v in sorted(named, key=lambda item: (-item[1], item[0]))) + ".")
+    lines += ["", *READING]
     return lines
+
+
+READING = [
+    "What a relayed event costs now, and what would have to change to cost less:",
+    "",
+    "- **The gateway's own work** per event is five Python calls: the relay generator's resume "
+    "(`stream_events`), `EventFramer.feed` (one `bytes.endswith` for a read of whole events, returned uncopied), "
+    '`StreamUsageTap.feed` (two `bytes.count`; only a chunk whose `"usage"` is not `null` is parsed, so '
+    "the usage chunk and nothing else), `StreamUsageTap.relayed` (a list append until the usage is known) and the "
+    "gevent worker's `CuttableStream.__next__` (the drain's wrapper). No copy of the event's bytes on the way: "
+    "the bytes read are the bytes written. A paced stream takes no turn of its own (`gevent.sleep(0)`): "
+    "it waited on its socket, the hub ran. Streams with and without usage asked cost the same: the usage chunk "
+    "is parsed once either way, and removed (one join) only for a client that did not ask.",
+    "- **The library stack** is the rest, the same for any relay on this worker: urllib3's `read_chunked` "
+    "(the generator, `_update_chunk_length`, `_handle_chunk`, `_decode`) and http.client's `_safe_read` twice "
+    "per HTTP chunk; gevent's socket wait, which starts and closes a `Timeout` on every wait because the "
+    "upstream socket carries the read timeout (about ten Python calls per event); the pool connection's "
+    "`HeadDeadlineReader.readinto` (gateway/upstream/connection.py, one call per socket read, needed only "
+    "for the head); gunicorn's `Response.write` -> `_emit_body` -> `util.write` -> `write_chunk` (a join of the chunk size, "
+    "the event and CRLF) -> `sendall`; two greenlet switches to wait for the next event.",
+    "- **To go lower** would take: (1) an idle timeout that is not a socket timeout (one timer per stream, "
+    "restarted per event, instead of gevent's `Timeout` per wait: needs the upstream client's "
+    "`set_read_timeout` to change); (2) the head-deadline reader out of the way once the head is in "
+    "(gateway/upstream/connection.py); (3) events that arrived together written together: urllib3 and "
+    "http.client return one HTTP chunk per read, and streaming servers send one event per chunk, so a "
+    "backlog of N events is N reads and N writes (with a read that returned everything buffered, through "
+    "public API, a saturated core would relay more events per write); (4) gunicorn writing a chunk with "
+    "`sendmsg` (head, event, CRLF) instead of joining them; (5) below all that, the interpreter itself: each "
+    "Python call is on the order of a thousand instructions.",
+]
 
 
 def block() -> list[str]:

@@ -513,6 +513,12 @@ PEER_NOTES = [
 ]
 
 
+def load_targets(source: str, data: dict, peers: dict | None) -> dict | None:
+    """The short-call figures of the same results file as the paced streams."""
+    chosen = peers if source.endswith("peers.json") else data
+    return chosen.get("targets") if chosen else None
+
+
 def paced_source(data: dict, peers: dict | None) -> tuple[dict, str] | None:
     """The paced-stream figures: from the peers' run when it has them (all four targets), else ``make bench``'s."""
     for source, path in ((peers, "bench/results/peers.json"), (data, "bench/results/latest.json")):
@@ -534,7 +540,7 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "Peers: `make bench-peers`. Raw figures: [bench/results/latest.json](../bench/results/latest.json); "
         "profile of the gateway worker: [bench/results/profile.md](../bench/results/profile.md).",
         "",
-        *(report_paced.section(paced[0], counts, paced[1]) + [""] if paced else []),
+        *(report_paced.section(paced[0], counts, paced[1], load_targets(paced[1], data, peers)) + [""] if paced else []),
         "## Summary of the short calls",
         "",
         *summary_section(data),

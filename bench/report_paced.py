@@ -156,7 +156,67 @@ def instructions_table(counts: dict) -> list[str]:
     return _table(header, rows)
 
 
-def section(paced: dict, counts: dict | None, source: str) -> list[str]:
+def _short_call_guard(load: dict | None) -> str:
+    """This gateway's req/s against Portkey's on short non-streamed calls, from the same results file."""
+    if not load or "gateway" not in load or "portkey" not in load:
+        return "short calls: not measured in this run (`make bench-peers` measures them)"
+    parts = []
+    for conns in sorted(load["gateway"]["load"], key=int):
+        ours = load["gateway"]["load"][conns]["summary"]["rps"]["median"]
+        theirs = load["portkey"]["load"].get(conns, {}).get("summary", {}).get("rps", {}).get("median")
+        if ours and theirs:
+            parts.append(f"{ours / theirs:.2f}× at {conns} connection(s)")
+    return "short calls, this gateway's req/s over Portkey's: " + ", ".join(parts)
+
+
+def targets(paced: dict, load: dict | None) -> list[str]:
+    """The issue's targets against this run's figures (medians over the rounds)."""
+    summary = paced["summary"]
+    level = str(HEADLINE)
+    gateway = summary.get("gateway", {}).get("levels", {})
+    portkey = summary.get("portkey", {}).get("levels", {})
+    lines = []
+    row, peer = gateway.get(level), portkey.get(level)
+    if row and peer and peer.get("cpu_us_per_event"):
+        ratio = row["cpu_us_per_event"] / peer["cpu_us_per_event"]
+        verdict = "met" if ratio <= 0.9 else "not met"
+        lines.append(
+            f"- CPU per relayed event at {level} streams, this gateway / Portkey: **{ratio:.2f}×** "
+            f"(target at most 0.9×, aim 0.8×: {verdict})."
+        )
+    ratios = []
+    for key in sorted(set(gateway) & set(portkey), key=int):
+        if gateway[key].get("cpu_us_per_event") and portkey[key].get("cpu_us_per_event"):
+            ratios.append(f"{gateway[key]['cpu_us_per_event'] / portkey[key]['cpu_us_per_event']:.2f}× at {key}")
+    if ratios:
+        lines.append(f"  At every level both reached: {', '.join(ratios)}.")
+    if row:
+        added = row.get("added_ttfb_p50_ms")
+        verdict = "met" if added is not None and added <= 2 else "not met"
+        lines.append(
+            f"- Added first-byte latency p50 at {level} streams: **{_num(added, 1, sign=True)} ms** (target at most 2 ms: {verdict})."
+        )
+    per_core = (summary.get("gateway", {}).get("streams_per_core") or {}).get("value")
+    below = [k for k in gateway if per_core is None or int(k) < per_core]
+    worst = max((gateway[k]["added_delay_p99_ms"] or 0 for k in below), default=None)
+    if worst is not None:
+        verdict = "met" if worst < 5 else "not met"
+        lines.append(
+            f"- Added per-event delay p99 below saturation (levels under {per_core or 'the highest'} streams): "
+            f"worst **{worst:+.1f} ms** (target under 5 ms: {verdict})."
+        )
+    for name, hold in paced.get("hold", {}).items():
+        after = hold["rss_after_mb"]
+        lines.append(
+            f"- Hold, {name}: {hold['config']['streams']} paced streams for about "
+            f"{hold['config']['events'] * hold['config']['gap_ms'] / 1000:.0f} s, {len(after)} rounds: **{hold['errors']} errors**, "
+            f"RSS after each round {' → '.join(f'{v:.0f}' for v in after)} MB."
+        )
+    lines.append(f"- Guard, {_short_call_guard(load)} (target at least 0.8×).")
+    return lines
+
+
+def section(paced: dict, counts: dict | None, source: str, load: dict | None = None) -> list[str]:
     cfg = paced["config"]
     ratios = _round_ratios(paced, str(HEADLINE))
     lines = [
@@ -174,6 +234,10 @@ def section(paced: dict, counts: dict | None, source: str) -> list[str]:
         "![paced streams: CPU per event and added delay](benchmarks-streams.png)",
         "",
         *headline(paced),
+        "",
+        "Against the issue's targets (issue 16):",
+        "",
+        *targets(paced, load),
         "",
     ]
     if ratios:
