@@ -136,6 +136,17 @@ def measure(variant: str, args: argparse.Namespace, upstream_port: int, folder: 
         headers["X-API-Key"] = _prepare(env, tree)
         argv = [str(PYTHON), str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"]
         cwd = tree
+    elif variant.startswith("portkey"):
+        # Node under valgrind: V8 writes and rewrites its machine code, which callgrind must re-read.
+        package = ROOT / "bench" / ".peers" / "portkey" / "node_modules" / "@portkey-ai" / "gateway"
+        argv = ["--smc-check=all", "node", str(package / "build" / "start-server.js"), f"--port={port}", "--headless"]
+        env["NODE_ENV"] = "production"
+        headers = {
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": f"http://127.0.0.1:{upstream_port}/v1",
+            "Authorization": "Bearer bench-not-used",
+        }
+        cwd = folder
     else:
         env["FLOOR_UPSTREAM"] = f"http://127.0.0.1:{upstream_port}"
         app = {"floor: Flask + requests iter_content": "flask_stream_requests", "floor: Flask + urllib3 read1": "flask_stream_urllib3"}
@@ -154,11 +165,16 @@ def measure(variant: str, args: argparse.Namespace, upstream_port: int, folder: 
     )
     try:
         _wait(port, server)
-        workers = [pid for pid in procs.tree(server.pid) if pid != server.pid]
-        assert len(workers) == 1, f"expected one worker, found {workers}"
-        worker = workers[0]
-        for _ in range(2):  # warm: pools, caches, the first stream's imports
-            _streams(port, headers, args.streams, 10, args.gap_ms, usage)
+        if variant.startswith("portkey"):
+            worker = server.pid  # one process (its threads are counted with it)
+            warm = (args.portkey_warmup, 50)  # V8 compiles the hot path after many events
+        else:
+            workers = [pid for pid in procs.tree(server.pid) if pid != server.pid]
+            assert len(workers) == 1, f"expected one worker, found {workers}"
+            worker = workers[0]
+            warm = (2, 10)  # pools, caches, the first stream's imports
+        for _ in range(warm[0]):
+            _streams(port, headers, args.streams, warm[1], args.gap_ms, usage)
         _zero(worker)
         time.sleep(args.idle_s)
         idle = _read(_dump(worker, folder))
@@ -234,7 +250,8 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=25.0)
     parser.add_argument("--idle-s", type=float, default=3.0)
     parser.add_argument("--base", help="also count the gateway at this commit (git archive into a temporary folder)")
-    parser.add_argument("--variants", default="all")
+    parser.add_argument("--variants", default="all", help="names' beginnings, ';'-separated (e.g. 'gateway;portkey')")
+    parser.add_argument("--portkey-warmup", type=int, default=12, help="warm-up rounds for Portkey (JIT)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream_instructions.json"))
     args = parser.parse_args()
     variants = [
@@ -242,6 +259,7 @@ def main() -> None:
         "gateway, usage not asked",
         "floor: Flask + requests iter_content, usage asked",
         "floor: Flask + urllib3 read1, usage asked",
+        "portkey (node, under callgrind), usage asked",
     ]
     if args.variants != "all":
         variants = [v for v in variants if any(v.startswith(w) for w in args.variants.split(";"))]
