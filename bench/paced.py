@@ -50,7 +50,7 @@ def body(events: int, gap_ms: float, tokens: int, usage: bool = True) -> bytes:
 
 def add_arguments(parser: argparse.ArgumentParser, ints: Callable[[str], list[int]]) -> None:
     group = parser.add_argument_group("paced streams (bench/paced.py)")
-    group.add_argument("--paced-levels", type=ints, default=[16, 32, 64, 96, 128, 192], help="concurrent paced streams")
+    group.add_argument("--paced-levels", type=ints, default=[16, 32, 64, 96, 128, 192, 256, 320, 384], help="concurrent paced streams")
     group.add_argument("--paced-rounds", type=int, default=2)
     group.add_argument("--paced-events", type=int, default=200, help="events per paced stream")
     group.add_argument("--paced-gap-ms", type=float, default=15.0, help="ms between a paced stream's events")

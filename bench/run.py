@@ -872,6 +872,55 @@ def machine_info() -> dict:
 PACED_TARGETS = ("direct", "gateway", "portkey", "litellm")
 
 
+def interleaved_short_calls(started: dict[str, Target], args: argparse.Namespace) -> dict:
+    """Short non-streamed calls, this gateway and Portkey alternately, warm (after the paced
+    streams), ``--guard-rounds`` wrk runs of ``--guard-seconds`` each at 16 connections: the
+    req/s ratio of each pair, taken minutes apart at most, is the guard's figure."""
+    names = [name for name in ("gateway", "portkey") if name in started]
+    if len(names) < 2:
+        return {}
+    body_file = RAW / "body.json"
+    rounds = []
+    for round_no in range(args.guard_rounds):
+        row = {}
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            target = started[name]
+            pids = target.service.pids()
+            cpu_before = procs.cpu_seconds(pids)
+            cores_before = procs.core_busy_seconds()
+            figures = wrkrun.run(
+                target.url(),
+                connections=16,
+                duration_s=args.guard_seconds,
+                body_file=body_file,
+                headers=target.headers,
+                core=LOAD_CORE,
+            )
+            cpu = procs.cpu_seconds(pids) - cpu_before
+            core0 = procs.core_busy_seconds()[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]
+            row[name] = {
+                "rps": figures["rps"],
+                "p99_ms": figures["p99_ms"],
+                "errors": figures["error_count"],
+                "cpu_ms_per_request": cpu * 1000 / figures["requests"] if figures["requests"] else None,
+                "foreign_core0": max(0.0, core0 - cpu) / figures["elapsed_s"],
+            }
+        row["ratio"] = row["gateway"]["rps"] / row["portkey"]["rps"] if row["portkey"]["rps"] else None
+        rounds.append(row)
+        log(
+            f"short calls #{round_no + 1}: gateway {row['gateway']['rps']:.0f} req/s, portkey {row['portkey']['rps']:.0f} req/s "
+            f"({row['ratio'] or 0:.2f}x), other load on core 0 "
+            f"{row['gateway']['foreign_core0']:.2f}/{row['portkey']['foreign_core0']:.2f}"
+        )
+    ratios = sorted(r["ratio"] for r in rounds if r["ratio"])
+    return {
+        "connections": 16,
+        "seconds": args.guard_seconds,
+        "rounds": rounds,
+        "ratio_median": statistics.median(ratios) if ratios else None,
+    }
+
+
 def paced_phases(names: list[str], upstream: procs.Service, phases: set[str], args: argparse.Namespace) -> dict:
     """The paced streams (bench/paced.py) of every target at once, then the hold."""
     chosen = [name for name in PACED_TARGETS if name in names]
@@ -891,6 +940,7 @@ def paced_phases(names: list[str], upstream: procs.Service, phases: set[str], ar
             elapsed = time.monotonic()
             out.update(paced.phase(started, upstream, args, log))
             out["elapsed_s"] = round(time.monotonic() - elapsed, 1)
+            out["short_calls"] = interleaved_short_calls(started, args)
         if "hold" in phases and args.hold_streams:
             out["hold"] = {}
             for name in args.hold_targets.split(","):
@@ -954,6 +1004,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "direct, gateway, litellm, portkey interleaved), hold (1000 paced streams for a minute)",
     )
     paced.add_arguments(parser, ints)
+    parser.add_argument("--guard-rounds", type=int, default=4, help="interleaved short-call runs per target after the paced streams")
+    parser.add_argument("--guard-seconds", type=int, default=8)
     args = parser.parse_args(argv)
     if args.slow_ramp_s < 0:
         parser.error("--slow-ramp-s must be 0 or more")
