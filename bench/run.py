@@ -998,6 +998,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed wrk run")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep what --out holds and replace only the phases run now (e.g. --phases paced --merge)",
+    )
+    parser.add_argument(
         "--phases",
         default="load,paced,hold",
         help="any of load (each target alone: wrk, sequential and slow streams), paced (paced streams, "
@@ -1085,6 +1090,16 @@ def main(argv: list[str] | None = None) -> None:
         upstream.stop()
     report["elapsed_s"] = round(time.time() - started, 1)
     out = Path(args.out)
+    if args.merge and out.exists():
+        kept = json.loads(out.read_text())
+        if "load" not in phases:
+            report["targets"] = kept.get("targets", {})
+            report["elapsed_s"] = kept.get("elapsed_s", report["elapsed_s"])
+        if not phases & {"paced", "hold"}:
+            report["paced"] = kept.get("paced")
+        elif "paced" in report and "hold" not in phases and kept.get("paced", {}).get("hold"):
+            report["paced"]["hold"] = kept["paced"]["hold"]
+        report["merged"] = {"phases_run_now": sorted(phases), "generated_before": kept.get("generated")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {report['elapsed_s']} s")
