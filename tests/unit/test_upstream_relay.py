@@ -11,6 +11,7 @@ import pytest
 
 from gateway.upstream import streams
 from gateway.upstream.accounting import StreamUsageTap
+from gateway.upstream.reads import READ_SIZE
 from gateway.upstream.streams import RelayLimits, stream_events
 
 
@@ -179,7 +180,7 @@ def test_a_chunked_stream_is_read_from_one_read_chunked_generator(cut: bool) -> 
     else:
         assert list(events) == [b"data: 1\n\n", b"data: 2\n\n"]
     assert raw.generator_closed and upstream.closed == 1
-    assert raw.sizes == {streams.READ_SIZE} and raw.decoded == {False}  # each read bounded, nothing to decode
+    assert raw.sizes == {READ_SIZE} and raw.decoded == {False}  # each read bounded, nothing to decode
     assert outcomes == ["client_disconnected" if cut else "completed"]
 
 
