@@ -77,7 +77,7 @@ demo: $(STAMP)
 	MASTER_API_KEY=your-master-key $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 ## Benchmark: the bench upstream direct vs through the gateway: one backend, two backends (gateway-2b: routing), Redis quotas, then
-## paced LLM-shaped streams at rising concurrency and the 1000-stream hold (bench/paced.py) (~30 min); writes
+## paced LLM-shaped streams at rising concurrency and the 1000-stream hold (bench/paced.py) (~25 min); writes
 ## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks*.png. See bench/run.py.
 ## Extra options for bench/run.py go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 15".
 BENCH_VENV  := bench/.venv
@@ -102,7 +102,7 @@ bench: $(STAMP) $(BENCH_STAMP) bench-tools
 	$(BENCH_VENV)/bin/python -m bench.report
 
 ## The same load against LiteLLM's proxy and Portkey's gateway, one run side by side, and the paced streams
-## of direct, the gateway, Portkey and LiteLLM interleaved in one run (~35 min; installs both peers into the
+## of direct, the gateway, Portkey and LiteLLM interleaved in one run (~17-20 min; installs both peers into the
 ## git-ignored bench/.peers/ first); writes bench/results/peers.json.
 bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
 	bash bench/peers/install.sh

@@ -149,7 +149,7 @@ def instructions_table(counts: dict) -> list[str]:
     rows = [
         [
             row["code"],
-            row["variant"],
+            row["variant"] + (" (V8 under valgrind: not comparable)" if row["variant"].startswith("portkey") else ""),
             f"{row['instructions_per_event']:,}",
             f"{row['switches_per_event']:.2f}",
             f"{row['instructions_per_stream_besides_events']:,}",
