@@ -126,7 +126,8 @@ READING = [
     "upstream socket carries the read timeout (about ten Python calls per event); the pool connection's "
     "`HeadDeadlineReader.readinto` (gateway/upstream/connection.py, one call per socket read, needed only "
     "for the head); gunicorn's `Response.write` -> `_emit_body` -> `util.write` -> `write_chunk` (a join of the chunk size, "
-    "the event and CRLF) -> `sendall`; two greenlet switches to wait for the next event.",
+    "the event and CRLF) -> `sendall`; and the wait for the next event (greenlet switches: as many `g_switch` "
+    "calls per event as the floor's; the base commit, with its `gevent.sleep(0)` per paced event, about twice as many).",
     "- **To go lower** would take: (1) an idle timeout that is not a socket timeout (one timer per stream, "
     "restarted per event, instead of gevent's `Timeout` per wait: needs the upstream client's "
     "`set_read_timeout` to change); (2) the head-deadline reader out of the way once the head is in "
