@@ -314,7 +314,8 @@ def render_chart(paced: dict, path: Path) -> None:
         if name != "direct":
             ys = [max(row["added_delay_p99_ms"] or 0.01, 0.01) for _, row in levels]
             axes[1].plot(xs, ys, "-o", color=COLORS[name], label=label)
-    axes[0].set_title("CPU per relayed event (µs; direct: the upstream's own)")
+    axes[0].set_yscale("log")
+    axes[0].set_title("CPU per relayed event (µs, log scale; direct: the upstream's own)")
     axes[0].set_xlabel("concurrent paced streams")
     axes[0].set_ylabel("µs")
     axes[1].axhline(paced["config"]["limit_ms"], color="black", linestyle=":", label=f"{paced['config']['limit_ms']:g} ms")
