@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run lint test test-tools test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter fuzz soak
+.PHONY: run lint test test-tools test-fast demo clean bench bench-peers bench-profile bench-floor bench-tools bench-limiter bench-stream-instructions fuzz soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or later found (python3.11, python3); use make PYTHON=/path/to/python3.11"; exit 1; }
@@ -89,8 +89,9 @@ demo: $(STAMP)
 	INSTANCE_PATH="$(DEMO_INSTANCE)" AI_API_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1/completions \
 	MASTER_API_KEY=your-master-key $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Benchmark: the bench upstream direct vs through the gateway: one backend, two backends (gateway-2b: routing), Redis quotas (~20 min); writes
-## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks.png. See bench/run.py.
+## Benchmark: the bench upstream direct vs through the gateway: one backend, two backends (gateway-2b: routing), Redis quotas, then
+## paced LLM-shaped streams at rising concurrency and the 1000-stream hold (bench/paced.py) (~25 min); writes
+## bench/results/latest.json, docs/benchmarks.md and docs/benchmarks*.png. See bench/run.py.
 ## Extra options for bench/run.py go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--duration 15".
 BENCH_VENV  := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
@@ -113,8 +114,9 @@ bench: $(STAMP) $(BENCH_STAMP) bench-tools
 	$(BENCH_RUN) $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python -m bench.report
 
-## The same load against LiteLLM's proxy and Portkey's gateway, one run side by side
-## (installs both into the git-ignored bench/.peers/ first); writes bench/results/peers.json.
+## The same load against LiteLLM's proxy and Portkey's gateway, one run side by side, and the paced streams
+## of direct, the gateway, Portkey and LiteLLM interleaved in one run (~17-20 min; installs both peers into the
+## git-ignored bench/.peers/ first); writes bench/results/peers.json.
 bench-peers: $(STAMP) $(BENCH_STAMP) bench-tools
 	bash bench/peers/install.sh
 	$(BENCH_RUN) --targets direct,gateway,gateway-redis,litellm,portkey --repeats 1 --slow-rounds 1 \
@@ -128,6 +130,11 @@ bench-floor: $(STAMP) $(BENCH_STAMP) bench-tools
 ## CPU per request of the quotas: limiter off, memory://, Redis; writes bench/results/limiter.json.
 bench-limiter: $(STAMP)
 	$(BIN)/python -m bench.limiter_cost
+
+## Instructions per relayed stream event (callgrind, the real gunicorn worker) for the gateway and the floor (a bare
+## Flask relay of the same stream); writes bench/results/stream_instructions.json (see bench/stream_instructions.py).
+bench-stream-instructions: $(STAMP) $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.stream_instructions $(BENCH_ARGS)
 
 ## py-spy on the gateway worker under 16-connection load; writes bench/results/profile.md.
 bench-profile: $(STAMP) $(BENCH_STAMP) bench-tools

@@ -8,6 +8,9 @@ Used by bench/floor.py under the same gunicorn + gevent worker as the gateway:
     flask_static    one Flask route, fixed answer, no upstream call
     flask_urllib3   one Flask route, body relayed through urllib3
     flask_requests  one Flask route, body relayed through a requests.Session
+    flask_stream_requests  one Flask route relaying a stream with requests' iter_content
+    flask_stream_urllib3   one Flask route relaying a stream with urllib3's read1 (what
+                           arrived, one item per read: the gateway's own read)
 
 Each reads the request body and relays the upstream's JSON answer unchanged: no
 auth, quotas, headers or logging. None of this is the gateway's code.
@@ -96,3 +99,40 @@ requests_app = _wsgi(_via_requests)
 flask_static = _flask(None)
 flask_urllib3 = _flask(_via_urllib3)
 flask_requests = _flask(_via_requests)
+
+
+def _stream_requests(body: bytes):  # noqa: ANN202
+    answer = session().request(
+        "POST", UPSTREAM + PATH, data=body, headers=_STREAM_HEADERS, allow_redirects=False, timeout=(5, 120), stream=True
+    )
+    return answer.iter_content(chunk_size=None), answer.close
+
+
+def _stream_urllib3(body: bytes):  # noqa: ANN202
+    answer = pool().urlopen("POST", PATH, body=body, headers=_STREAM_HEADERS, redirect=False, preload_content=False)
+
+    def chunks():  # noqa: ANN202
+        while data := answer.read1(65536):
+            yield data
+
+    return chunks(), answer.release_conn
+
+
+_STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+
+
+def _flask_stream(open_stream) -> Flask:  # noqa: ANN001
+    app = Flask(__name__)
+
+    @app.post(PATH)
+    def relay_view() -> Response:
+        chunks, close = open_stream(request.get_data())
+        response = Response(chunks, mimetype="text/event-stream", direct_passthrough=True)
+        response.call_on_close(close)
+        return response
+
+    return app
+
+
+flask_stream_requests = _flask_stream(_stream_requests)
+flask_stream_urllib3 = _flask_stream(_stream_urllib3)

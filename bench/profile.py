@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import procs, run, wrkrun
+from bench import procs, profile_streams, run, wrkrun
 
 ROOT = run.ROOT
 OUT = ROOT / "bench" / "results"
@@ -203,6 +203,9 @@ def markdown(result: dict, stats: dict, focus_counts: dict[str, int], notes: str
 
     lines = [
         "# Profile of the gateway worker",
+        "",
+        *profile_streams.block(),
+        "## Short calls: py-spy under load",
         "",
         f"`make bench-profile` ({result['generated']}, commit `{result['commit']}`): py-spy {result['py_spy']} "
         f"sampling the gunicorn worker (pid {result['worker_pid']}) at {result['rate']} Hz for "

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench import report_paced
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
@@ -511,8 +513,25 @@ PEER_NOTES = [
 ]
 
 
+def load_targets(source: str, data: dict, peers: dict | None) -> dict | None:
+    """The short-call figures of the same results file as the paced streams."""
+    chosen = peers if source.endswith("peers.json") else data
+    return chosen.get("targets") if chosen else None
+
+
+def paced_source(data: dict, peers: dict | None) -> tuple[dict, str] | None:
+    """The paced-stream figures: from the peers' run when it has them (all four targets), else ``make bench``'s."""
+    for source, path in ((peers, "bench/results/peers.json"), (data, "bench/results/latest.json")):
+        if source and source.get("paced", {}).get("summary"):
+            return source["paced"], path
+    return None
+
+
 def render_markdown(data: dict, peers: dict | None) -> str:
     cfg = data["config"]
+    paced = paced_source(data, peers)
+    counts_path = RESULTS / "stream_instructions.json"
+    counts = json.loads(counts_path.read_text()) if counts_path.exists() else None
     out = [
         "# Benchmarks",
         "",
@@ -521,7 +540,8 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "Peers: `make bench-peers`. Raw figures: [bench/results/latest.json](../bench/results/latest.json); "
         "profile of the gateway worker: [bench/results/profile.md](../bench/results/profile.md).",
         "",
-        "## Summary",
+        *(report_paced.section(paced[0], counts, paced[1], load_targets(paced[1], data, peers)) + [""] if paced else []),
+        "## Summary of the short calls",
         "",
         *summary_section(data),
         "",
@@ -603,7 +623,7 @@ def render_markdown(data: dict, peers: dict | None) -> str:
         "",
         *slow_notes(data),
     ]
-    if peers:
+    if peers and peers.get("targets"):
         out += [
             "",
             "## Peers: LiteLLM proxy and Portkey gateway",
@@ -759,7 +779,10 @@ def main() -> None:
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     Path(args.markdown).write_text(render_markdown(data, peers))
     render_chart(data, Path(args.chart))
-    if peers:
+    paced = paced_source(data, peers)
+    if paced:
+        report_paced.render_chart(paced[0], Path(args.chart).with_name("benchmarks-streams.png"))
+    if peers and peers.get("targets"):
         render_peers_chart(peers, Path(args.chart).with_name("benchmarks-peers.png"))
     print(f"wrote {args.markdown} and {args.chart}")
 

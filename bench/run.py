@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import procs, streams, wrkrun
+from bench import paced, procs, streams, wrkrun
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -867,6 +867,94 @@ def machine_info() -> dict:
     }
 
 
+# --------------------------------------------------------------------------- paced streams
+
+PACED_TARGETS = ("direct", "gateway", "portkey", "litellm")
+
+
+def interleaved_short_calls(started: dict[str, Target], args: argparse.Namespace) -> dict:
+    """Short non-streamed calls, this gateway and Portkey alternately, warm (after the paced
+    streams), ``--guard-rounds`` wrk runs of ``--guard-seconds`` each at 16 connections: the
+    req/s ratio of each pair, taken minutes apart at most, is the guard's figure."""
+    names = [name for name in ("gateway", "portkey") if name in started]
+    if len(names) < 2:
+        return {}
+    body_file = RAW / "body.json"
+    rounds = []
+    for round_no in range(args.guard_rounds):
+        row = {}
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            target = started[name]
+            pids = target.service.pids()
+            cpu_before = procs.cpu_seconds(pids)
+            cores_before = procs.core_busy_seconds()
+            figures = wrkrun.run(
+                target.url(),
+                connections=16,
+                duration_s=args.guard_seconds,
+                body_file=body_file,
+                headers=target.headers,
+                core=LOAD_CORE,
+            )
+            cpu = procs.cpu_seconds(pids) - cpu_before
+            core0 = procs.core_busy_seconds()[int(TARGET_CORE)] - cores_before[int(TARGET_CORE)]
+            row[name] = {
+                "rps": figures["rps"],
+                "p99_ms": figures["p99_ms"],
+                "errors": figures["error_count"],
+                "cpu_ms_per_request": cpu * 1000 / figures["requests"] if figures["requests"] else None,
+                "foreign_core0": max(0.0, core0 - cpu) / figures["elapsed_s"],
+            }
+        row["ratio"] = row["gateway"]["rps"] / row["portkey"]["rps"] if row["portkey"]["rps"] else None
+        rounds.append(row)
+        log(
+            f"short calls #{round_no + 1}: gateway {row['gateway']['rps']:.0f} req/s, portkey {row['portkey']['rps']:.0f} req/s "
+            f"({row['ratio'] or 0:.2f}x), other load on core 0 "
+            f"{row['gateway']['foreign_core0']:.2f}/{row['portkey']['foreign_core0']:.2f}"
+        )
+    ratios = sorted(r["ratio"] for r in rounds if r["ratio"])
+    return {
+        "connections": 16,
+        "seconds": args.guard_seconds,
+        "rounds": rounds,
+        "ratio_median": statistics.median(ratios) if ratios else None,
+    }
+
+
+def paced_phases(names: list[str], upstream: procs.Service, phases: set[str], args: argparse.Namespace) -> dict:
+    """The paced streams (bench/paced.py) of every target at once, then the hold."""
+    chosen = [name for name in PACED_TARGETS if name in names]
+    started: dict[str, Target] = {}
+    out: dict = {}
+    try:
+        for name in chosen:
+            if name == "direct":
+                started[name] = Target("direct", "upstream direct", PORTS["upstream"], {}, None, {})
+            else:
+                log(f"paced: starting {name}")
+                started[name] = STARTERS[name]()
+        out["idle_rss_mb"] = {
+            name: procs.rss_bytes(target.service.pids()) / 2**20 for name, target in started.items() if target.service
+        }
+        if "paced" in phases:
+            elapsed = time.monotonic()
+            out.update(paced.phase(started, upstream, args, log))
+            out["elapsed_s"] = round(time.monotonic() - elapsed, 1)
+            out["short_calls"] = interleaved_short_calls(started, args)
+        if "hold" in phases and args.hold_streams:
+            out["hold"] = {}
+            for name in args.hold_targets.split(","):
+                if name in started:
+                    elapsed = time.monotonic()
+                    out["hold"][name] = paced.hold(started[name], upstream, args, log)
+                    out["hold"][name]["elapsed_s"] = round(time.monotonic() - elapsed, 1)
+    finally:
+        for target in started.values():
+            if target.service is not None:
+                target.service.stop()
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -909,6 +997,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed wrk run")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep what --out holds and replace only the phases run now (e.g. --phases paced --merge)",
+    )
+    parser.add_argument(
+        "--phases",
+        default="load,paced,hold",
+        help="any of load (each target alone: wrk, sequential and slow streams), paced (paced streams, "
+        "direct, gateway, litellm, portkey interleaved), hold (1000 paced streams for a minute)",
+    )
+    paced.add_arguments(parser, ints)
+    parser.add_argument("--guard-rounds", type=int, default=4, help="interleaved short-call runs per target after the paced streams")
+    parser.add_argument("--guard-seconds", type=int, default=8)
     args = parser.parse_args(argv)
     if args.slow_ramp_s < 0:
         parser.error("--slow-ramp-s must be 0 or more")
@@ -961,9 +1063,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "targets": {},
     }
+    phases = set(args.phases.split(","))
+    report["config"]["phases"] = sorted(phases)
     upstream = start_upstream()
     try:
-        for name in targets:
+        for name in targets if "load" in phases else []:
             if name == "direct":
                 target = Target(
                     "direct", "upstream direct", PORTS["upstream"], {}, None, {"server": "bench/upstream.py (asyncio, one process)"}
@@ -980,10 +1084,22 @@ def main(argv: list[str] | None = None) -> None:
                     cleaned = target.cleanup()
                     if name in report["targets"]:
                         report["targets"][name]["store_cleanup"] = cleaned
+        if phases & {"paced", "hold"}:
+            report["paced"] = paced_phases(targets, upstream, phases, args)
     finally:
         upstream.stop()
     report["elapsed_s"] = round(time.time() - started, 1)
     out = Path(args.out)
+    if args.merge and out.exists():
+        kept = json.loads(out.read_text())
+        if "load" not in phases:
+            report["targets"] = kept.get("targets", {})
+            report["elapsed_s"] = kept.get("elapsed_s", report["elapsed_s"])
+        if not phases & {"paced", "hold"}:
+            report["paced"] = kept.get("paced")
+        elif "paced" in report and "hold" not in phases and kept.get("paced", {}).get("hold"):
+            report["paced"]["hold"] = kept["paced"]["hold"]
+        report["merged"] = {"phases_run_now": sorted(phases), "generated_before": kept.get("generated")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {report['elapsed_s']} s")

@@ -12,14 +12,24 @@ Routes::
     POST /v1/embeddings                          fixed JSON body
     GET  /v1/models, /health                     fixed JSON body
 
-Streams send ``--chunks`` events ``--gap-ms`` apart, the first one at once, then
-``data: [DONE]`` one gap after the last event. A request may override both with
-``bench_chunks=N`` and ``bench_gap_ms=M`` anywhere in its body, e.g. in the prompt or
-a message's text: gateways pass prompts on unchanged, while some (Portkey) drop
-request fields they do not know. Each event's text is ``t=<ns> `` where
-``<ns>`` is ``time.monotonic_ns()`` when the event was written: the client reads the
-same system-wide clock on arrival, so delivery delay per event is measured exactly,
-through any gateway that passes the text on (peers that re-serialise events keep it).
+Streams send ``--chunks`` events ``--gap-ms`` apart, the first one at once (each on its
+own schedule: event i at i x gap from the first, so a slow moment does not stretch the
+stream), then, one gap after the last, what OpenAI sends at the end: a chunk with an
+empty ``delta`` and ``finish_reason: "stop"``, the usage chunk when asked, and
+``data: [DONE]``, in one write. A request may override the shape with ``bench_chunks=N``,
+``bench_gap_ms=M`` and ``bench_tokens=K`` (tokens of text per event, 1 by default)
+anywhere in its body, e.g. in the prompt or a message's text: gateways pass prompts on
+unchanged, while some (Portkey) drop request fields they do not know.
+
+The chunks are shaped as OpenAI's (and vLLM's) are: ``id``, ``object``, ``created``,
+``model``, ``system_fingerprint``, ``choices`` with ``logprobs: null``; and when the
+request asks for usage (``stream_options.include_usage``) every chunk carries
+``"usage": null`` and the usage comes in a last chunk with ``"choices": []``.
+
+Each event's text starts with ``t=<ns> `` where ``<ns>`` is ``time.monotonic_ns()``
+when the event was written: the client reads the same system-wide clock on arrival, so
+delivery delay per event is measured exactly, through any gateway that passes the text
+on (peers that re-serialise events keep it).
 
     python bench/upstream.py --port 9100 [--chunks 10] [--gap-ms 20]
 """
@@ -82,6 +92,7 @@ _MODELS_BODY = json.dumps(
 
 _CHUNKS = re.compile(rb"bench_chunks=(\d+)")
 _GAP_MS = re.compile(rb"bench_gap_ms=(\d+(?:\.\d+)?)")
+_TOKENS = re.compile(rb"bench_tokens=(\d+)")
 
 _NOT_FOUND_BODY = b'{"error":{"message":"not found","type":"invalid_request_error","code":"not_found","param":null}}'
 
@@ -112,28 +123,45 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _event(path: str, index: int, last: bool) -> bytes:
-    text = f"t={time.monotonic_ns()} "
-    finish = "stop" if last else None
-    if path == "/v1/chat/completions":
-        obj = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": MODEL,
-            "choices": [
-                {"index": 0, "delta": {"content": text} if index else {"role": "assistant", "content": text}, "finish_reason": finish}
-            ],
-        }
-    else:
-        obj = {
-            "id": "cmpl-bench",
-            "object": "text_completion",
-            "created": 1700000000,
-            "model": MODEL,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-        }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+class StreamShape:
+    """The bytes of one stream's events, built once per request; only the stamp varies."""
+
+    def __init__(self, path: str, tokens: int, usage: bool, events: int) -> None:
+        chat = path == "/v1/chat/completions"
+        self.usage = usage
+        kind = ("chatcmpl-bench", "chat.completion.chunk") if chat else ("cmpl-bench", "text_completion")
+        head: dict = {"id": kind[0], "object": kind[1]}
+        head.update({"created": 1700000000, "model": MODEL, "system_fingerprint": "fp_bench"})
+        tail = ',"usage":null}' if usage else "}"
+        words = " tok" * max(0, tokens - 1)
+        self._parts = []  # (before the stamp, after it), first event and the others
+        for first in (True, False):
+            if chat:
+                delta = {"role": "assistant", "content": "@"} if first else {"content": "@"}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": 0, "text": "@", "logprobs": None, "finish_reason": None}
+            body = json.dumps({**head, "choices": [choice]}, separators=(",", ":"))[:-1] + tail
+            before, after = body.split('"@"')
+            self._parts.append((f'data: {before}"t='.encode(), f'{words} "{after}\n\n'.encode()))
+        finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+        if not chat:
+            finish = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+        end = b"data: " + (json.dumps({**head, "choices": [finish]}, separators=(",", ":"))[:-1] + tail).encode() + b"\n\n"
+        if usage:
+            figures = {
+                "prompt_tokens": 9,
+                "completion_tokens": events * tokens,
+                "total_tokens": 9 + events * tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            }
+            end += b"data: " + json.dumps({**head, "choices": [], "usage": figures}, separators=(",", ":")).encode() + b"\n\n"
+        self.end = end + b"data: [DONE]\n\n"
+
+    def event(self, index: int) -> bytes:
+        before, after = self._parts[0 if index == 0 else 1]
+        return b"%s%d%s" % (before, time.monotonic_ns(), after)
 
 
 class _Request:
@@ -234,10 +262,14 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(document, dict) and document.get("stream") is True:
                 chunks_match = _CHUNKS.search(request.body)
                 gap_match = _GAP_MS.search(request.body)
+                tokens_match = _TOKENS.search(request.body)
                 chunks = int(chunks_match.group(1)) if chunks_match else self.server.chunks
                 gap = (float(gap_match.group(1)) if gap_match else self.server.gap_ms) / 1000.0
+                options = document.get("stream_options")
+                usage = isinstance(options, dict) and options.get("include_usage") is True
+                shape = StreamShape(request.path, int(tokens_match.group(1)) if tokens_match else 1, usage, chunks)
                 self.streaming = True
-                asyncio.get_running_loop().create_task(self._stream(request, chunks, gap))
+                asyncio.get_running_loop().create_task(self._stream(request, shape, chunks, gap))
                 return
         fixed = _FIXED.get((request.method, request.path))
         if fixed is None:
@@ -250,20 +282,18 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             self.closed = True
 
-    async def _stream(self, request: _Request, chunks: int, gap: float) -> None:
+    async def _stream(self, request: _Request, shape: StreamShape, chunks: int, gap: float) -> None:
         transport = self.transport
         assert transport is not None
+        loop = asyncio.get_running_loop()
         try:
-            transport.write(_STREAM_HEAD + _chunk(_event(request.path, 0, chunks == 1)))
-            for index in range(1, chunks):
-                await asyncio.sleep(gap)
+            started = loop.time()
+            transport.write(_STREAM_HEAD + _chunk(shape.event(0)))
+            for index in range(1, chunks + 1):
+                await asyncio.sleep(max(0.0, started + index * gap - loop.time()))
                 if self.closed:
                     return
-                transport.write(_chunk(_event(request.path, index, index == chunks - 1)))
-            await asyncio.sleep(gap)
-            if self.closed:
-                return
-            transport.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                transport.write(_chunk(shape.event(index)) if index < chunks else _chunk(shape.end) + b"0\r\n\r\n")
         finally:
             self.streaming = False
         if not request.keep_alive:

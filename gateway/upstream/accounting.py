@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,12 @@ CHARS_PER_TOKEN = 4
 # counted only if the upstream reported no usage; past this many bytes they are counted
 # at once and let go, so a long stream holds at most this much.
 RELAYED_KEPT_BYTES = 64 * 1024
+# A ``"usage"`` key whose value is not ``null``. OpenAI and vLLM put ``"usage": null`` in
+# every chunk of a stream that asked for usage, and the figures in one chunk only: found
+# by bytes, so only that chunk is parsed. Anything this matches is parsed as JSON (and
+# judged there), so a false match costs one parse and a missed one cannot happen: a
+# usage object, or any value but ``null``, starts with a byte other than ``n``.
+_REPORTED_USAGE = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*[^ \t\r\nn]')
 
 
 @dataclass(frozen=True)
@@ -193,19 +200,31 @@ class StreamUsageTap:
         self._chars = 0  # completion text counted so far
 
     def feed(self, events: bytes) -> bytes:
-        """Take complete events; return what the client should get. Once that has reached
-        the client (its write succeeded), :meth:`relayed` counts it."""
-        if b'"usage"' not in events:
+        """Take complete events; return what the client should get (``events`` itself,
+        not a copy, unless the usage chunk is removed). Once that has reached the client
+        (its write succeeded), :meth:`relayed` counts it.
+
+        Only an event with a ``"usage"`` other than ``null`` in it is parsed
+        (:data:`_REPORTED_USAGE`): the chunks before the usage chunk cost two byte counts
+        (every ``"usage"`` is a ``"usage":null``, as OpenAI and vLLM spell it), or with
+        other spacing one regular-expression search."""
+        keys = events.count(b'"usage"')
+        if not keys or keys == events.count(b'"usage":null') or _REPORTED_USAGE.search(events) is None:
             return events
         kept = []
+        removed = False
         for event in split_events(events):
+            if _REPORTED_USAGE.search(event) is None:
+                kept.append(event)
+                continue
             usage, usage_only = self._inspect(event)
             if usage is not None:
                 self.usage = usage
             if usage_only and self.strip:
+                removed = True
                 continue
             kept.append(event)
-        return b"".join(kept)
+        return b"".join(kept) if removed else events
 
     def relayed(self, events: bytes) -> None:
         """``events`` (as :meth:`feed` returned them) went to the client: its text is billed

@@ -33,7 +33,8 @@ from flask import Response
 from gateway.errors import UpstreamError, UpstreamTimeout, envelope
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamResponse
-from gateway.upstream.streams import READ_ERRORS, OpenedStream, RelayLimits, read_chunk, stream_response
+from gateway.upstream.reads import READ_ERRORS, read_chunk
+from gateway.upstream.streams import OpenedStream, RelayLimits, stream_response
 
 log = logging.getLogger(__name__)
 

@@ -55,23 +55,28 @@ class EventFramer:
     over its bytes, not one pass over all of them per read. The framer does not bound
     the pending event itself: the caller reads :attr:`pending` after each call and
     gives up past its own limit (:func:`gateway.upstream.streams.stream_events`).
+
+    The usual read (whole events, nothing pending) is returned as it is, not copied,
+    after one test of its last bytes.
     """
 
-    __slots__ = ("_first", "_more", "_size")
+    __slots__ = ("_first", "_more", "pending")
 
     def __init__(self) -> None:
         self._first = b""  # the pending (incomplete) event's first piece ...
         self._more: list[bytes] = []  # ... and the pieces after it, if it spans reads
-        self._size = 0
+        self.pending = 0  # bytes of the incomplete event held back so far
 
     def feed(self, data: bytes) -> bytes:
+        size = self.pending
+        if not size and data.endswith(_BOUNDARIES):  # whole events only: the last boundary ends it
+            return data
         end = _last_boundary_end(data)
-        size = self._size
         if not size:
             if end == len(data):  # the usual read: whole events only
                 return data
             self._first = data[end:] if end else data
-            self._size = len(data) - end
+            self.pending = len(data) - end
             return data[:end]
         more = self._more
         if end <= _OVERLAP:  # else no boundary split across the reads can end later than ``end``
@@ -85,7 +90,7 @@ class EventFramer:
                     end = split
             if not end:
                 more.append(data)
-                self._size = size + len(data)
+                self.pending = size + len(data)
                 return b""
         if more:
             complete = b"".join([self._first, *more, data[:end]])
@@ -93,7 +98,7 @@ class EventFramer:
         else:
             complete = self._first + data[:end]
         self._first = data[end:]
-        self._size = len(data) - end
+        self.pending = len(data) - end
         return complete
 
     def flush(self) -> bytes:
@@ -101,13 +106,8 @@ class EventFramer:
         rest = b"".join([self._first, *self._more])
         self._first = b""
         self._more.clear()
-        self._size = 0
+        self.pending = 0
         return rest
-
-    @property
-    def pending(self) -> int:
-        """Bytes of the incomplete event held back so far."""
-        return self._size
 
 
 def error_event(message: str, error_type: str = "api_error", code: str = "upstream_stream_error") -> bytes:

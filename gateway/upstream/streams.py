@@ -11,23 +11,23 @@ client, so that a backend failing before then can be tried again
 from __future__ import annotations
 
 import functools
-import http.client
+import inspect
 import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import urllib3.exceptions
 from flask import Response
 
 from gateway.upstream.accounting import StreamUsageTap
 from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.reads import READ_ERRORS, StreamReader, stream_reader
 from gateway.upstream.sse import EventFramer, error_event
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 64 * 1024
-READ_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 # How a stream that the upstream ended early is reported: outcome -> the error event's code.
 # The other outcomes are "completed" and "client_disconnected".
 STREAM_ERROR_CODES = {
@@ -38,7 +38,8 @@ STREAM_ERROR_CODES = {
 }
 # A stream whose bytes keep arriving never waits on its socket, so under gevent it
 # would never let the worker's other greenlets (``/health``, other requests, the
-# heartbeat) run: it gives them a turn after this long without one.
+# heartbeat) run: it gives them a turn after this long without one. A paced stream
+# waits on its socket for every event, which is a turn already.
 YIELD_EVERY = 0.005
 
 
@@ -51,20 +52,18 @@ class RelayLimits:
 
 
 @functools.cache
-def _cooperative_yield() -> Callable[[], None] | None:
-    """``gevent.sleep(0)`` where gevent runs the worker (it has patched ``socket``), else None:
+def _cooperative_yield() -> tuple[Callable[[], None], Callable[[], Any]] | None:
+    """Where gevent runs the worker (it has patched ``socket``): ``gevent.sleep(0)``, and
+    ``gevent.get_hub``, whose loop's clock (``loop.now()``, public) moves only when the hub
+    has run its loop, so when the worker's other greenlets have had a turn. Else None:
     with threads, the OS already shares the processor between requests."""
     try:
-        from gevent import monkey, sleep
+        from gevent import get_hub, monkey, sleep
     except ImportError:  # gevent is not installed
         return None
-    return functools.partial(sleep, 0) if monkey.is_module_patched("socket") else None
-
-
-def read_chunk(upstream: UpstreamResponse) -> bytes:
-    # read1 returns what has arrived (one recv), so a trickling upstream cannot
-    # hold us past the deadline, and a connection-delimited stream is not buffered.
-    return upstream.raw.read1(READ_SIZE, decode_content=True)
+    if not monkey.is_module_patched("socket"):
+        return None
+    return functools.partial(sleep, 0), get_hub
 
 
 class StreamEndedEarly(Exception):
@@ -82,6 +81,7 @@ class OpenedStream:
 
     framer: EventFramer
     first: bytes
+    reader: StreamReader
 
 
 def open_stream(upstream: UpstreamResponse, limits: RelayLimits, tap: StreamUsageTap | None) -> OpenedStream:
@@ -91,24 +91,29 @@ def open_stream(upstream: UpstreamResponse, limits: RelayLimits, tap: StreamUsag
         (the upstream is left open: the caller closes it).
     """
     framer = EventFramer()
-    while True:
-        if time.monotonic() > limits.deadline:
-            raise StreamEndedEarly("deadline_exceeded")
-        try:
-            data = read_chunk(upstream)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise StreamEndedEarly("upstream_idle_timeout") from None
-        except READ_ERRORS:
-            raise StreamEndedEarly("upstream_broke_off") from None
-        events = framer.feed(data) if data else framer.flush()
-        if events and tap is not None:
-            events = tap.feed(events)
-        if events:
-            return OpenedStream(framer, events)
-        if not data:
-            raise StreamEndedEarly("upstream_broke_off")
-        if framer.pending > limits.max_event_bytes:
-            raise StreamEndedEarly("event_too_large")
+    reader = stream_reader(upstream)
+    try:
+        while True:
+            if time.monotonic() > limits.deadline:
+                raise StreamEndedEarly("deadline_exceeded")
+            try:
+                data = reader.read()
+            except urllib3.exceptions.ReadTimeoutError:
+                raise StreamEndedEarly("upstream_idle_timeout") from None
+            except READ_ERRORS:
+                raise StreamEndedEarly("upstream_broke_off") from None
+            events = framer.feed(data) if data else framer.flush()
+            if events and tap is not None:
+                events = tap.feed(events)
+            if events:
+                return OpenedStream(framer, events, reader)
+            if not data:
+                raise StreamEndedEarly("upstream_broke_off")
+            if framer.pending > limits.max_event_bytes:
+                raise StreamEndedEarly("event_too_large")
+    except StreamEndedEarly:
+        reader.close()
+        raise
 
 
 def ended_stream(outcome: str, on_end: Callable[[str], None]) -> Response:
@@ -148,30 +153,35 @@ class StreamBody:
         self._upstream = upstream
         self._events = events
         self._on_end = on_end
-        self._started = False
+        self._closed = False
         self._drain = drain
 
-    def __iter__(self) -> StreamBody:
-        return self
+    def __iter__(self) -> Generator[bytes, None, None]:
+        # The generator itself: the server's loop resumes it directly, with no frame of
+        # this class per event. Whether it started is asked of it in close().
+        return self._events
 
     def __next__(self) -> bytes:
-        self._started = True
         return next(self._events)
 
     def close(self) -> None:
-        if not self._started and self._drain and self._upstream is not None:
-            self._started = True
+        if self._closed:
+            return
+        self._closed = True
+        if inspect.getgeneratorstate(self._events) != inspect.GEN_CREATED:
+            self._events.close()
+            return
+        if self._drain and self._upstream is not None:
             try:  # start it, so that closing it drains the upstream (STREAM_DISCONNECT=drain)
                 next(self._events)
             except StopIteration:
                 return
-        if self._started:
             self._events.close()
-        else:
-            self._started = True
-            if self._upstream is not None:
-                self._upstream.close()
-            self._on_end("client_disconnected")
+            return
+        self._events.close()  # never started: runs nothing of it
+        if self._upstream is not None:
+            self._upstream.close()
+        self._on_end("client_disconnected")
 
 
 def stream_response(
@@ -181,8 +191,10 @@ def stream_response(
     tap: StreamUsageTap | None,
     opened: OpenedStream | None,
 ) -> Response:
-    framer, first = (opened.framer, opened.first) if opened is not None else (None, b"")
-    events = stream_events(upstream, limits, on_end, tap, framer=framer, first=first)
+    if opened is not None:
+        events = stream_events(upstream, limits, on_end, tap, framer=opened.framer, first=opened.first, reader=opened.reader)
+    else:
+        events = stream_events(upstream, limits, on_end, tap)
     return _event_stream(StreamBody(upstream, events, on_end, drain=limits.drain and tap is not None))
 
 
@@ -193,12 +205,12 @@ def _event_stream(body: StreamBody) -> Response:
     return response
 
 
-def _drain(upstream: UpstreamResponse, limits: RelayLimits, framer: EventFramer, tap: StreamUsageTap) -> None:
+def _drain(read: Callable[[], bytes], limits: RelayLimits, framer: EventFramer, tap: StreamUsageTap) -> None:
     """Read the rest of a stream whose client went away, for its usage only (nothing is
     kept but the tap's figures), until its end, a read error or the deadline."""
     try:
         while time.monotonic() < limits.deadline:
-            data = read_chunk(upstream)
+            data = read()
             if not data:
                 rest = framer.flush()
                 if rest:
@@ -221,6 +233,7 @@ def stream_events(
     *,
     framer: EventFramer | None = None,
     first: bytes = b"",
+    reader: StreamReader | None = None,
 ) -> Generator[bytes, None, None]:
     """Yield whole SSE events as the upstream sends them.
 
@@ -231,16 +244,28 @@ def stream_events(
     away) closes the upstream connection at once, or with ``limits.drain`` reads it to its
     end first (within the deadline, keeping only its usage). ``on_end`` gets the outcome either way.
 
-    Under gevent the loop gives the worker's other greenlets a turn at least every
-    :data:`YIELD_EVERY` seconds, however fast the upstream sends.
+    Under gevent the worker's other greenlets get a turn within about :data:`YIELD_EVERY`
+    seconds (at most twice that), however fast the upstream sends: a stream that waited
+    on its upstream in that time gave them one then, and pays for no extra switch.
 
-    ``framer`` and ``first``: a stream :func:`open_stream` has begun (its first events are
-    sent first).
+    ``framer``, ``first`` and ``reader``: a stream :func:`open_stream` has begun (its first
+    events are sent first).
     """
     framer = framer if framer is not None else EventFramer()
     outcome = "completed"
-    pause = _cooperative_yield()
+    cooperative = _cooperative_yield()
+    pause: Callable[[], None] | None = None
+    hub_clock: Callable[[], float] = time.monotonic
+    if cooperative is not None:
+        pause, hub_clock = cooperative[0], cooperative[1]().loop.now
+    hub_seen = hub_clock()
     turn_ends = time.monotonic() + YIELD_EVERY
+    reader = reader if reader is not None else stream_reader(upstream)
+    read = reader.read
+    received = bool(first)
+    deadline = limits.deadline
+    max_event_bytes = limits.max_event_bytes
+    feed = framer.feed
     try:
         if first:
             yield first
@@ -248,15 +273,19 @@ def stream_events(
                 tap.relayed(first)
         while True:
             now = time.monotonic()
-            if pause is not None and now > turn_ends:
-                pause()
+            if now > turn_ends and pause is not None:
+                # A stream that waited on its upstream since the last turn let the hub run
+                # then (its clock moved): only one whose bytes kept coming pays for a switch.
+                if hub_clock() == hub_seen:
+                    pause()
+                hub_seen = hub_clock()
                 turn_ends = time.monotonic() + YIELD_EVERY
-            if now > limits.deadline:
+            if now > deadline:
                 outcome = "deadline_exceeded"
                 yield error_event("The stream exceeded the gateway's maximum duration.", code=STREAM_ERROR_CODES[outcome])
                 return
             try:
-                data = read_chunk(upstream)
+                data = read()
             except urllib3.exceptions.ReadTimeoutError:
                 outcome = "upstream_idle_timeout"
                 yield error_event("The AI backend stopped sending.", code=STREAM_ERROR_CODES[outcome])
@@ -266,20 +295,24 @@ def stream_events(
                 yield error_event("The AI backend ended the stream early.", code=STREAM_ERROR_CODES[outcome])
                 return
             if not data:
-                if upstream.raw.tell() == 0:  # an event stream with no byte in it
+                if not received:  # an event stream with no byte in it
                     outcome = "upstream_broke_off"
                     log.warning("upstream answered a stream with an empty body")
                     yield error_event("The AI backend returned an empty stream.", code=STREAM_ERROR_CODES[outcome])
                     return
                 break
-            events = framer.feed(data)
-            if events and tap is not None:
-                events = tap.feed(events)
+            received = True
+            # All the events this read brought go out in one write: one item, one chunk.
+            events = feed(data)
             if events:
-                yield events
-                if tap is not None:  # the write succeeded: these events were relayed
-                    tap.relayed(events)
-            if framer.pending > limits.max_event_bytes:
+                if tap is not None:
+                    events = tap.feed(events)
+                    if events:
+                        yield events
+                        tap.relayed(events)  # the write succeeded: these events were relayed
+                else:
+                    yield events
+            if framer.pending > max_event_bytes:
                 outcome = "event_too_large"
                 yield error_event("The AI backend sent an event larger than the gateway accepts.", code=STREAM_ERROR_CODES[outcome])
                 return
@@ -293,9 +326,10 @@ def stream_events(
     except GeneratorExit:
         outcome = "client_disconnected"
         if limits.drain and tap is not None:
-            _drain(upstream, limits, framer, tap)
+            _drain(read, limits, framer, tap)
         raise
     finally:
+        reader.close()
         upstream.close()
         if outcome not in ("completed", "client_disconnected"):
             log.warning("stream ended early: %s", outcome)

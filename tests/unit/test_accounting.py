@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from gateway.upstream import accounting
 from gateway.upstream.accounting import (
     RELAYED_KEPT_BYTES,
     StreamUsageTap,
@@ -118,3 +121,69 @@ def test_tap_holds_a_bounded_amount_of_a_long_stream_and_still_counts_all_of_it(
         tap.relayed(tap.feed(piece))
         assert tap._kept_bytes <= RELAYED_KEPT_BYTES  # noqa: SLF001 - the bound under test
     assert tap.result(prompt_estimate=0).completion_tokens == 200 * 1000 // 4
+
+
+def _openai_stream(usage_at: int | None, events: int = 6) -> list[bytes]:
+    """Chunks as OpenAI and vLLM send them once usage is asked: ``"usage": null`` in each,
+    the figures in the one at ``usage_at`` (the last is the usual usage-only chunk)."""
+    chunks = []
+    for index in range(events):
+        if index == usage_at:
+            chunks.append(_chunk(choices=[], usage=USAGE))
+        else:
+            chunks.append(b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"ab"}}],"usage":null}\n\n')
+    return [*chunks, b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize("usage_at", [5, 2, None], ids=["last", "middle", "absent"])
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "in-one-read"])
+def test_stream_usage_is_exact_wherever_the_usage_chunk_is(usage_at: int | None, together: bool) -> None:
+    chunks = _openai_stream(usage_at)
+    reads = [b"".join(chunks)] if together else chunks
+    for strip in (True, False):
+        tap = StreamUsageTap(strip_usage_chunk=strip)
+        out = b""
+        for read in reads:
+            sent = tap.feed(read)
+            tap.relayed(sent)
+            out += sent
+        expected = [c for i, c in enumerate(chunks) if not (strip and i == usage_at)]
+        assert out == b"".join(expected)
+        if usage_at is None:  # five chunks of two characters relayed: estimated
+            assert tap.result(prompt_estimate=1) == TokenUsage(1, 3, 4, estimated=True)
+        else:
+            assert tap.result(prompt_estimate=1) == TokenUsage(9, 3, 12)
+
+
+def test_only_the_chunk_with_the_figures_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[bytes] = []
+    real = accounting.json.loads
+    monkeypatch.setattr(accounting.json, "loads", lambda data, **kw: parsed.append(data) or real(data, **kw))
+    tap = StreamUsageTap(strip_usage_chunk=False)
+    chunks = _openai_stream(usage_at=100, events=101)
+    for chunk in chunks:
+        assert tap.feed(chunk) is chunk  # passed on as it is, not copied
+    assert len(parsed) == 1 and b'"prompt_tokens"' in parsed[0]
+    assert tap.usage == TokenUsage(9, 3, 12)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"choices":[],"usage" :\t{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}\n\n',
+        b'data: {"choices":[],\ndata: "usage":\ndata: {"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}\n\n',
+    ],
+    ids=["spaces", "split-over-data-lines"],
+)
+def test_usage_spelt_with_whitespace_is_still_found(event: bytes) -> None:
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    assert tap.feed(event) == b""
+    assert tap.usage == TokenUsage(9, 3, 12)
+
+
+def test_the_word_usage_in_the_text_is_not_taken_for_figures() -> None:
+    text = json.dumps({"choices": [{"index": 0, "delta": {"content": '"usage": {"prompt_tokens": 1} and "usage":null'}}]})
+    event = b"data: " + text.encode() + b"\n\n"
+    tap = StreamUsageTap(strip_usage_chunk=True)
+    assert tap.feed(event) == event
+    assert tap.usage is None

@@ -42,3 +42,19 @@ def test_closed_mid_stream_lets_the_generator_clean_up() -> None:
 def test_iterates_like_the_generator() -> None:
     body = StreamBody(_Upstream(), _events([]), lambda outcome: None)
     assert list(body) == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+def test_the_server_iterates_the_generator_itself() -> None:
+    # No frame of StreamBody's own per event: iter() hands the server the generator.
+    events = _events([])
+    body = StreamBody(_Upstream(), events, lambda outcome: None)
+    assert iter(body) is events
+
+
+def test_closed_after_the_server_began_iterating_runs_the_generators_cleanup() -> None:
+    upstream, ended = _Upstream(), []
+    body = StreamBody(upstream, _events(ended), ended.append)
+    assert next(iter(body)) == b"data: 1\n\n"
+    body.close()
+    body.close()  # a second close does nothing more
+    assert ended == ["generator finally"] and upstream.closed == 0
