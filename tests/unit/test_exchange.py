@@ -171,6 +171,7 @@ def test_metrics_sink_counts_the_response_the_refusal_and_the_stream() -> None:
     instruments = metrics.Instruments()  # its own, not the process's (which the app tests read)
     app = Flask(__name__)
     app.extensions["gateway.metrics"] = instruments
+    app.extensions["gateway.backends_config"] = GatewayConfig(None, (), (), Routing())  # no prices: no spend
     sink = request_metrics(app)
 
     def requests(status: str) -> float:
