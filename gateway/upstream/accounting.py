@@ -53,6 +53,12 @@ class TokenUsage:
     reasoning_tokens: int = 0  # of completion_tokens: the model's hidden reasoning
 
 
+# The most tokens one answer's usage may report: far above any model's context, and far inside
+# the BIGINT columns and their daily sums. A negative count, or an absurd one from a faulty
+# upstream, would otherwise credit a key's counters or overflow the roll-up's sums.
+MAX_REPORTED_TOKENS = 10**12
+
+
 def _detail(value: Any, details: str, name: str, most: int) -> int:
     """``value[details][name]`` when it is a whole number, clamped to 0..``most``; else 0."""
     found = value.get(details)
@@ -65,19 +71,27 @@ def _detail(value: Any, details: str, name: str, most: int) -> int:
 NO_TOKENS = TokenUsage(0, 0, 0)  # a call that uses none (retrieving or deleting a stored response)
 
 
+def _whole(count: Any) -> int | None:
+    """A token count as the upstream reported it: a whole number (not a bool), clamped to
+    0..:data:`MAX_REPORTED_TOKENS`; ``None`` when it is not one."""
+    if not isinstance(count, int) or isinstance(count, bool):
+        return None
+    return max(0, min(count, MAX_REPORTED_TOKENS))
+
+
 def _as_usage(value: Any) -> TokenUsage | None:
     if not isinstance(value, dict):
         return None
     if "prompt_tokens" in value:
-        prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens", 0)
+        prompt, completion = _whole(value.get("prompt_tokens")), _whole(value.get("completion_tokens", 0))
         prompt_details, completion_details = "prompt_tokens_details", "completion_tokens_details"
     else:  # the Responses API's names
-        prompt, completion = value.get("input_tokens"), value.get("output_tokens", 0)
+        prompt, completion = _whole(value.get("input_tokens")), _whole(value.get("output_tokens", 0))
         prompt_details, completion_details = "input_tokens_details", "output_tokens_details"
-    total = value.get("total_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if prompt is None or completion is None:
         return None
-    if not isinstance(total, int):
+    total = _whole(value.get("total_tokens"))
+    if total is None:
         total = prompt + completion
     cached = _detail(value, prompt_details, "cached_tokens", prompt)
     reasoning = _detail(value, completion_details, "reasoning_tokens", completion)

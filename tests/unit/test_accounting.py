@@ -42,6 +42,15 @@ def test_usage_from_json_answers() -> None:
     assert usage_from_body({"usage": {"prompt_tokens": "9"}}) is None
 
 
+def test_reported_counts_are_whole_numbers_clamped_to_a_sane_range() -> None:
+    most = accounting.MAX_REPORTED_TOKENS
+    huge = {"prompt_tokens": 2**70, "completion_tokens": -5, "total_tokens": 2**70}
+    assert usage_from_body({"usage": huge}) == TokenUsage(most, 0, most)
+    assert usage_from_body({"usage": {"input_tokens": -1, "output_tokens": 3}}) == TokenUsage(0, 3, 3)  # Responses API
+    assert usage_from_body({"usage": {"prompt_tokens": True, "completion_tokens": 1}}) is None
+    assert usage_from_body({"usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": False}}) == TokenUsage(2, 1, 3)
+
+
 def test_prompt_estimates() -> None:
     assert estimate_prompt_tokens({"prompt": "x" * 40}) == 10
     assert (
