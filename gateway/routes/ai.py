@@ -197,6 +197,8 @@ def _view_for(op: Operation) -> Callable[..., Response]:
         def stream_ended(outcome: str) -> None:
             slot.release()
             usage = call.tap.result(call.prompt_estimate) if call.tap else None
+            if call.tap and call.tap.model and exchange.trace is not None:
+                exchange.trace.response_model = call.tap.model  # gen_ai.response.model: the usage chunk's
             reservation.settle(usage)
             exchange.finish(outcome, usage)  # the record of a stream is finished here, at its end
 

@@ -57,6 +57,7 @@ class TokenUsage:
 # the BIGINT columns and their daily sums. A negative count, or an absurd one from a faulty
 # upstream, would otherwise credit a key's counters or overflow the roll-up's sums.
 MAX_REPORTED_TOKENS = 10**12
+MODEL_NAME_KEPT = 200  # characters of a model name an answer reports, at most
 
 
 def _detail(value: Any, details: str, name: str, most: int) -> int:
@@ -209,6 +210,7 @@ class StreamUsageTap:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self.strip = strip_usage_chunk
         self.usage: TokenUsage | None = None
+        self.model: str | None = None  # the model the chunk with the usage figures names (the answering model)
         self._kept: list[bytes] = []  # relayed events not yet counted
         self._kept_bytes = 0
         self._chars = 0  # completion text counted so far
@@ -231,9 +233,9 @@ class StreamUsageTap:
             if _REPORTED_USAGE.search(event) is None:
                 kept.append(event)
                 continue
-            usage, usage_only = self._inspect(event)
+            usage, usage_only, model = self._inspect(event)
             if usage is not None:
-                self.usage = usage
+                self.usage, self.model = usage, model
             if usage_only and self.strip:
                 removed = True
                 continue
@@ -264,22 +266,24 @@ class StreamUsageTap:
         return -(-self._chars // CHARS_PER_TOKEN)
 
     @staticmethod
-    def _inspect(event: bytes) -> tuple[TokenUsage | None, bool]:
+    def _inspect(event: bytes) -> tuple[TokenUsage | None, bool, str | None]:
+        """The event's usage figures, whether it is a usage-only chunk, and the model it names."""
         data = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
         if not data or data == b"[DONE]":
-            return None, False
+            return None, False, None
         try:
             chunk = json.loads(data)
         except ValueError:
-            return None, False
+            return None, False, None
         if not isinstance(chunk, dict):
-            return None, False
+            return None, False, None
         usage = _as_usage(chunk.get("usage"))
         usage_only = usage is not None and chunk.get("choices") == []
         answer = chunk.get("response")
         if usage is None and isinstance(answer, dict):  # a Responses API event: never removed
-            usage = _as_usage(answer.get("usage"))
-        return usage, usage_only
+            usage, chunk = _as_usage(answer.get("usage")), answer
+        model = chunk.get("model")
+        return usage, usage_only, model[:MODEL_NAME_KEPT] if isinstance(model, str) and model else None
 
     def result(self, prompt_estimate: int) -> TokenUsage:
         """What the stream used: the upstream's figures, else an estimate."""

@@ -200,6 +200,7 @@ def test_a_streamed_calls_server_span_ends_at_the_streams_end_with_its_usage(tra
     server, attempt = one_of(SpanKind.SERVER, found), one_of(SpanKind.CLIENT, found)
     assert server.attributes is not None and attempt.attributes is not None
     assert server.attributes["gateway.stream.outcome"] == "completed"
+    assert server.attributes["gen_ai.response.model"] == events[-1]["model"] == "m"  # named by the usage chunk
     for span in (server, attempt):
         assert span.attributes is not None
         assert span.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]

@@ -164,6 +164,16 @@ def test_stream_usage_is_exact_wherever_the_usage_chunk_is(usage_at: int | None,
             assert tap.result(prompt_estimate=1) == TokenUsage(9, 3, 12)
 
 
+def test_the_tap_keeps_the_model_the_usage_chunk_names() -> None:
+    tap = StreamUsageTap(strip_usage_chunk=False)
+    tap.feed(b'data: {"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n')
+    assert tap.model == "gpt-4o-2024-08-06"
+    responses = StreamUsageTap(strip_usage_chunk=False)  # the Responses API names it in its response object
+    event = {"type": "response.completed", "response": {"model": "o3", "usage": {"input_tokens": 1, "output_tokens": 2}}}
+    responses.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    assert responses.model == "o3" and responses.usage == TokenUsage(1, 2, 3)
+
+
 def test_only_the_chunk_with_the_figures_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[bytes] = []
     real = accounting.json.loads
