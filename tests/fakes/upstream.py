@@ -654,9 +654,10 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = event if event.startswith(b"event: ") else b"data: " + event + b"\n\n"
                 if chunked:
                     payload = b"%x\r\n%s\r\n" % (len(payload), payload)
+                writing = time.monotonic()  # before the write: no client can have the event earlier
                 self._write(payload)
                 sent += 1
-                fake._event_sent(self.headers.get("X-Request-ID"))
+                fake._event_sent(self.headers.get("X-Request-ID"), writing)
             if drop_after is not None:
                 self._abort(b.rst)
                 return
@@ -870,7 +871,7 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         #: When each stream of mode "ok" ended (``time.monotonic()``), by its request's X-Request-ID.
         self.stream_ends: dict[str, float] = {}
-        #: When each event of those streams was written (``time.monotonic()``), by X-Request-ID.
+        #: When the write of each event of those streams began (``time.monotonic()``), by X-Request-ID.
         self.event_times: dict[str, list[float]] = {}
         #: Responses API answers by id, for GET and DELETE /v1/responses/<id> (unless made with "store": false).
         self.stored_responses: dict[str, dict[str, Any]] = {}
@@ -986,10 +987,10 @@ class FakeUpstream:
             self._active_streams += 1
             self._cond.notify_all()
 
-    def _event_sent(self, request_id: str | None) -> None:
+    def _event_sent(self, request_id: str | None, at: float) -> None:
         if request_id is not None:
             with self._cond:
-                self.event_times.setdefault(request_id, []).append(time.monotonic())
+                self.event_times.setdefault(request_id, []).append(at)
 
     def _stream_ended(self, request_id: str | None = None) -> None:
         with self._cond:
