@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from bench import procs, streams
+from bench.streams import percentile
 
 MODEL = "bench-model"
 
@@ -69,16 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser, ints: Callable[[str], list[in
     group.add_argument("--hold-rounds", type=int, default=3)
     group.add_argument("--hold-ramp-s", type=float, default=5.0)
     group.add_argument("--hold-targets", default="gateway", help="targets held (comma-separated)")
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _median(values: list) -> float | None:

@@ -60,6 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import paced, procs, streams, wrkrun
+from bench.streams import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -98,16 +99,6 @@ def spread(values: list[float]) -> dict:
         "spread_pct": (max(values) - min(values)) / median * 100 if median else None,
         "n": len(values),
     }
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def port_free(port: int) -> bool:

@@ -242,3 +242,14 @@ def peak_open(results: list[StreamResult]) -> int:
         open_now += step
         peak = max(peak, open_now)
     return peak
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """The ``pct`` percentile of ``values``, linearly interpolated; ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
