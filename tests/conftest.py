@@ -19,6 +19,7 @@ from gateway import create_app
 from gateway import store as gateway_store
 from gateway.config import Settings
 from gateway.store import Store, schema
+from tests.fakes.idp import FakeIdentityProvider
 from tests.fakes.upstream import FakeUpstream
 
 # The machine's PostgreSQL; each test gets its own schema in it, dropped afterwards.
@@ -67,6 +68,15 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
     fake_upstream.reset()
     return fake_upstream
+
+
+@pytest.fixture
+def idp() -> Iterator[FakeIdentityProvider]:
+    """An OIDC identity provider on loopback (tests/fakes/idp.py), up again before it stops."""
+    server = FakeIdentityProvider().start()
+    yield server
+    server.down = False
+    server.stop()
 
 
 def settings_for(upstream: FakeUpstream | None, tmp_path: Any, **overrides: Any) -> dict[str, Any]:

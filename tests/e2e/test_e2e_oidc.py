@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ TIMEOUT = 0.5
 MARGIN = 0.5  # what a request through gunicorn may take besides waiting for keys
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 IDENTITY = {"groups": {"ml": {"allowed_models": ["gpt-4o*"], "rate_limit_ai": "3 per minute"}}}
-
-
-@pytest.fixture
-def idp() -> Iterator[FakeIdentityProvider]:
-    server = FakeIdentityProvider().start()
-    yield server
-    server.down = False
-    server.stop()
 
 
 def start(gateway_server, idp: FakeIdentityProvider, tmp_path: Path, wait: bool = True):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture
-def idp() -> Iterator[FakeIdentityProvider]:
-    server = FakeIdentityProvider().start()
-    yield server
-    server.down = False
-    server.stop()
 
 
 @pytest.fixture

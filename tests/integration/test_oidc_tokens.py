@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,6 @@ IDENTITY: dict[str, Any] = {
         "staff": {"allowed_models": ["small-*"], "max_tokens_cap": 50},
     },
 }
-
-
-@pytest.fixture
-def idp() -> Iterator[FakeIdentityProvider]:
-    server = FakeIdentityProvider().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
