@@ -240,7 +240,11 @@ def test_usage_page_and_csv_show_the_calls(db_app: Flask, upstream) -> None:
     assert csv.status_code == 200 and csv.mimetype == "text/csv" and csv.get_data(as_text=True).count(key_id) == 1
     bad = client.get(f"{UI}/usage?from=yesterday", headers=HTML)
     assert bad.status_code == 400 and "from" in bad.get_data(as_text=True)
-    assert "Traffic" in client.get(UI + "/", headers=HTML).get_data(as_text=True)
+    overview = client.get(UI + "/", headers=HTML).get_data(as_text=True)
+    assert "Traffic" in overview
+    top_keys = overview[overview.index('id="top-keys"') : overview.index('id="top-models"')]
+    assert f'href="{UI}/keys/{key_id}">web</a></th><td>1</td><td>0</td>' in top_keys  # the key, by name, linked
+    assert '<th scope="row">fake-model</th><td>1</td>' in overview[overview.index('id="top-models"') :]
 
 
 @pytest.mark.parametrize("prefix", ["/admin", "/admin/keys", "/v1", "/v1/console", "admin", "/admin/ui/", "/a b"])
