@@ -273,7 +273,9 @@ def _explained(status: int) -> str | None:
     return None
 
 
-def _render_http_exception(error: HTTPException) -> Response:
+def render_http_exception(error: HTTPException) -> Response:
+    """The JSON answer for an HTTP exception: the app's handler, and the console's for every
+    client but a browser (:mod:`gateway.console`)."""
     status = error.code or 500
     if isinstance(error, GatewayError):
         error_type, code = error.error_type, error.error_code
@@ -286,18 +288,11 @@ def _render_http_exception(error: HTTPException) -> Response:
     return error_response(status, message, error_type, code, param=param, headers=error.get_response().headers)
 
 
-def render_http_exception(error: HTTPException) -> Response:
-    """The JSON answer for an HTTP exception, as the app's handler renders it: for a
-    blueprint whose own handler answers browsers in HTML (:mod:`gateway.console`) and
-    every other client as the API does."""
-    return _render_http_exception(error)
-
-
 def _render_storage_error(error: StorageError) -> Response:
     # The quota store failed and the outage policy is "closed" (with "open",
     # gateway.quotas.windows falls back to per-process counting and never gets here).
     extensions.request_windows().health.failed()
-    return _render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
+    return render_http_exception(LimitStorageUnavailable(headers={"Retry-After": "1"}))
 
 
 def _render_unexpected(error: Exception) -> Response:
@@ -307,6 +302,6 @@ def _render_unexpected(error: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(HTTPException, render_http_exception)
     app.register_error_handler(StorageError, _render_storage_error)
     app.register_error_handler(Exception, _render_unexpected)
